@@ -1,0 +1,81 @@
+"""Every ``PDA_`` setting, read once from the environment.
+
+The API and the worker read the same class, so one name means the same thing in both.
+Algorithm defaults (window, samples, ...) stay as function defaults in the engine; what
+is here is deployment configuration. Tests replace :func:`get_settings` through
+``get_settings.cache_clear()`` and environment variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PDA_", extra="ignore")
+
+    # --- where things are --------------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="Redis URL for the queue and results; unset = embedded mode"
+    )
+    queue_name: str = Field("pda", description="RQ queue name shared by API and workers")
+    model_dir: Path | None = Field(
+        None, description="folder of user models (NAME.pt2 or NAME.pt with NAME.json)"
+    )
+    weights_dir: Path | None = Field(
+        None,
+        description="folder of torchvision weight files (alexnet.pth, vgg16.pth, ...)",
+    )
+    sampler_stats: Path | None = Field(
+        None, description="sampler statistics file from `pda fit-sampler`; unset = built-in"
+    )
+
+    # --- compute -----------------------------------------------------------------
+    device: str = Field("auto", description="auto, cpu or cuda")
+    batch_size: int | None = Field(None, ge=1, description="forward batch size; unset = auto")
+    precision: str = Field("fp32", description="fp32, bf16 or fp16 (bf16/fp16 on GPU only)")
+    default_model: str = "efficientnet_lite0"
+    worker_models: str = Field(
+        "efficientnet_lite0", description="comma-separated models a worker loads at start"
+    )
+
+    # --- HTTP --------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
+
+    # --- limits ------------------------------------------------------------------
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb cap")
+    max_forward_passes: int = Field(
+        500_000, ge=1, description="reject jobs that need more forward passes than this"
+    )
+    max_queue_length: int = Field(1000, ge=1, description="global queued-jobs cap (503)")
+    max_queued_per_key: int = Field(50, ge=1, description="queued jobs per API key (429)")
+    rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute")
+
+    # --- jobs --------------------------------------------------------------------
+    result_ttl_seconds: int = Field(24 * 3600, ge=1, description="how long results live")
+    job_timeout_floor_seconds: int = Field(600, ge=1)
+    assumed_passes_per_second: float = Field(
+        20.0, gt=0, description="slowest worker speed used to size job timeouts"
+    )
+    job_retries: int = Field(2, ge=0, description="reruns of a job after a crash")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def worker_model_list(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
