@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         20.0, gt=0, description="slowest worker speed used to size job timeouts"
     )
     job_retries: int = Field(2, ge=0, description="reruns of a job after a crash")
+    heartbeat_file: Path = Field(
+        Path("/tmp/pda-worker.heartbeat"), description="file a worker touches while alive"
+    )
+    heartbeat_interval_seconds: float = Field(10.0, gt=0)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -1,0 +1,233 @@
+"""The ``pda`` command: explain, serve, worker, fit-sampler, models, bench.
+
+Every caller mistake ends in one line on stderr and exit status 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"pda: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _fill(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fill {text!r}: expected R,G,B numbers") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"--fill {text!r}: expected three values R,G,B")
+    return values  # type: ignore[return-value]
+
+
+class _Progress:
+    """A progress bar on stderr: forward passes done / total, rate and ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="pass", desc="sweep", file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.1)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.pda.artifacts import build_artifacts
+    from worker.pda.device import auto_batch_size, resolve_device
+    from worker.pda.explain import ExplainParams, explain, plan, result_document, with_preset
+    from worker.pda.images import open_image, preprocess
+    from worker.pda.models import get_model
+    from worker.pda.render import to_uint8
+    from worker.pda.stats import get_stats
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    given = {
+        k: v for k, v in {
+            "sampler": args.sampler, "window": args.window, "padding": args.padding,
+            "samples": args.samples, "stride": args.stride, "fill": args.fill,
+            "target": args.target, "layer": args.layer, "seed": args.seed,
+            "train_size": args.train_size,
+        }.items() if v is not None
+    }
+    try:
+        params = ExplainParams(**with_preset(given, args.preset))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return _fail(f"--{where.replace('_', '-')}: {err['msg']}")
+    image = open_image(args.image, max_pixels=settings.max_image_pixels)
+    device = resolve_device(args.device or settings.device)
+    model = get_model(args.model or settings.default_model, device, settings)
+    if params.layer not in ("output", "logits"):
+        model.get_layer(params.layer)  # fail before any work on an unknown layer
+    x, crop = preprocess(image, model.input_size)
+    n = plan(model, params)
+    stats = get_stats(args.sampler_stats or settings.sampler_stats)
+    batch = args.batch_size or settings.batch_size or auto_batch_size(device, model.input_size)
+    print(f"pda: {model.name} on {device}, {n['windows']} windows, "
+          f"{n['forward_passes']} forward passes, batch {batch}", file=sys.stderr)
+    bar = _Progress(not args.quiet)
+    try:
+        expl = explain(model, x, params, stats, batch_size=batch, progress=bar)
+    finally:
+        bar.close()
+    doc = result_document(
+        expl, model_name=model.name, input_size=model.input_size, image_size=image.size,
+        crop_box=crop, params=params, num_classes=model.num_classes,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in build_artifacts(expl, to_uint8(x), doc).items():
+        (out / name).write_bytes(data)
+    top = expl.prediction[0]
+    rate = expl.forward_passes / max(expl.seconds, 1e-9)
+    print(f"pda: top-1 {top['label']} (p={top['probability']:.3f}); "
+          f"{expl.forward_passes} passes in {expl.seconds:.1f} s ({rate:.0f}/s); wrote {out}/",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from worker.pda.models import list_models
+    from worker.settings import get_settings
+
+    models = list_models(get_settings())
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    for m in models:
+        size = "x".join(str(s) for s in m["input_size"]) if m.get("input_size") else "?"
+        flag = "*" if m.get("default") else " "
+        state = "available" if m["available"] else "no weights"
+        print(f"{flag} {m['name']:<20} {size:<9} {state:<11} {m['description']}")
+    return 0
+
+
+def cmd_fit_sampler(args: argparse.Namespace) -> int:
+    from worker.pda.stats import DEFAULT_PATCH_SIZES, fit_stats
+
+    start = time.perf_counter()
+    stats = fit_stats(args.directory)
+    sizes = args.patch_sizes or list(DEFAULT_PATCH_SIZES)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(out, patch_sizes=sizes)
+    print(f"pda: fitted {len(stats.images)} images (patch sizes {sizes}) in "
+          f"{time.perf_counter() - start:.1f} s; wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.main import serve
+
+    return serve(host=args.host, port=args.port)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.runner import run_worker
+
+    return run_worker(burst=args.burst, name=args.name)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pda", description="Prediction Difference Analysis")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("explain", help="explain a classifier's decision on one image")
+    e.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF)")
+    e.add_argument("--model", help="built-in name (default efficientnet_lite0) or NAME.pt2/.pt")
+    e.add_argument("--sampler", help="conditional (default), marginal or constant")
+    e.add_argument("--window", type=int, help="window side k in pixels (default 16)")
+    e.add_argument("--padding", type=int, help="conditional sampler ring width (default 2)")
+    e.add_argument("--samples", type=int, help="samples per window (default 4)")
+    e.add_argument("--stride", type=int, help="window step in pixels (default 8)")
+    e.add_argument("--fill", type=_fill, help="constant sampler colour R,G,B in [0, 1]")
+    e.add_argument("--target", help="topK (default top3) or class indices I,J,...")
+    e.add_argument("--layer", help="output (default), logits or a module name")
+    e.add_argument("--seed", type=int, help="random seed (default 0)")
+    e.add_argument("--train-size", type=int, help="Laplace correction N (default 100000)")
+    e.add_argument("--preset", choices=["default", "paper"],
+                   help="paper = window 10, padding 2, samples 10, stride 1")
+    e.add_argument("--device", help="auto (default), cpu or cuda")
+    e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
+    e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
+    e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("serve", help="run the HTTP API")
+    s.add_argument("--host", default=None, help="bind address (default PDA_HOST, 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default PDA_PORT, 8000)")
+    s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run an RQ worker (needs PDA_REDIS_URL)")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--name", help="worker name (default: host and pid)")
+    w.set_defaults(func=cmd_worker)
+
+    f = sub.add_parser("fit-sampler", help="fit sampler statistics from a folder of images")
+    f.add_argument("directory")
+    f.add_argument("--out", required=True, help="output .npz file")
+    f.add_argument("--patch-sizes", type=lambda t: [int(v) for v in t.split(",")],
+                   help="patch sides l = k + 2*padding to fit ahead (default 14,20)")
+    f.set_defaults(func=cmd_fit_sampler)
+
+    m = sub.add_parser("models", help="list the models this installation can serve")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    b = sub.add_parser("bench", help="measure raw model and sweep throughput")
+    b.add_argument("--model", default="efficientnet_lite0")
+    b.add_argument("--random-weights", action="store_true", help="no weight files needed")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from worker.pda.errors import PDAError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PDAError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Window geometry: where the k x k windows go and how window scores become pixel maps.
+
+Shapes: C channels, H x W image, k window side, s stride, n_w windows, T targets.
+Windows sit fully inside the image at rows 0, s, 2s, ... <= H - k (and likewise for
+columns), the convention of Captum's ``Occlusion`` and of ``torch.nn.functional.fold``.
+Pixels no window covers (the bottom/right edge when s does not divide H - k) get a
+relevance of 0 and a count of 0, and are reported as uncovered (pda.md section 2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidParameterError
+
+
+def check_window(height: int, width: int, window: int, stride: int) -> None:
+    """Raise :class:`InvalidParameterError` unless the window/stride fit the image."""
+    if window < 1:
+        raise InvalidParameterError(f"window must be at least 1, got {window}", field="window")
+    if window > height or window > width:
+        raise InvalidParameterError(
+            f"window {window} exceeds the image size {height}x{width} (the model's input)",
+            field="window",
+        )
+    if stride < 1:
+        raise InvalidParameterError(f"stride must be at least 1, got {stride}", field="stride")
+
+
+def grid_shape(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
+    """Number of window positions along each axis."""
+    return (height - window) // stride + 1, (width - window) // stride + 1
+
+
+def window_positions(
+    height: int, width: int, window: int, stride: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Top-left corners of every window, row-major: (n_w, 2) int64 as (row, col)."""
+    check_window(height, width, window, stride)
+    gh, gw = grid_shape(height, width, window, stride)
+    rows = torch.arange(gh, device=device) * stride
+    cols = torch.arange(gw, device=device) * stride
+    return torch.cartesian_prod(rows, cols).reshape(-1, 2)  # (gh*gw, 2)
+
+
+def count_windows(height: int, width: int, window: int, stride: int) -> int:
+    gh, gw = grid_shape(height, width, window, stride)
+    return gh * gw
+
+
+def windows_to_pixels(
+    scores: torch.Tensor, height: int, width: int, window: int, stride: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spread per-window scores over the pixels each window covers.
+
+    ``scores`` is (n_w, T) in :func:`window_positions` order. Returns the per-pixel mean
+    over covering windows (T, H, W) and the count of covering windows (H, W); uncovered
+    pixels have mean 0 and count 0.
+    """
+    n_w, T = scores.shape
+    gh, gw = grid_shape(height, width, window, stride)
+    assert n_w == gh * gw, "scores must have one row per window"
+    k2 = window * window
+    # fold sums each window's k*k block into place: (1, T*k*k, n_w) -> (1, T, H, W)
+    blocks = scores.t().unsqueeze(1).expand(T, k2, n_w).reshape(1, T * k2, n_w)
+    total = F.fold(blocks, (height, width), window, stride=stride)[0]  # (T, H, W)
+    ones = torch.ones(1, k2, n_w, dtype=scores.dtype, device=scores.device)
+    counts = F.fold(ones, (height, width), window, stride=stride)[0, 0]  # (H, W)
+    mean = torch.where(counts > 0, total / counts.clamp(min=1), torch.zeros_like(total))
+    return mean, counts

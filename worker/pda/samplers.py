@@ -1,0 +1,217 @@
+"""What replaces a window: conditional, marginal and constant samplers (pda.md section 3).
+
+Every sampler works in pixel space (RGB in [0, 1]) on one image ``x`` (C, H, W) and a
+fixed list of window corners (n_w, 2). ``sample(ids, S, generator)`` returns the values
+for windows ``ids`` (B,) as (B, S, C, k, k). It draws its random numbers for the whole
+call in one fixed order, so the engine gets the same samples however it later batches
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .errors import InvalidParameterError
+from .stats import SamplerStats
+
+SAMPLERS = ("conditional", "marginal", "constant")
+
+
+class Sampler(Protocol):
+    #: True when every sample is the same (the engine then makes one pass per window)
+    deterministic: bool
+
+    def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        ...
+
+
+def _window_index(positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of each window's pixels: (B, k, 1) and (B, 1, k)."""
+    offs = torch.arange(k, device=positions.device)
+    rows = (positions[:, 0:1] + offs)[:, :, None]  # (B, k, 1)
+    cols = (positions[:, 1:2] + offs)[:, None, :]  # (B, 1, k)
+    return rows, cols
+
+
+class ConstantSampler:
+    """Fill the window with one colour: occlusion (S = 1 is enough, it is deterministic)."""
+
+    deterministic = True
+
+    def __init__(self, x: torch.Tensor, window: int, fill: torch.Tensor) -> None:
+        C = x.shape[0]
+        fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).flatten()
+        if fill.numel() != C:
+            raise InvalidParameterError(f"fill needs {C} values, got {fill.numel()}", field="fill")
+        if (fill < 0).any() or (fill > 1).any():
+            raise InvalidParameterError("fill values must lie in [0, 1]", field="fill")
+        self.patch = fill[:, None, None].expand(C, window, window)  # (C, k, k)
+
+    def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        return self.patch.expand(len(ids), samples, *self.patch.shape)  # (B, S, C, k, k)
+
+
+class MarginalSampler:
+    """Window values from random reference images at the same place (drawn at random,
+    unlike the authors' first-S-images, which could include the test image itself)."""
+
+    deterministic = False
+
+    def __init__(
+        self, x: torch.Tensor, window: int, positions: torch.Tensor, references: torch.Tensor
+    ) -> None:
+        # references: (R, C, H, W) pixel-space images at the model's input size
+        if references.shape[1:] != x.shape:
+            raise InvalidParameterError(
+                f"reference images {tuple(references.shape[1:])} do not match {tuple(x.shape)}"
+            )
+        self.refs = references.to(device=x.device, dtype=x.dtype)
+        self.positions = positions
+        self.k = window
+
+    def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        B, R = len(ids), self.refs.shape[0]
+        pick = torch.randint(0, R, (B, samples), generator=generator, device=self.refs.device)
+        rows, cols = _window_index(self.positions[ids], self.k)  # (B, k, 1), (B, 1, k)
+        # advanced indices (B,S,1,1), (B,1,k,1), (B,1,1,k) around a channel slice
+        out = self.refs[pick[:, :, None, None], :, rows[:, None], cols[:, None]]  # (B,S,k,k,C)
+        return out.permute(0, 1, 4, 2, 3)  # (B, S, C, k, k)
+
+
+class ConditionalSampler:
+    """Gaussian over the l x l patch, inner k x k conditioned on the observed ring.
+
+    Conditioning (pda.md section 3, paper eq. for p(x_w | x_hat_w)):
+        mean = mu_i + S_io S_oo^-1 (x_o - mu_o),  cov = S_ii - S_io S_oo^-1 S_oi.
+    Assumption 2 (statistics independent of position) means the matrices and the
+    Cholesky factor are computed once per *geometry*: the interior one, and one per
+    distinct way the ring is clipped by the image border, never per window.
+    """
+
+    deterministic = False
+    JITTER = 1e-5
+
+    def __init__(
+        self, x: torch.Tensor, window: int, padding: int, positions: torch.Tensor,
+        stats: SamplerStats,
+    ) -> None:
+        if padding < 0:
+            raise InvalidParameterError(f"padding must be >= 0, got {padding}", field="padding")
+        C, H, W = x.shape
+        k, p = window, padding
+        l_ = k + 2 * p
+        self.k, self.p, self.l = k, p, l_
+        self.x = x
+        self.positions = positions
+        mu, cov = stats.gaussian(l_)  # (C, l*l), (C, l*l, l*l) float64
+        self.mu, self.cov = mu, cov
+        # pad so every l x l patch can be gathered; the clipped ring is masked out below
+        self.x_pad = torch.nn.functional.pad(x, (p, p, p, p))  # (C, H+2p, W+2p)
+        # how many ring rows/cols each window loses at each border, 0..p
+        r, c = positions[:, 0], positions[:, 1]
+        clips = torch.stack(
+            [(p - r).clamp(min=0), (r + k + p - H).clamp(min=0),
+             (p - c).clamp(min=0), (c + k + p - W).clamp(min=0)], dim=1,
+        )  # (n_w, 4)
+        keys, self.geometry = torch.unique(clips.cpu(), dim=0, return_inverse=True)
+        self.geometry = self.geometry.to(x.device)  # (n_w,) geometry id per window
+        grid = np.arange(l_ * l_).reshape(l_, l_)
+        self.inner = torch.as_tensor(grid[p : p + k, p : p + k].ravel(), device=x.device)
+        self._factors = [self._factorise(tuple(int(v) for v in key), grid) for key in keys]
+
+    def _factorise(self, clip: tuple[int, int, int, int], grid: np.ndarray):
+        top, bottom, left, right = clip
+        p, k, l_ = self.p, self.k, self.l
+        observed = np.ones((l_, l_), dtype=bool)
+        observed[p : p + k, p : p + k] = False
+        observed[:top, :] = False
+        observed[l_ - bottom :, :] = False
+        observed[:, :left] = False
+        observed[:, l_ - right :] = False
+        o = grid[observed]
+        i = grid[p : p + k, p : p + k].ravel()
+        C = self.mu.shape[0]
+        A = np.zeros((C, len(i), len(o)))
+        chol = np.zeros((C, len(i), len(i)))
+        eye_i = np.eye(len(i))
+        for ch in range(C):
+            S = self.cov[ch]
+            if len(o):
+                S_oo = S[np.ix_(o, o)] + self.JITTER * np.eye(len(o))
+                A[ch] = np.linalg.solve(S_oo, S[np.ix_(o, i)]).T  # S_io S_oo^-1
+                cond = S[np.ix_(i, i)] - A[ch] @ S[np.ix_(o, i)]
+            else:
+                cond = S[np.ix_(i, i)]
+            cond = (cond + cond.T) / 2 + self.JITTER * eye_i
+            chol[ch] = np.linalg.cholesky(cond)
+        b = self.mu[:, i] - np.einsum("cio,co->ci", A, self.mu[:, o])  # (C, n_i)
+        dev, dt = self.x.device, self.x.dtype
+        as_t = lambda a: torch.as_tensor(a, device=dev, dtype=dt)  # noqa: E731
+        return torch.as_tensor(o, device=dev), as_t(A), as_t(b), as_t(chol)
+
+    def conditional_mean(self, ids: torch.Tensor) -> torch.Tensor:
+        """E[x_w | ring] for windows ``ids``: (B, C, k*k), before noise and clipping."""
+        C = self.x.shape[0]
+        l_ = self.l
+        pos = self.positions[ids]
+        offs = torch.arange(l_, device=pos.device)
+        rows = (pos[:, 0:1] + offs)[:, :, None]  # (B, l, 1) in padded coordinates
+        cols = (pos[:, 1:2] + offs)[:, None, :]  # (B, 1, l)
+        patch = self.x_pad[:, rows, cols].reshape(C, len(ids), l_ * l_)  # (C, B, l*l)
+        mean = torch.empty(len(ids), C, self.k * self.k, dtype=self.x.dtype, device=self.x.device)
+        geo = self.geometry[ids]
+        for g in torch.unique(geo).tolist():
+            sel = (geo == g).nonzero().squeeze(1)
+            o, A, b, _ = self._factors[g]
+            x_o = patch[:, sel][:, :, o]  # (C, Bg, n_o)
+            mean[sel] = (b[:, None, :] + torch.einsum("cio,cbo->cbi", A, x_o)).transpose(0, 1)
+        return mean  # (B, C, k*k)
+
+    def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        B, C, k = len(ids), self.x.shape[0], self.k
+        # all noise for the call first, in one fixed order: (B, S, C, k*k)
+        z = torch.randn(
+            (B, samples, C, k * k), generator=generator, device=self.x.device, dtype=self.x.dtype
+        )
+        mean = self.conditional_mean(ids)  # (B, C, k*k)
+        out = torch.empty_like(z)
+        geo = self.geometry[ids]
+        for g in torch.unique(geo).tolist():
+            sel = (geo == g).nonzero().squeeze(1)
+            chol = self._factors[g][3]  # (C, n_i, n_i)
+            noise = torch.einsum("cij,bscj->bsci", chol, z[sel])  # (Bg, S, C, n_i)
+            out[sel] = mean[sel][:, None] + noise
+        return out.clamp_(0.0, 1.0).reshape(B, samples, C, k, k)  # (B, S, C, k, k)
+
+
+def reference_tensor(stats: SamplerStats, height: int, width: int) -> torch.Tensor:
+    """The reference images resized to the model input: (R, C, H, W) float in [0, 1]."""
+    refs = torch.from_numpy(stats.images).permute(0, 3, 1, 2).float() / 255.0  # (R, C, s, s)
+    if refs.shape[-2:] != (height, width):
+        side = max(height, width)
+        refs = torch.nn.functional.interpolate(
+            refs, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+        )
+        top, left = (side - height) // 2, (side - width) // 2
+        refs = refs[:, :, top : top + height, left : left + width]
+    return refs.clamp(0, 1).contiguous()
+
+
+def make_sampler(
+    name: str, x: torch.Tensor, window: int, positions: torch.Tensor, stats: SamplerStats,
+    *, padding: int = 2, fill: tuple[float, ...] | None = None,
+) -> Sampler:
+    """Build the sampler ``name`` for image ``x`` (C, H, W) and windows ``positions``."""
+    if name == "conditional":
+        return ConditionalSampler(x, window, padding, positions, stats)
+    if name == "marginal":
+        return MarginalSampler(x, window, positions, reference_tensor(stats, *x.shape[1:]))
+    if name == "constant":
+        fill_t = torch.as_tensor(stats.mean if fill is None else fill, dtype=x.dtype)
+        return ConstantSampler(x, window, fill_t)
+    raise InvalidParameterError(
+        f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}", field="sampler"
+    )

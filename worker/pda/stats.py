@@ -1,0 +1,169 @@
+"""Sampler statistics: a reference image set, its mean colour and Gaussian patch fits.
+
+All statistics live in pixel space (RGB in [0, 1]) so one file serves every model
+(pda.md section 3). A statistics file (``.npz``) holds:
+
+- ``images``: (R, 256, 256, 3) uint8, the reference set (shorter side resized to 256,
+  centre crop), used by the marginal sampler and to fit Gaussians;
+- ``mean``: (3,) float, the reference mean colour (the constant sampler's default fill);
+- ``gauss_<l>_mu`` (3, l*l) and ``gauss_<l>_cov`` (3, l*l, l*l): per-channel Gaussian
+  fits of l x l patches, as the authors fit them (one Gaussian per colour channel).
+  Fits for other patch sizes are computed on demand from ``images`` and cached.
+
+``pda fit-sampler DIR --out FILE`` writes one; the built-in default is fitted from the
+freely licensed photos in ``worker/pda/data/reference`` by
+``pda fit-sampler worker/pda/data/reference --out worker/pda/data/default_stats.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidImageError, SamplerStatsError
+
+REFERENCE_SIDE = 256
+#: random patches per Gaussian fit (the authors used 20000)
+FIT_PATCHES = 20_000
+#: patch sizes fitted ahead of time: l = k + 2p for the paper (10, 2) and the service
+#: default (16, 2)
+DEFAULT_PATCH_SIZES = (14, 20)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+DEFAULT_STATS_PATH = Path(__file__).parent / "data" / "default_stats.npz"
+
+
+class SamplerStats:
+    """Reference images plus cached Gaussian fits; safe to share between threads."""
+
+    def __init__(self, images: np.ndarray, mean: np.ndarray | None = None, source: str = ""):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise SamplerStatsError(
+                f"reference images must be (R, H, W, 3) uint8, got {images.shape} {images.dtype}"
+            )
+        if len(images) < 2:
+            raise SamplerStatsError("sampler statistics need at least 2 reference images")
+        self.images = images
+        self.mean = (
+            np.asarray(mean, dtype=np.float64)
+            if mean is not None
+            else images.reshape(-1, 3).mean(axis=0) / 255.0
+        )
+        self.source = source
+        self._gauss: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    # -- Gaussian fits ---------------------------------------------------------------
+    def gaussian(self, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean (3, l*l) and covariance (3, l*l, l*l) of l x l patches."""
+        with self._lock:
+            if patch not in self._gauss:
+                self._gauss[patch] = fit_gaussian(self.images, patch)
+            return self._gauss[patch]
+
+    def set_gaussian(self, patch: int, mu: np.ndarray, cov: np.ndarray) -> None:
+        """Use a given Gaussian for l x l patches (tests, or fits made elsewhere)."""
+        n = patch * patch
+        if mu.shape != (3, n) or cov.shape != (3, n, n):
+            raise SamplerStatsError(f"Gaussian for patch {patch} must be (3, {n}), (3, {n}, {n})")
+        with self._lock:
+            self._gauss[patch] = (np.asarray(mu, np.float64), np.asarray(cov, np.float64))
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, path: str | Path, patch_sizes: Iterable[int] = DEFAULT_PATCH_SIZES) -> None:
+        arrays: dict[str, np.ndarray] = {"images": self.images, "mean": self.mean}
+        for l_ in patch_sizes:
+            mu, cov = self.gaussian(l_)
+            arrays[f"gauss_{l_}_mu"] = mu.astype(np.float32)
+            arrays[f"gauss_{l_}_cov"] = cov.astype(np.float32)
+        arrays["meta"] = np.array(json.dumps({"source": self.source}))
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SamplerStats:
+        path = Path(path)
+        if not path.is_file():
+            raise SamplerStatsError(f"sampler statistics file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                stats = cls(data["images"], data["mean"], source=str(path))
+                for key in data.files:
+                    if key.startswith("gauss_") and key.endswith("_mu"):
+                        l_ = int(key.split("_")[1])
+                        stats._gauss[l_] = (
+                            data[key].astype(np.float64),
+                            data[f"gauss_{l_}_cov"].astype(np.float64),
+                        )
+        except SamplerStatsError:
+            raise
+        except Exception as exc:  # zip, key or dtype errors all mean "not our file"
+            raise SamplerStatsError(f"cannot read sampler statistics {path}: {exc}") from exc
+        return stats
+
+
+def fit_gaussian(
+    images: np.ndarray, patch: int, n_patches: int = FIT_PATCHES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit one Gaussian per channel to random l x l patches of ``images`` (R, H, W, 3)."""
+    R, H, W, C = images.shape
+    if patch > min(H, W):
+        raise SamplerStatsError(f"patch size {patch} exceeds the reference images ({H}x{W})")
+    rng = np.random.default_rng(seed)
+    r = rng.integers(0, R, n_patches)
+    i = rng.integers(0, H - patch + 1, n_patches)
+    j = rng.integers(0, W - patch + 1, n_patches)
+    offs = np.arange(patch)
+    rows = (i[:, None] + offs)[:, :, None]  # (P, l, 1)
+    cols = (j[:, None] + offs)[:, None, :]  # (P, 1, l)
+    patches = images[r[:, None, None], rows, cols] / 255.0  # (P, l, l, C)
+    patches = patches.transpose(3, 0, 1, 2).reshape(C, n_patches, patch * patch)  # (C, P, l*l)
+    mu = patches.mean(axis=1)  # (C, l*l)
+    centred = patches - mu[:, None, :]
+    cov = np.einsum("cpi,cpj->cij", centred, centred) / (n_patches - 1)  # (C, l*l, l*l)
+    return mu, cov
+
+
+def load_reference_images(directory: str | Path, side: int = REFERENCE_SIDE) -> np.ndarray:
+    """Every image under ``directory``: shorter side to ``side``, centre crop, uint8."""
+    from PIL import Image, ImageOps
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SamplerStatsError(f"not a directory: {directory}")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise SamplerStatsError(
+            f"{directory} holds {len(files)} image(s); fitting needs at least 2 "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                out.append(np.asarray(ImageOps.fit(im, (side, side), Image.BICUBIC)))
+        except Exception as exc:
+            raise InvalidImageError(f"cannot read reference image {f}: {exc}") from exc
+    return np.stack(out)  # (R, side, side, 3)
+
+
+def fit_stats(directory: str | Path) -> SamplerStats:
+    return SamplerStats(load_reference_images(directory), source=str(directory))
+
+
+_cache: dict[str, SamplerStats] = {}
+_cache_lock = threading.Lock()
+
+
+def get_stats(path: str | Path | None = None) -> SamplerStats:
+    """The statistics at ``path`` (default: the built-in set), loaded once per process."""
+    key = str(path or DEFAULT_STATS_PATH)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = SamplerStats.load(key)
+        return _cache[key]
