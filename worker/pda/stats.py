@@ -124,7 +124,7 @@ def fit_gaussian(
     patches = patches.transpose(3, 0, 1, 2).reshape(C, n_patches, patch * patch)  # (C, P, l*l)
     mu = patches.mean(axis=1)  # (C, l*l)
     centred = patches - mu[:, None, :]
-    cov = np.einsum("cpi,cpj->cij", centred, centred) / (n_patches - 1)  # (C, l*l, l*l)
+    cov = centred.transpose(0, 2, 1) @ centred / (n_patches - 1)  # (C, l*l, l*l), BLAS
     return mu, cov
 
 
