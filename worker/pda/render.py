@@ -71,7 +71,7 @@ def overlay_png(
     draw.text((6, 6), title, fill="black", font=_font(15))
 
     # colour bar: top = +m (evidence for), bottom = -m (against)
-    bar_h = H * SCALE - 20
+    bar_h = H * SCALE - 36
     x0, y0 = W * SCALE + 10, TITLE_HEIGHT + 10
     ramp = seismic(np.linspace(1, 0, bar_h))[:, None, :].repeat(18, axis=1)
     canvas.paste(Image.fromarray((ramp * 255).astype(np.uint8)), (x0, y0))

@@ -1,0 +1,1 @@
+"""The pda HTTP API (FastAPI): submit explanations, follow jobs, fetch results."""

@@ -1,0 +1,71 @@
+"""Shared dependencies as ``Annotated`` aliases: settings, store, queue, caller."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+from rq import Queue
+
+from worker.settings import Settings
+from worker.store import JobStore
+
+from .problems import Problem
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    conn: redis.Redis
+    store: JobStore
+    queue: Queue
+    embedded: bool
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.pda
+
+
+def get_settings_dep(state: Annotated[AppState, Depends(get_state)]) -> Settings:
+    return state.settings
+
+
+def get_store(state: Annotated[AppState, Depends(get_state)]) -> JobStore:
+    return state.store
+
+
+def api_key_of(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def get_owner(request: Request, state: Annotated[AppState, Depends(get_state)]) -> str:
+    """Who is calling: a stable id derived from the API key, or ``public`` without keys.
+
+    With ``PDA_API_KEYS`` set every route here needs a valid key (401 otherwise); jobs
+    are then visible only to the key that created them.
+    """
+    keys = state.settings.api_key_list
+    if not keys:
+        return "public"
+    given = api_key_of(request)
+    if given is None:
+        raise Problem(401, "Unauthorized", "an API key is required: send "
+                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                      type_="/problems/unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise Problem(401, "Unauthorized", "the API key is not valid",
+                      type_="/problems/unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return hashlib.sha256(given.encode()).hexdigest()[:16]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,72 @@
+"""Builds the FastAPI app, and ``pda serve``.
+
+With ``PDA_REDIS_URL`` set, the API only enqueues; ``pda worker`` processes compute.
+Without it (embedded mode) the same API runs over an in-process fakeredis server with
+one in-process worker thread, so one command serves a working API on a laptop.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from worker.queueing import connect, get_queue
+from worker.settings import Settings, get_settings
+from worker.store import JobStore
+
+from . import metrics, problems
+from .deps import AppState
+from .routes import explanations, health, models
+
+log = logging.getLogger("pda.api")
+
+DESCRIPTION = """Explains image classifiers' decisions with Prediction Difference Analysis
+(Zintgraf et al., ICLR 2017): red pixels are evidence for a class, blue against.
+
+Submit an image with `POST /v1/explanations`, poll the job at its `Location`, then fetch
+`/relevance` (JSON grids) or `/overlay.png`. Errors are RFC 9457 problem documents."""
+
+
+def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> FastAPI:
+    """The API. ``start_worker`` defaults to True in embedded mode (no PDA_REDIS_URL)."""
+    settings = settings or get_settings()
+    embedded = not settings.redis_url
+    conn = connect(settings)
+    state = AppState(settings=settings, conn=conn,
+                     store=JobStore(conn, settings.result_ttl_seconds),
+                     queue=get_queue(settings, conn), embedded=embedded)
+    run_worker = embedded if start_worker is None else start_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if run_worker:
+            from worker.runner import start_embedded_worker
+
+            app.state.worker_thread = start_embedded_worker(settings)
+        yield
+
+    app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.pda = state
+    problems.install(app)
+    metrics.install(app)
+    app.include_router(explanations.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = host or settings.host
+    port = port or settings.port
+    if not settings.redis_url:
+        log.info("no PDA_REDIS_URL: embedded queue and in-process worker")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level,
+                proxy_headers=True, timeout_graceful_shutdown=10)
+    return 0

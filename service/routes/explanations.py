@@ -1,0 +1,257 @@
+"""``/v1/explanations``: submit, follow, fetch and cancel explanation jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from worker.pda.explain import ExplainParams, plan, with_preset
+from worker.pda.images import open_image
+from worker.pda.models import get_model
+from worker.queueing import enqueue_attempt, job_timeout, rq_job_id
+from worker.store import JobStore, new_job_id, now_iso
+
+from ..deps import OwnerDep, StateDep, StoreDep
+from ..jobs_view import expired, job_public, require_results, retry_after
+from ..metrics import JOBS_SUBMITTED
+from ..problems import Problem, field_errors
+from ..schemas import ExplanationPublic
+from ..uploads import read_upload
+
+router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
+
+UPLOAD_EXAMPLE = (
+    "curl -F image=@examples/chelsea.png -F window=16 -F stride=8 -F samples=4 "
+    "http://127.0.0.1:8000/v1/explanations"
+)
+REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object", "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "model": {"type": "string", "default": "efficientnet_lite0"},
+                    "preset": {"type": "string", "enum": ["default", "paper"]},
+                    "sampler": {"type": "string",
+                                "enum": ["conditional", "marginal", "constant"]},
+                    "window": {"type": "integer", "minimum": 1},
+                    "padding": {"type": "integer", "minimum": 0},
+                    "samples": {"type": "integer", "minimum": 1},
+                    "stride": {"type": "integer", "minimum": 1},
+                    "fill": {"type": "string", "example": "0.5,0.5,0.5"},
+                    "target": {"type": "string", "example": "top3"},
+                    "layer": {"type": "string", "example": "output"},
+                    "seed": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+        "application/json": {
+            "schema": {
+                "type": "object", "required": ["image_base64"],
+                "properties": {"image_base64": {"type": "string", "format": "byte"},
+                               "params": {"type": "object"}},
+            },
+            "example": {"image_base64": "iVBORw0KGgo...", "params": {"window": 16, "stride": 8}},
+        },
+    },
+}
+
+
+def _get_job(store: JobStore, job_id: str, owner: str) -> dict[str, Any]:
+    rec = store.get(job_id)
+    # another caller's job is "not found": ids must not leak whether they exist
+    if rec is None or rec.get("owner") != owner:
+        raise Problem(404, "Unknown job", f"no explanation job {job_id!r} (unknown, deleted "
+                      "long ago, or not yours)", type_="/problems/unknown-job")
+    return rec
+
+
+def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, str, dict]:
+    """Everything checked before anything is stored: params, image, model, layer, cap."""
+    settings = state.settings
+    raw = dict(raw)
+    model_name = str(raw.pop("model", None) or settings.default_model)
+    preset = raw.pop("preset", None)
+    try:
+        params = ExplainParams(**with_preset(raw, preset))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise Problem(422, "Invalid parameters", f"{errors[0]['field']}: {errors[0]['message']}",
+                      type_="/problems/invalid-parameter", errors=errors) from exc
+    image = open_image(data, max_pixels=settings.max_image_pixels)
+    model = get_model(model_name, "cpu", settings, allow_paths=False)
+    if params.layer not in ("output", "logits"):
+        model.get_layer(params.layer)
+    elif not params.target.startswith("top"):
+        bad = [int(t) for t in params.target.split(",") if int(t) >= model.num_classes]
+        if bad:
+            raise Problem(422, "Invalid parameters", f"target: class {bad[0]} does not exist; "
+                          f"{model_name} has {model.num_classes} classes",
+                          type_="/problems/invalid-parameter",
+                          errors=[{"field": "target", "message": "class index out of range"}])
+    n = plan(model, params)
+    if n["forward_passes"] > settings.max_forward_passes:
+        raise Problem(422, "Job too large", f"samples/window/stride: this job needs "
+                      f"{n['forward_passes']} forward passes, over the limit of "
+                      f"{settings.max_forward_passes} (PDA_MAX_FORWARD_PASSES); use a larger "
+                      "stride or window, or fewer samples", type_="/problems/invalid-parameter",
+                      errors=[{"field": "samples", "message": "too many forward passes"}],
+                      forward_passes=n["forward_passes"])
+    meta = {"width": image.size[0], "height": image.size[1]}
+    return params, model.name, {**n, "image": meta}
+
+
+def _accepted(rec: dict[str, Any], status: int = 202) -> JSONResponse:
+    body = job_public(rec)
+    return JSONResponse(body, status_code=status, headers={
+        "Location": body["links"]["self"], "Retry-After": retry_after(rec)})
+
+
+@router.post("", status_code=202, response_model=ExplanationPublic,
+             openapi_extra={"requestBody": REQUEST_BODY,
+                            "x-codeSamples": [{"lang": "curl", "source": UPLOAD_EXAMPLE}]},
+             responses={202: {"description": "accepted; poll the Location"},
+                        413: {"description": "upload too large"},
+                        415: {"description": "not a supported image"},
+                        422: {"description": "invalid parameters (field named)"}})
+async def create_explanation(
+    request: Request, state: StateDep, owner: OwnerDep,
+    idempotency_key: str | None = Header(None, max_length=200),
+) -> JSONResponse:
+    """Submit an image for explanation; answers 202 with the job and its Location.
+
+    Example: `curl -F image=@examples/chelsea.png -F window=16 http://127.0.0.1:8000/v1/explanations`
+    """
+    data, raw, filename = await read_upload(request, state.settings)
+    return await run_in_threadpool(_create, state, owner, data, raw, filename, idempotency_key)
+
+
+def _create(state, owner: str, data: bytes, raw: dict[str, Any], filename: str,
+            idem_key: str | None) -> JSONResponse:
+    store, settings = state.store, state.settings
+    params, model_name, info = _validate(state, data, raw)
+    canonical = json.dumps({"model": model_name, "params": params.model_dump()}, sort_keys=True)
+    digest = hashlib.sha256(data + b"\0" + canonical.encode()).hexdigest()
+
+    if idem_key:
+        prior = store.lookup("idem", owner, idem_key)
+        if prior:
+            rec = store.get(prior)
+            if rec is not None:
+                if rec.get("digest") != digest:
+                    raise Problem(409, "Idempotency-Key reused", "this Idempotency-Key was "
+                                  "used for a different request", type_="/problems/idempotency")
+                return _accepted(rec)
+    prior = store.lookup("digest", owner, digest)
+    if prior:
+        rec = store.get(prior)
+        if rec is not None and rec["status"] in ("queued", "running", "finished") and not (
+                rec["status"] == "finished" and rec.get("expires_at", "") <= now_iso()):
+            if idem_key:
+                store.remember("idem", owner, idem_key, prior, settings.result_ttl_seconds)
+            return _accepted(rec)
+        store.forget("digest", owner, digest)
+
+    job_id = new_job_id()
+    rec = {
+        "id": job_id, "status": "queued", "owner": owner, "model": model_name,
+        "params": params.model_dump(mode="json"), "digest": digest,
+        "created_at": now_iso(), "attempt": 1, "planned_passes": info["forward_passes"],
+        "progress_done": 0, "progress_total": info["forward_passes"],
+        "image": {**info["image"], "filename": filename[:200], "bytes": len(data)},
+    }
+    live = settings.result_ttl_seconds + job_timeout(settings, info["forward_passes"])
+    store.create(rec, data, live)
+    if idem_key and not store.remember("idem", owner, idem_key, job_id,
+                                       settings.result_ttl_seconds):
+        # a concurrent retry with the same key won the race: answer with its job
+        other = store.lookup("idem", owner, idem_key)
+        store.end(job_id, "canceled")
+        return _accepted(store.get(other) if other else rec)
+    store.remember("digest", owner, digest, job_id, settings.result_ttl_seconds)
+    enqueue_attempt(state.queue, settings, job_id, 1, info["forward_passes"])
+    JOBS_SUBMITTED.labels(model=model_name).inc()
+    return _accepted(rec)
+
+
+@router.get("/{job_id}", response_model=ExplanationPublic)
+def get_explanation(job_id: str, store: StoreDep, owner: OwnerDep, response: Response):
+    """The job: status, progress with ETA, prediction once known, links when finished."""
+    rec = _get_job(store, job_id, owner)
+    if rec["status"] in ("queued", "running"):
+        response.headers["Retry-After"] = retry_after(rec)
+    return job_public(rec)
+
+
+def _file(store: JobStore, rec: dict[str, Any], name: str) -> bytes:
+    require_results(rec)
+    data = store.file(rec["id"], name)
+    if data is None:
+        raise expired(rec)
+    return data
+
+
+@router.get("/{job_id}/relevance", responses={200: {"description": "the result document"}})
+def get_relevance(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
+    """The result document: prediction and one relevance grid (H x W) per target."""
+    rec = _get_job(store, job_id, owner)
+    return Response(_file(store, rec, "result.json"), media_type="application/json")
+
+
+@router.get("/{job_id}/relevance.npy",
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def get_relevance_npy(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
+    """The relevance grids as a NumPy array (T, H, W) float32, targets in document order."""
+    rec = _get_job(store, job_id, owner)
+    return Response(_file(store, rec, "relevance.npy"), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
+
+
+@router.get("/{job_id}/overlay.png", responses={200: {"content": {"image/png": {}}}})
+def get_overlay(job_id: str, store: StoreDep, owner: OwnerDep,
+                target: int | None = Query(None, ge=0, description="default: first target")
+                ) -> Response:
+    """The overlay PNG for one target: red = evidence for, blue = against."""
+    rec = _get_job(store, job_id, owner)
+    require_results(rec)
+    targets = [t["target"] for t in rec.get("targets") or []]
+    chosen = targets[0] if target is None and targets else target
+    if chosen not in targets:
+        raise Problem(404, "Unknown target", f"job {job_id} has no overlay for target {target}; "
+                      f"its targets are {targets}", type_="/problems/unknown-target")
+    return Response(_file(store, rec, f"overlay-{chosen}.png"), media_type="image/png")
+
+
+@router.get("/{job_id}/input.png", responses={200: {"content": {"image/png": {}}}})
+def get_input(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
+    """The image exactly as the model saw it (resized and cropped, before normalisation)."""
+    rec = _get_job(store, job_id, owner)
+    return Response(_file(store, rec, "input.png"), media_type="image/png")
+
+
+@router.delete("/{job_id}", response_model=ExplanationPublic)
+def delete_explanation(job_id: str, state: StateDep, owner: OwnerDep):
+    """Cancel the job (a running sweep stops within one batch) and delete its results."""
+    store = state.store
+    rec = _get_job(store, job_id, owner)
+    if rec["status"] != "canceled":
+        store.end(job_id, "canceled", canceled_at=now_iso())
+        store.forget("digest", owner, rec.get("digest", ""))
+        if rec["status"] == "queued":  # a running job is counted by its worker
+            store.count("canceled", rec["model"])
+        try:  # drop the queued message too; the job function would skip it anyway
+            job = state.queue.fetch_job(rq_job_id(job_id, int(rec.get("attempt") or 1)))
+            if job is not None and rec["status"] == "queued":
+                job.cancel()
+        except Exception:
+            pass
+    return job_public(store.get(job_id) or rec)
+

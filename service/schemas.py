@@ -1,0 +1,57 @@
+"""Response schemas, named by role (the OpenAPI document is built from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Progress(BaseModel):
+    done: int = Field(description="forward passes done")
+    total: int = Field(description="forward passes this job needs")
+    fraction: float
+
+
+class PredictionEntry(BaseModel):
+    class_index: int
+    label: str
+    probability: float
+
+
+class ExplanationPublic(BaseModel):
+    """A job: its status, progress, parameters, prediction, and links to its results."""
+
+    id: str
+    status: Literal["queued", "running", "finished", "failed", "canceled"]
+    model: str
+    params: dict[str, Any]
+    progress: Progress
+    eta_seconds: float | None = Field(None, description="estimated seconds until finished")
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    expires_at: str | None = Field(None, description="when the results are deleted")
+    attempt: int = 1
+    image: dict[str, Any] = Field(default_factory=dict)
+    prediction: list[PredictionEntry] | None = None
+    targets: list[dict[str, Any]] | None = None
+    error: dict[str, Any] | None = Field(None, description="a problem document when failed")
+    links: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelPublic(BaseModel):
+    name: str
+    source: str
+    available: bool
+    input_size: list[int] | None
+    num_classes: int | None
+    description: str
+    default: bool
+
+
+class PredictionPublic(BaseModel):
+    model: str
+    input_size: list[int]
+    prediction: list[PredictionEntry]
+    seconds: float

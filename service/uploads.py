@@ -1,0 +1,114 @@
+"""Reading a request's image and parameters: multipart form or JSON with base64."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from worker.settings import Settings
+
+from .problems import Problem
+
+#: form and JSON fields that are not explanation parameters
+META_FIELDS = ("model", "preset")
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "Upload too large",
+                   f"the upload exceeds the limit of {limit} bytes (PDA_MAX_UPLOAD_BYTES)",
+                   type_="/problems/upload-too-large")
+
+
+def check_content_length(request: Request, settings: Settings) -> None:
+    """413 before reading the body, when the declared length already says too much."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        raise too_large(settings.max_upload_bytes)
+
+
+async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
+    """(image bytes, raw parameters, file name) from a multipart or JSON request."""
+    check_content_length(request, settings)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _from_form(request, settings)
+    if ctype in ("application/json", ""):
+        return await _from_json(request, settings)
+    raise Problem(415, "Unsupported media type",
+                  f"send multipart/form-data with a file field 'image', or application/json "
+                  f"with 'image_base64'; got {ctype!r}", type_="/problems/unsupported-media-type")
+
+
+async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
+    try:
+        form = await request.form(max_files=2, max_fields=50)
+    except Exception as exc:  # malformed multipart
+        raise Problem(400, "Malformed form", f"cannot parse the multipart body: {exc}",
+                      type_="/problems/malformed-request") from exc
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise _missing_image("multipart field 'image' must be a file "
+                             "(curl -F image=@photo.jpg)")
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise too_large(settings.max_upload_bytes)
+    params: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if key == "image":
+            continue
+        if not isinstance(value, str):
+            raise Problem(422, "Invalid parameters", f"{key}: must be a plain value, not a file",
+                          type_="/problems/invalid-parameter",
+                          errors=[{"field": key, "message": "must not be a file"}])
+        if value.strip() != "":
+            params[key] = value.strip()
+    if isinstance(params.get("fill"), str):
+        params["fill"] = [v.strip() for v in params["fill"].split(",")]
+    return data, params, upload.filename or "upload"
+
+
+async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
+    raw = await request.body()
+    if len(raw) > settings.max_upload_bytes * 4 // 3 + 64 * 1024:
+        raise too_large(settings.max_upload_bytes)
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
+                      type_="/problems/malformed-request") from exc
+    if not isinstance(body, dict) or "image_base64" not in body:
+        raise _missing_image("send a JSON object with 'image_base64' (and optional 'params')")
+    b64 = body["image_base64"]
+    if not isinstance(b64, str):
+        raise _missing_image("'image_base64' must be a base64 string")
+    if "," in b64[:100] and b64.startswith("data:"):
+        b64 = b64.split(",", 1)[1]  # a data: URL
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Problem(422, "Invalid parameters", f"image_base64: not valid base64 ({exc})",
+                      type_="/problems/invalid-parameter",
+                      errors=[{"field": "image_base64", "message": "not valid base64"}]) from exc
+    if len(data) > settings.max_upload_bytes:
+        raise too_large(settings.max_upload_bytes)
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise Problem(422, "Invalid parameters", "params: must be an object",
+                      type_="/problems/invalid-parameter",
+                      errors=[{"field": "params", "message": "must be an object"}])
+    params = dict(params)
+    for key in META_FIELDS:  # accept model/preset at the top level too
+        if key in body and key not in params:
+            params[key] = body[key]
+    return data, params, str(body.get("filename") or "upload")
+
+
+def _missing_image(detail: str) -> Problem:
+    return Problem(422, "Invalid parameters", f"image: {detail}",
+                   type_="/problems/invalid-parameter",
+                   errors=[{"field": "image", "message": detail}])

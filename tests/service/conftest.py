@@ -1,0 +1,181 @@
+"""Fixtures for the service: a real Redis (database 15), real worker processes, a real
+HTTP server. ``.ci/run`` starts Redis when none answers on 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from worker.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CAT = ROOT / "examples" / "chelsea.png"
+REDIS_URL = os.environ.get("PDA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: small sweeps for tests: 7 x 7 windows of 32 px, 2 samples -> 99 forward passes
+SMALL = {"window": "32", "stride": "32", "samples": "2"}
+
+
+@pytest.fixture(scope="session")
+def redis_conn() -> redis.Redis:
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"these tests need a real Redis at {REDIS_URL} (.ci/run starts one): {exc}")
+    return conn
+
+
+@pytest.fixture
+def clean_redis(redis_conn: redis.Redis) -> Iterator[redis.Redis]:
+    redis_conn.flushdb()
+    yield redis_conn
+    redis_conn.flushdb()
+
+
+def make_settings(**overrides) -> Settings:
+    base = {"redis_url": REDIS_URL, "queue_name": f"test-{uuid.uuid4().hex[:8]}"}
+    return Settings(**{**base, **overrides})
+
+
+@pytest.fixture
+def settings(clean_redis) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    from service.main import create_app
+
+    with TestClient(create_app(settings, start_worker=False),
+                    raise_server_exceptions=False) as c:
+        yield c
+
+
+def env_for(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
+    env.update({
+        "PDA_REDIS_URL": settings.redis_url or "", "PDA_QUEUE_NAME": settings.queue_name,
+        "PDA_HEARTBEAT_FILE": str(tmp_path / f"hb-{uuid.uuid4().hex[:6]}"),
+        "PDA_HEARTBEAT_INTERVAL_SECONDS": "1", "PDA_LOG_LEVEL": "warning",
+        "PDA_BATCH_SIZE": "8", "OMP_NUM_THREADS": "1",
+    })
+    env.update(extra)
+    if not env["PDA_REDIS_URL"]:
+        del env["PDA_REDIS_URL"]
+    return env
+
+
+class Worker:
+    """A real ``pda worker`` process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT,
+            stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path):
+    workers: list[Worker] = []
+
+    def start(settings: Settings, **extra: str) -> Worker:
+        w = Worker(env_for(settings, tmp_path, **extra), tmp_path / f"worker{len(workers)}.log")
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop(signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real ``pda serve`` process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(self.port)],
+            env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pda serve exited: {log.read_text()[-2000:]}")
+            try:
+                if self.http.get("/livez").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise RuntimeError("pda serve did not start in 90 s")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):
+    servers: list[Server] = []
+
+    def start(settings: Settings, **extra: str) -> Server:
+        s = Server(env_for(settings, tmp_path, **extra), tmp_path / f"server{len(servers)}.log")
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def wait_for(http, job_id: str, statuses=("finished", "failed", "canceled"),
+             timeout: float = 180, headers=None) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = http.get(f"/v1/explanations/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_cache():
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

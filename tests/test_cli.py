@@ -1,0 +1,95 @@
+"""``pda`` on the command line: outputs, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT = ROOT / "examples" / "chelsea.png"
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["explain", str(CAT), "--window", "28", "--stride", "28", "--samples", "1",
+                     "--target", "top2", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["model"] == {"name": "efficientnet_lite0", "input_size": [224, 224]}
+    assert doc["image"] == {"width": 451, "height": 300, "crop_box": [75, 0, 375, 300]}
+    assert doc["params"]["window"] == 28 and doc["params"]["sampler"] == "conditional"
+    assert doc["prediction"][0]["label"] == "Egyptian cat"
+    assert len(doc["explanations"]) == 2
+    first = doc["explanations"][0]
+    assert first["unit"] == "bits" and first["target"] == 285
+    assert np.array(first["relevance"]).shape == (224, 224)
+    for t in (e["target"] for e in doc["explanations"]):
+        with Image.open(out / f"overlay-{t}.png") as im:
+            assert im.mode == "RGB" and im.width > 448
+    with Image.open(out / "input.png") as im:
+        assert im.size == (224, 224)
+    assert np.load(out / "relevance.npy").shape == (2, 224, 224)
+    assert "top-1 Egyptian cat" in err
+
+
+def test_fit_sampler_writes_statistics_the_explain_command_can_use(tmp_path, capsys):
+    code, err = run(["fit-sampler", str(ROOT / "worker/pda/data/reference"),
+                     "--out", str(tmp_path / "s.npz"), "--patch-sizes", "6"], capsys)
+    assert code == 0, err
+    from worker.pda.stats import SamplerStats
+
+    stats = SamplerStats.load(tmp_path / "s.npz")
+    assert stats.images.shape[1:] == (256, 256, 3) and stats.gaussian(6)[0].shape == (3, 36)
+
+
+def test_models_lists_the_default_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "* efficientnet_lite0" in out and "available" in out
+
+
+BAD = [
+    (["explain", "/nonexistent/cat.png"], "/nonexistent/cat.png"),
+    (["explain", str(ROOT / "pyproject.toml")], "image"),
+    (["explain", str(CAT), "--window", "500"], "window 500 exceeds"),
+    (["explain", str(CAT), "--samples", "0"], "--samples"),
+    (["explain", str(CAT), "--layer", "no_such_block"], "no_such_block"),
+    (["explain", str(CAT), "--target", "1200"], "1200"),
+    (["explain", str(CAT), "--target", "best"], "target"),
+    (["explain", str(CAT), "--model", "resnet9000"], "resnet9000"),
+    (["explain", str(CAT), "--sampler", "magic"], "sampler"),
+    (["explain", str(CAT), "--fill", "2,0,0", "--sampler", "constant"], "fill"),
+    (["fit-sampler", "/nonexistent", "--out", "/tmp/x.npz"], "/nonexistent"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a[1:3]) for a, _ in BAD])
+def test_bad_input_gives_one_line_and_a_nonzero_exit(args, needle, capsys, tmp_path):
+    if args[0] == "explain":
+        args = [*args, "--out", str(tmp_path / "o"), "--quiet"]
+    code, err = run(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("pda: error:") and needle in lines[-1], err
+    assert "Traceback" not in err
+
+
+def test_the_console_script_exits_nonzero_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "explain", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pda: error:") and "Traceback" not in proc.stderr

@@ -1,0 +1,63 @@
+"""Connections, the RQ queue, and enqueueing one attempt of a job.
+
+In embedded mode (no ``PDA_REDIS_URL``) everything runs on one in-process fakeredis
+server, so the same code path serves ``pda serve`` on a laptop and the cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import redis
+from rq import Queue
+
+from worker.settings import Settings
+
+_embedded_server = None
+_lock = threading.Lock()
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A Redis connection: the real one at ``PDA_REDIS_URL``, else the embedded one."""
+    global _embedded_server
+    if settings.redis_url:
+        return redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
+            health_check_interval=15, retry_on_timeout=True,
+        )
+    import fakeredis
+
+    with _lock:
+        if _embedded_server is None:
+            _embedded_server = fakeredis.FakeServer()
+    return fakeredis.FakeRedis(server=_embedded_server)
+
+
+def get_queue(settings: Settings, conn: redis.Redis) -> Queue:
+    return Queue(settings.queue_name, connection=conn)
+
+
+def job_timeout(settings: Settings, forward_passes: int) -> int:
+    """Seconds an attempt may run: 3x the sweep at the slowest expected speed, or more."""
+    expected = forward_passes / settings.assumed_passes_per_second
+    return int(max(settings.job_timeout_floor_seconds, math.ceil(3 * expected)))
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    """RQ's id for one attempt (RQ allows letters, digits, '_' and '-')."""
+    return f"{job_id}-a{attempt}"
+
+
+def enqueue_attempt(
+    queue: Queue, settings: Settings, job_id: str, attempt: int, forward_passes: int,
+    *, at_front: bool = False,
+) -> None:
+    """Put "run attempt N of job X" on the queue (RQ retries off: the store decides)."""
+    timeout = job_timeout(settings, forward_passes)
+    queue.enqueue(
+        "worker.jobs.run_explanation", job_id, attempt,
+        job_id=rq_job_id(job_id, attempt), job_timeout=timeout, result_ttl=600,
+        failure_ttl=settings.result_ttl_seconds, at_front=at_front,
+        description=f"explanation {job_id} attempt {attempt}",
+    )

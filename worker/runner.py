@@ -1,0 +1,122 @@
+"""``pda worker``: an RQ worker that keeps its models loaded between jobs.
+
+It is a :class:`rq.SimpleWorker`: jobs run in this process, so models loaded at start
+stay loaded and CUDA is never initialised before a fork (there is no fork). SIGTERM
+asks for a warm shutdown: the running sweep stops at the end of its current batch and
+puts its job back at the front of the queue, then the process exits. Between jobs the
+worker touches a heartbeat file (the liveness probe) and requeues jobs whose worker
+died (see :func:`worker.jobs.reap_abandoned`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rq import SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+
+from worker import jobs
+from worker.pda.device import resolve_device
+from worker.queueing import connect, get_queue
+from worker.settings import Settings, get_settings
+from worker.store import JobStore
+
+log = logging.getLogger("pda.worker")
+
+
+class PDAWorker(SimpleWorker):
+    """SimpleWorker whose SIGTERM also stops the running sweep at a batch boundary."""
+
+    def request_stop(self, signum, frame):  # noqa: ANN001 (RQ's signature)
+        jobs.shutdown_requested.set()
+        super().request_stop(signum, frame)
+
+
+class EmbeddedWorker(PDAWorker):
+    """Runs in a thread of ``pda serve``: no signal handlers, timer-based timeouts."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def preload(settings: Settings) -> None:
+    """Load the configured models and the sampler statistics before taking jobs."""
+    from worker.pda.models import get_model
+    from worker.pda.stats import get_stats
+
+    device = resolve_device(settings.device)
+    get_stats(settings.sampler_stats)
+    for name in settings.worker_model_list:
+        t = time.perf_counter()
+        get_model(name, device, settings)
+        log.info("loaded %s on %s in %.1f s", name, device, time.perf_counter() - t)
+
+
+def maintenance_loop(settings: Settings, stop: threading.Event) -> None:
+    """Touch the heartbeat file and reap abandoned jobs until ``stop`` is set."""
+    store = JobStore(connect(settings), settings.result_ttl_seconds)
+    path = Path(settings.heartbeat_file)
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as exc:
+            log.warning("cannot touch heartbeat file %s: %s", path, exc)
+        try:
+            jobs.reap_abandoned(settings, store)
+        except Exception as exc:  # Redis away: the worker loop reports it, keep beating
+            log.warning("reaper: %s", exc)
+        if stop.wait(settings.heartbeat_interval_seconds):
+            return
+
+
+def run_worker(burst: bool = False, name: str | None = None) -> int:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.redis_url:
+        print("pda: error: pda worker needs PDA_REDIS_URL (embedded mode runs its worker "
+              "inside pda serve)", file=sys.stderr)
+        return 2
+    conn = connect(settings)
+    try:
+        conn.ping()
+    except Exception as exc:
+        print(f"pda: error: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    preload(settings)
+    stop = threading.Event()
+    threading.Thread(target=maintenance_loop, args=(settings, stop), daemon=True).start()
+    worker = PDAWorker([get_queue(settings, conn)], connection=conn, name=name)
+    # SIGTERM during preload is covered by RQ's handler from here on
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level.upper(),
+                    with_scheduler=False)
+    finally:
+        stop.set()
+    return 0
+
+
+def start_embedded_worker(settings: Settings) -> threading.Thread:
+    """The in-process worker of embedded mode (``pda serve`` with no PDA_REDIS_URL)."""
+    conn = connect(settings)
+
+    def run() -> None:
+        preload(settings)
+        stop = threading.Event()
+        threading.Thread(target=maintenance_loop, args=(settings, stop), daemon=True).start()
+        worker = EmbeddedWorker([get_queue(settings, conn)], connection=conn,
+                                name=f"embedded-{id(conn):x}")
+        worker.work(logging_level=settings.log_level.upper())
+
+    thread = threading.Thread(target=run, name="pda-embedded-worker", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,191 @@
+"""Jobs and their results in Redis: the one record the API and the workers share.
+
+RQ only carries "run job X, attempt N" messages; the truth about a job (status,
+progress, prediction, error, files) lives here, so a crashed worker, a retried message
+or a canceled job can never make the status lie.
+
+Keys (prefix ``pda:``):
+- ``job:{id}``        hash: the job record (JSON-encoded values)
+- ``job:{id}:image``  the uploaded image bytes
+- ``job:{id}:files``  hash: result files (result.json, overlay-*.png, ...)
+- ``running``         zset: running job id -> last heartbeat (for the reaper)
+- ``digest:{owner}:{sha}`` / ``idem:{owner}:{key}``: request dedup -> job id
+- ``metrics:*``       cluster-wide job counters read by the API's /metrics
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+PREFIX = "pda:"
+#: a finished job's record outlives its files by this long, so late readers get a
+#: clear "expired" (410) instead of "unknown" (404)
+TOMBSTONE_SECONDS = 7 * 24 * 3600
+STATUSES = ("queued", "running", "finished", "failed", "canceled")
+TERMINAL = ("finished", "failed", "canceled")
+SWEEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def now_iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: job ids cannot be guessed or enumerated."""
+    return secrets.token_urlsafe(16)
+
+
+class JobStore:
+    def __init__(self, conn: redis.Redis, result_ttl: int = 24 * 3600) -> None:
+        self.r = conn
+        self.result_ttl = result_ttl
+
+    # -- keys --------------------------------------------------------------------------
+    @staticmethod
+    def _job(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    # -- records -----------------------------------------------------------------------
+    def create(self, record: dict[str, Any], image: bytes, live_seconds: int) -> None:
+        """Store a new job and its image; both live ``live_seconds`` until it finishes."""
+        key = self._job(record["id"])
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.items()})
+        pipe.expire(key, live_seconds + TOMBSTONE_SECONDS)
+        pipe.set(f"{key}:image", image, ex=live_seconds)
+        pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.r.hgetall(self._job(job_id))
+        if not raw:
+            return None
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        self.r.hset(self._job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def field(self, job_id: str, name: str) -> Any:
+        v = self.r.hget(self._job(job_id), name)
+        return None if v is None else json.loads(v)
+
+    def image(self, job_id: str) -> bytes | None:
+        return self.r.get(f"{self._job(job_id)}:image")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def mark_running(self, job_id: str, worker: str, attempt: int) -> None:
+        self.update(job_id, status="running", started_at=now_iso(), worker=worker,
+                    attempt=attempt, heartbeat_at=time.time())
+        self.r.zadd(f"{PREFIX}running", {job_id: time.time()})
+
+    def heartbeat(self, job_id: str) -> None:
+        self.r.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(self._job(job_id), mapping={
+            "progress_done": json.dumps(done), "progress_total": json.dumps(total),
+            "heartbeat_at": json.dumps(time.time()),
+        })
+        pipe.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
+        pipe.execute()
+
+    def finish(self, job_id: str, files: dict[str, bytes], **fields: Any) -> bool:
+        """Store the results and mark the job finished, unless it was canceled meanwhile.
+
+        Optimistic locking on the record: a DELETE that lands between the last progress
+        check and here wins, and the results are not stored.
+        """
+        key = self._job(job_id)
+        expires = time.time() + self.result_ttl
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    status = pipe.hget(key, "status")
+                    if status is None or json.loads(status) != "running":
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(f"{key}:files", mapping=files)
+                    pipe.expire(f"{key}:files", self.result_ttl)
+                    pipe.expire(f"{key}:image", self.result_ttl)
+                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in {
+                        "status": "finished", "finished_at": now_iso(),
+                        "expires_at": now_iso(expires), "files": sorted(files),
+                        **fields}.items()})
+                    pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
+                    pipe.zrem(f"{PREFIX}running", job_id)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def end(self, job_id: str, status: str, **fields: Any) -> None:
+        """Failed or canceled: drop image and files, keep the record as a tombstone."""
+        key = self._job(job_id)
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={k: json.dumps(v) for k, v in {
+            "status": status, "finished_at": now_iso(),
+            "expires_at": now_iso(time.time() + self.result_ttl), **fields}.items()})
+        pipe.delete(f"{key}:files", f"{key}:image")
+        pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
+        pipe.zrem(f"{PREFIX}running", job_id)
+        pipe.execute()
+
+    def requeued(self, job_id: str, attempt: int) -> None:
+        self.update(job_id, status="queued", attempt=attempt, progress_done=0,
+                    started_at=None, worker=None)
+        self.r.zrem(f"{PREFIX}running", job_id)
+
+    def claim_stale(self, older_than: float) -> list[str]:
+        """Running jobs whose heartbeat stopped: each is returned to exactly one caller."""
+        ids = self.r.zrangebyscore(f"{PREFIX}running", 0, time.time() - older_than)
+        return [i.decode() for i in ids if self.r.zrem(f"{PREFIX}running", i) == 1]
+
+    def running_count(self) -> int:
+        return int(self.r.zcard(f"{PREFIX}running"))
+
+    # -- files -------------------------------------------------------------------------
+    def file(self, job_id: str, name: str) -> bytes | None:
+        return self.r.hget(f"{self._job(job_id)}:files", name)
+
+    # -- dedup -------------------------------------------------------------------------
+    def lookup(self, kind: str, owner: str, key: str) -> str | None:
+        v = self.r.get(f"{PREFIX}{kind}:{owner}:{key}")
+        return v.decode() if v else None
+
+    def remember(self, kind: str, owner: str, key: str, job_id: str, ttl: int) -> bool:
+        """Point ``kind:owner:key`` at ``job_id`` unless already set; True if set now."""
+        return bool(self.r.set(f"{PREFIX}{kind}:{owner}:{key}", job_id, ex=ttl, nx=True))
+
+    def forget(self, kind: str, owner: str, key: str) -> None:
+        self.r.delete(f"{PREFIX}{kind}:{owner}:{key}")
+
+    # -- metrics -----------------------------------------------------------------------
+    def count(self, outcome: str, model: str, passes: int = 0, seconds: float = 0.0) -> None:
+        pipe = self.r.pipeline()
+        pipe.hincrby(f"{PREFIX}metrics:jobs", f"{outcome}|{model}", 1)
+        if passes:
+            pipe.hincrby(f"{PREFIX}metrics:sweep", "passes", passes)
+            pipe.hincrbyfloat(f"{PREFIX}metrics:sweep", "passes_seconds", seconds)
+        if outcome == "finished":
+            pipe.hincrbyfloat(f"{PREFIX}metrics:sweep", "sum", seconds)
+            pipe.hincrby(f"{PREFIX}metrics:sweep", "count", 1)
+            for b in SWEEP_BUCKETS:
+                if seconds <= b:
+                    pipe.hincrby(f"{PREFIX}metrics:sweep", f"le_{b}", 1)
+            pipe.hset(f"{PREFIX}metrics:sweep", "last_rate", passes / max(seconds, 1e-9))
+        pipe.execute()
+
+    def metrics(self) -> tuple[dict[str, int], dict[str, float]]:
+        jobs = {k.decode(): int(v) for k, v in self.r.hgetall(f"{PREFIX}metrics:jobs").items()}
+        sweep = {k.decode(): float(v) for k, v in
+                 self.r.hgetall(f"{PREFIX}metrics:sweep").items()}
+        return jobs, sweep
