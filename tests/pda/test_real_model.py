@@ -55,8 +55,8 @@ def test_evidence_for_the_cat_lies_on_the_cat_not_on_the_astronaut():
     assert expl.prediction[0]["class_index"] in CAT_CLASSES
     rel = expl.relevance[0]
     inside = np.zeros_like(rel, dtype=bool)
-    l, t, r, b = CAT_BOX
-    inside[t:b, l:r] = True
+    left, top, right, bottom = CAT_BOX
+    inside[top:bottom, left:right] = True
     positive = np.clip(rel, 0, None)
     share = positive[inside].sum() / positive.sum()
     area = inside.mean()  # 0.33 of the image

@@ -107,9 +107,14 @@ class SamplerStats:
 
 
 def fit_gaussian(
-    images: np.ndarray, patch: int, n_patches: int = FIT_PATCHES, seed: int = 0
+    images: np.ndarray, patch: int, n_patches: int = FIT_PATCHES, seed: int = 0,
+    chunk: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit one Gaussian per channel to random l x l patches of ``images`` (R, H, W, 3)."""
+    """Fit one Gaussian per channel to random l x l patches of ``images`` (R, H, W, 3).
+
+    Patches are gathered ``chunk`` at a time and their moments accumulated, so memory
+    stays small even for large patches (l = 36 is 1296 dimensions per channel).
+    """
     R, H, W, C = images.shape
     if patch > min(H, W):
         raise SamplerStatsError(f"patch size {patch} exceeds the reference images ({H}x{W})")
@@ -118,13 +123,19 @@ def fit_gaussian(
     i = rng.integers(0, H - patch + 1, n_patches)
     j = rng.integers(0, W - patch + 1, n_patches)
     offs = np.arange(patch)
-    rows = (i[:, None] + offs)[:, :, None]  # (P, l, 1)
-    cols = (j[:, None] + offs)[:, None, :]  # (P, 1, l)
-    patches = images[r[:, None, None], rows, cols] / 255.0  # (P, l, l, C)
-    patches = patches.transpose(3, 0, 1, 2).reshape(C, n_patches, patch * patch)  # (C, P, l*l)
-    mu = patches.mean(axis=1)  # (C, l*l)
-    centred = patches - mu[:, None, :]
-    cov = centred.transpose(0, 2, 1) @ centred / (n_patches - 1)  # (C, l*l, l*l), BLAS
+    d = patch * patch
+    total = np.zeros((C, d))
+    outer = np.zeros((C, d, d))
+    for s in range(0, n_patches, chunk):
+        sl = slice(s, s + chunk)
+        rows = (i[sl, None] + offs)[:, :, None]  # (P, l, 1)
+        cols = (j[sl, None] + offs)[:, None, :]  # (P, 1, l)
+        p = images[r[sl, None, None], rows, cols].astype(np.float64) / 255.0  # (P, l, l, C)
+        p = p.transpose(3, 0, 1, 2).reshape(C, -1, d)  # (C, P, l*l)
+        total += p.sum(axis=1)
+        outer += p.transpose(0, 2, 1) @ p  # (C, l*l, l*l), BLAS
+    mu = total / n_patches  # (C, l*l)
+    cov = (outer - n_patches * mu[:, :, None] * mu[:, None, :]) / (n_patches - 1)
     return mu, cov
 
 

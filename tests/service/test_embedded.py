@@ -1,0 +1,32 @@
+"""``pda serve`` with no PDA_REDIS_URL: the README's one command, end to end."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from .conftest import CAT, SMALL, make_settings, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_mode_serves_a_working_api_with_no_redis(start_server):
+    server = start_server(make_settings(redis_url=None))
+    deadline = time.time() + 90  # ready once the in-process worker has loaded its model
+    while (ready := server.http.get("/readyz")).status_code != 200 and time.time() < deadline:
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "ok"
+        time.sleep(0.3)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["mode"] == "embedded" and ready.json()["checks"]["workers"] == 1
+    r = server.http.post("/v1/explanations", data=SMALL,
+                         files={"image": ("cat.png", CAT.read_bytes(), "image/png")})
+    assert r.status_code == 202, r.text
+    job = wait_for(server.http, r.json()["id"], timeout=180)
+    assert job["status"] == "finished", job
+    assert job["prediction"][0]["label"] == "Egyptian cat"
+    png = server.http.get(f"/v1/explanations/{job['id']}/overlay.png")
+    assert png.status_code == 200
+    Image.open(io.BytesIO(png.content)).verify()

@@ -1,0 +1,123 @@
+"""The real thing: Redis, ``pda serve`` over HTTP, ``pda worker`` processes, a real photo."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import CAT, SMALL, wait_for
+
+pytestmark = pytest.mark.slow
+PNG = CAT.read_bytes()
+
+
+def post(server, data=SMALL, headers=None):
+    r = server.http.post("/v1/explanations", files={"image": ("cat.png", PNG, "image/png")},
+                         data=data, headers=headers)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_a_real_photo_goes_through_queue_and_worker_and_back(settings, start_server,
+                                                             start_worker):
+    server = start_server(settings)
+    start_worker(settings)
+    job = post(server, data={**SMALL, "target": "top2"})
+    seen = set()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        cur = server.http.get(f"/v1/explanations/{job['id']}").json()
+        seen.add((cur["status"], cur["progress"]["done"]))
+        if cur["status"] in ("finished", "failed"):
+            break
+        time.sleep(0.1)
+    assert cur["status"] == "finished", cur
+    # progress moved through intermediate values while running (batches of 8 of 99)
+    assert any(s == "running" and 0 < d < 99 for s, d in seen), seen
+    assert cur["progress"] == {"done": 99, "total": 99, "fraction": 1.0}
+    assert cur["prediction"][0]["label"] == "Egyptian cat"
+    assert cur["started_at"] and cur["finished_at"] and cur["expires_at"]
+    doc = server.http.get(cur["links"]["relevance"]).json()
+    assert doc["model"]["input_size"] == [224, 224]
+    assert [e["target"] for e in doc["explanations"]] == [285, 282]
+    grid = np.array(doc["explanations"][0]["relevance"])
+    assert grid.shape == (224, 224) and np.isfinite(grid).all() and np.abs(grid).max() > 0
+    png = server.http.get(cur["links"]["overlays"]["285"])
+    assert png.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(png.content)) as im:
+        im.load()
+        assert im.width >= 448
+    npy = np.load(io.BytesIO(server.http.get(cur["links"]["relevance_npy"]).content))
+    assert npy.shape == (2, 224, 224)
+    np.testing.assert_allclose(npy[0], grid, atol=1e-5)
+    inp = server.http.get(cur["links"]["input"])
+    assert Image.open(io.BytesIO(inp.content)).size == (224, 224)
+    assert server.http.get("/readyz").status_code == 200
+    metrics = server.http.get("/metrics").text
+    assert 'pda_jobs_total{model="efficientnet_lite0",outcome="finished"} 1.0' in metrics
+
+
+def test_cancel_stops_a_running_sweep_and_frees_the_worker(settings, start_server, start_worker):
+    server = start_server(settings)
+    start_worker(settings)
+    # 27 x 27 windows x 8 samples: minutes of work, in batches of 8
+    big = post(server, data={"window": "16", "stride": "8", "samples": "8", "seed": "1"})
+    wait_until_running = time.time() + 120
+    while time.time() < wait_until_running:
+        cur = server.http.get(f"/v1/explanations/{big['id']}").json()
+        if cur["status"] == "running" and cur["progress"]["done"] > 0:
+            break
+        time.sleep(0.1)
+    assert cur["status"] == "running", cur
+    r = server.http.delete(f"/v1/explanations/{big['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    time.sleep(2.0)  # several batches' time
+    frozen = server.http.get(f"/v1/explanations/{big['id']}").json()
+    time.sleep(1.5)
+    later = server.http.get(f"/v1/explanations/{big['id']}").json()
+    assert later["status"] == "canceled"
+    assert later["progress"]["done"] == frozen["progress"]["done"] < frozen["progress"]["total"]
+    assert server.http.get(f"/v1/explanations/{big['id']}/relevance").status_code == 410
+    # the worker is free again: a small job finishes
+    small = post(server)
+    assert wait_for(server.http, small["id"], timeout=120)["status"] == "finished"
+
+
+def test_two_workers_drain_several_jobs_and_nothing_is_lost(settings, start_server,
+                                                            start_worker):
+    server = start_server(settings)
+    start_worker(settings)
+    start_worker(settings)
+    ids = [post(server, data={**SMALL, "sampler": "marginal", "seed": str(s)})["id"]
+           for s in range(6)]
+    assert len(set(ids)) == 6
+    done = [wait_for(server.http, i, timeout=300) for i in ids]
+    assert [j["status"] for j in done] == ["finished"] * 6
+    workers = set()
+    from worker.queueing import connect
+    from worker.store import JobStore
+
+    js = JobStore(connect(settings))
+    for i in ids:
+        workers.add(js.field(i, "worker"))
+        assert js.field(i, "attempt") == 1  # none ran twice
+    assert len(workers) == 2, workers  # both workers took jobs
+
+
+def test_a_repeated_request_is_served_from_the_stored_result(settings, start_server,
+                                                             start_worker):
+    server = start_server(settings)
+    start_worker(settings)
+    first = post(server)
+    assert wait_for(server.http, first["id"])["status"] == "finished"
+    t = time.perf_counter()
+    again = post(server)
+    assert again["id"] == first["id"] and again["status"] == "finished"
+    assert time.perf_counter() - t < 5  # no sweep was run
+    body = json.loads(server.http.get(f"/v1/explanations/{first['id']}/relevance").content)
+    assert body["stats"]["forward_passes"] == 99
