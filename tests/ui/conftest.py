@@ -1,0 +1,151 @@
+"""Fixtures for the browser tests: a real ``pda serve`` (embedded mode) and a real headless
+Chromium (Debian's ``chromium``) driven by Playwright.
+
+Playwright's own browser download is never used: ``executable_path`` points at the
+system Chromium, which CI installs with ``apt-get install -y chromium``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CAT = ROOT / "examples" / "chelsea.png"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("PDA_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+API_KEY = "viewer-test-key"
+
+
+def _chromium() -> str:
+    """The system Chromium; installs Debian's package once if it is missing and we can."""
+    path = shutil.which(CHROMIUM) or shutil.which("chromium")
+    if path:
+        return path
+    can_install = shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0
+    if can_install:
+        subprocess.run(["bash", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                        "apt-get install -y -qq chromium"], capture_output=True, timeout=900)
+        path = shutil.which(CHROMIUM) or shutil.which("chromium")
+        if path:
+            return path
+    pytest.skip(f"no Chromium at {CHROMIUM} and it could not be installed "
+                "(as root: apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need the playwright package: pip install playwright "
+                    "(never `playwright install`: they use the system Chromium)")
+    executable = _chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``pda serve`` with no PDA_REDIS_URL: embedded queue and in-process worker."""
+
+    def __init__(self, log: Path, **env_extra: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
+        env.update({"PDA_LOG_LEVEL": "warning",
+                    "PDA_HEARTBEAT_FILE": str(log.parent / f"hb-{uuid.uuid4().hex[:6]}"),
+                    **env_extra})
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(self.port)],
+            env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 90  # ready once the in-process worker has loaded its model
+        with httpx.Client(base_url=self.url, timeout=5) as http:
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"pda serve exited: {log.read_text()[-2000:]}")
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"pda serve not ready in 90 s: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("ui") / "server.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def keyed_server(tmp_path) -> Iterator[Server]:
+    """A server that needs an API key; small batches so progress shows early."""
+    s = Server(tmp_path / "server.log", PDA_API_KEYS=API_KEY, PDA_BATCH_SIZE="8")
+    yield s
+    s.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    if rep.when == "call":
+        item.ui_failed = rep.failed
+    return rep
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page that records the URL of every request it makes (``page.requests``)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.requests = []
+    pg.on("request", lambda r: pg.requests.append(r.url))
+    yield pg
+    if getattr(request.node, "ui_failed", False):
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        pg.screenshot(path=str(ARTIFACTS / f"{name}-failure.png"), full_page=True)
+    context.close()
+
+
+def outside_requests(urls: list[str]) -> list[str]:
+    """Requests that would leave the machine: anything but 127.0.0.1 (blob:/data: are local)."""
+    return [u for u in urls
+            if urlsplit(u).scheme not in ("blob", "data") and urlsplit(u).hostname != "127.0.0.1"]
