@@ -14,6 +14,7 @@ from rq import Queue
 from worker.settings import Settings
 from worker.store import JobStore
 
+from .limits import caller_of, check_rate
 from .problems import Problem
 
 
@@ -49,9 +50,15 @@ def get_owner(request: Request, state: Annotated[AppState, Depends(get_state)]) 
     """Who is calling: a stable id derived from the API key, or ``public`` without keys.
 
     With ``PDA_API_KEYS`` set every route here needs a valid key (401 otherwise); jobs
-    are then visible only to the key that created them.
+    are then visible only to the key that created them. Every call counts against the
+    caller's rate limit (429 past ``PDA_RATE_LIMIT_PER_MINUTE``).
     """
-    keys = state.settings.api_key_list
+    owner = _authenticate(request, state.settings.api_key_list)
+    check_rate(state.conn, caller_of(request, owner), state.settings.rate_limit_per_minute)
+    return owner
+
+
+def _authenticate(request: Request, keys: list[str]) -> str:
     if not keys:
         return "public"
     given = api_key_of(request)

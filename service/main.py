@@ -16,9 +16,9 @@ from worker.queueing import connect, get_queue
 from worker.settings import Settings, get_settings
 from worker.store import JobStore
 
-from . import metrics, problems
+from . import docs, limits, metrics, problems
 from .deps import AppState
-from .routes import explanations, health, models
+from .routes import explanations, health, models, ui
 
 log = logging.getLogger("pda.api")
 
@@ -47,13 +47,17 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             app.state.worker_thread = start_embedded_worker(settings)
         yield
 
-    app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served offline by docs.install
     app.state.pda = state
     problems.install(app)
+    limits.install(app, settings)  # 413 for bodies over the cap, even chunked
     metrics.install(app)
     app.include_router(explanations.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    ui.install(app)
+    docs.install(app)
     return app
 
 

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from worker.settings import Settings
 
+from .limits import body_limit
 from .problems import Problem
 
 #: form and JSON fields that are not explanation parameters
@@ -25,9 +26,15 @@ def too_large(limit: int) -> Problem:
 
 
 def check_content_length(request: Request, settings: Settings) -> None:
-    """413 before reading the body, when the declared length already says too much."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+    """413 before reading the body, when the declared length already says too much.
+
+    (:class:`service.limits.BodySizeLimit` does this for every route, and also stops
+    chunked bodies; this keeps the check where the upload is read, should the app be
+    built without the middleware.)
+    """
+    length = request.headers.get("content-length", "").strip()
+    limit = body_limit(settings, request.headers.get("content-type", ""))
+    if length.isdigit() and int(length) > limit:
         raise too_large(settings.max_upload_bytes)
 
 
@@ -47,6 +54,8 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict
 async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     try:
         form = await request.form(max_files=2, max_fields=50)
+    except Problem:  # the body passed the byte cap while streaming in
+        raise
     except Exception as exc:  # malformed multipart
         raise Problem(400, "Malformed form", f"cannot parse the multipart body: {exc}",
                       type_="/problems/malformed-request") from exc
@@ -74,7 +83,7 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[
 
 async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     raw = await request.body()
-    if len(raw) > settings.max_upload_bytes * 4 // 3 + 64 * 1024:
+    if len(raw) > body_limit(settings, "application/json"):
         raise too_large(settings.max_upload_bytes)
     try:
         body = json.loads(raw or b"null")

@@ -13,7 +13,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import redis
+from rq.job import Job
 
 from worker.pda.artifacts import build_artifacts
 from worker.pda.device import auto_batch_size, resolve_device
@@ -23,7 +27,7 @@ from worker.pda.images import open_image, preprocess
 from worker.pda.models import get_model
 from worker.pda.render import to_uint8
 from worker.pda.stats import get_stats
-from worker.queueing import connect, enqueue_attempt, get_queue
+from worker.queueing import connect, enqueue_attempt, get_queue, rq_job_id
 from worker.settings import Settings, get_settings
 from worker.store import JobStore
 
@@ -31,12 +35,18 @@ log = logging.getLogger("pda.worker")
 
 #: set by the worker's SIGTERM handler: the running sweep requeues itself and stops
 shutdown_requested = threading.Event()
-#: a running job that has not heartbeated for this long is taken to be abandoned
-STALE_AFTER_SECONDS = 30.0
+#: Redis errors a worker rides out (a restart, a failover) rather than failing the job
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: RQ statuses of a message that will never (again) call :func:`run_explanation`
+RQ_SPENT = (b"finished", b"failed", b"stopped", b"canceled")
 
 
 class Requeue(Exception):
     """Stop this attempt and put the job back on the queue (warm shutdown)."""
+
+
+class Superseded(Exception):
+    """This attempt was taken for abandoned and the job rerun: stop without writing."""
 
 
 def _store(settings: Settings) -> JobStore:
@@ -50,56 +60,88 @@ def run_explanation(job_id: str, attempt: int) -> str:
     record = store.get(job_id)
     if record is None:
         return "gone"
-    if record["status"] in ("canceled", "finished", "failed") or record.get("attempt") != attempt:
-        return f"skipped ({record['status']}, attempt {record.get('attempt')} != {attempt})"
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
-    store.mark_running(job_id, worker_name, attempt)
+    # atomic: of two messages for one attempt (a repaired loss, a retried delivery) one runs
+    if not store.mark_running(job_id, worker_name, attempt):
+        current = store.fields(job_id, "status", "attempt")
+        return f"skipped (the job is {current[0]} at attempt {current[1]}; this is {attempt})"
     model_name = record["model"]
+    queue = get_queue(settings, store.r)
+    passes = record.get("planned_passes", 0)
     started = time.perf_counter()
     stop_beat = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop_beat), daemon=True)
+    beat = threading.Thread(target=_heartbeat, daemon=True,
+                            args=(store, job_id, stop_beat, settings.stale_job_seconds / 3))
     beat.start()
     try:
-        files, summary = _explain(store, settings, job_id, record)
+        files, summary = _explain(store, settings, job_id, record, attempt)
     except Canceled:
         log.info("job %s canceled while running", job_id)
         store.count("canceled", model_name)
         return "canceled"
+    except Superseded:
+        log.warning("job %s attempt %d was rerun elsewhere; dropping this one", job_id, attempt)
+        return "superseded"
     except Requeue:
-        store.requeued(job_id, attempt + 1)
-        enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
-                        record.get("planned_passes", 0), at_front=True)
+        if _persist(store.requeued, job_id, attempt + 1):
+            _persist(enqueue_attempt, queue, settings, job_id, attempt + 1, passes,
+                     at_front=True)
         log.warning("job %s requeued by a warm shutdown", job_id)
         return "requeued"
     except PDAError as exc:  # the caller's mistake found late (e.g. a model file that breaks)
-        store.end(job_id, "failed", error=_problem(exc, 422))
+        log.warning("job %s failed: %s", job_id, exc)
+        _persist(store.end, job_id, "failed", error=_problem(exc, 422))
         store.count("failed", model_name)
         return "failed"
     except Exception as exc:  # transient or internal: retry, then fail with a clear message
         log.exception("job %s attempt %s crashed", job_id, attempt)
         if attempt <= settings.job_retries:
-            store.requeued(job_id, attempt + 1)
-            enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
-                            record.get("planned_passes", 0))
+            if _persist(store.requeued, job_id, attempt + 1):
+                _persist(enqueue_attempt, queue, settings, job_id, attempt + 1, passes)
             return "retrying"
-        store.end(job_id, "failed", error={
+        _persist(store.end, job_id, "failed", error={
             "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-            "detail": f"the explanation failed after {attempt} attempts: "
-                      f"{type(exc).__name__}: {exc}"})
+            "detail": f"the explanation failed after {attempt} attempts: {_one_line(exc)}"})
         store.count("failed", model_name)
         return "failed"
     finally:
         stop_beat.set()
     seconds = time.perf_counter() - started
-    if not store.finish(job_id, files, **summary):  # canceled during the last batch
+    # canceled during the last batch, or rerun elsewhere meanwhile
+    if not _persist(store.finish, job_id, files, attempt, **summary):
         return "canceled"
     store.count("finished", model_name, passes=summary["forward_passes"], seconds=seconds)
     return "finished"
 
 
-def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
+def _persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
+    """``fn(...)``, retried while Redis is briefly away (a restart), so that a computed
+    result or a requeue is not thrown away; past ``patience`` the error propagates and
+    the reaper reruns the job once its heartbeat is stale."""
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except REDIS_DOWN:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line; TorchScript puts the model's own error last."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = (lines[-1] if lines else "").removeprefix("builtins.")
+    if not text.startswith(type(exc).__name__) and ": " not in text[:40]:
+        text = f"{type(exc).__name__}: {text}"
+    return text[:300]
+
+
+def _heartbeat(store: JobStore, job_id: str, stop: threading.Event, every: float) -> None:
     # progress also beats, but one batch of a big model can take longer than that
-    while not stop.wait(5.0):
+    while not stop.wait(min(5.0, every)):
         try:
             store.heartbeat(job_id)
         except Exception:  # Redis briefly away: the next beat will do
@@ -107,7 +149,7 @@ def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
 
 
 def _explain(
-    store: JobStore, settings: Settings, job_id: str, record: dict[str, Any]
+    store: JobStore, settings: Settings, job_id: str, record: dict[str, Any], attempt: int
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     device = resolve_device(settings.device)
     model = get_model(record["model"], device, settings)
@@ -124,9 +166,15 @@ def _explain(
         now = time.monotonic()
         if now - last[0] > 0.25 or done == total:
             last[0] = now
-            store.set_progress(job_id, done, total)
-            if store.field(job_id, "status") == "canceled":
+            try:
+                store.set_progress(job_id, done, total)
+                status, current = store.fields(job_id, "status", "attempt")
+            except REDIS_DOWN:  # keep computing; the result is written once Redis is back
+                status, current = None, attempt
+            if status == "canceled":
                 raise Canceled(job_id)
+            if current != attempt:
+                raise Superseded(job_id)
         if shutdown_requested.is_set():
             raise Requeue(job_id)
 
@@ -159,21 +207,48 @@ def _problem(exc: PDAError, status: int) -> dict[str, Any]:
 def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
     """Requeue (or fail) running jobs whose worker stopped heartbeating (SIGKILL, OOM)."""
     out = []
-    for job_id in store.claim_stale(STALE_AFTER_SECONDS):
+    for job_id in store.claim_stale(settings.stale_job_seconds):
         rec = store.get(job_id)
         if rec is None or rec["status"] != "running":
             continue
         attempt = int(rec.get("attempt") or 1)
         if attempt <= settings.job_retries:
-            store.requeued(job_id, attempt + 1)
-            enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
-                            rec.get("planned_passes", 0), at_front=True)
-            log.warning("job %s abandoned by %s; requeued as attempt %d",
-                        job_id, rec.get("worker"), attempt + 1)
+            if store.requeued(job_id, attempt + 1):
+                enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
+                                rec.get("planned_passes", 0), at_front=True)
+                log.warning("job %s abandoned by %s; requeued as attempt %d",
+                            job_id, rec.get("worker"), attempt + 1)
         else:
             store.end(job_id, "failed", error={
                 "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
                 "detail": f"the worker running this job stopped {attempt} times; giving up"})
             store.count("failed", rec.get("model", "?"))
         out.append(job_id)
+    return out
+
+
+def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
+    """Re-enqueue queued jobs whose queue message is gone.
+
+    A message can be lost while the record survives: Redis restarted from an
+    append-only file that missed the last second, a crash between storing a job and
+    enqueueing it, or a worker that took the message and died (or lost Redis) before
+    claiming the job. The record is the truth, so the job is queued again as its next
+    attempt (a late duplicate of the old message is then skipped).
+    """
+    out = []
+    for job_id in store.queued_since(settings.stale_job_seconds):
+        rec = store.get(job_id)
+        if rec is None or rec["status"] != "queued":
+            store.unqueue(job_id)  # ended or expired: not a candidate any more
+            continue
+        attempt = int(rec.get("attempt") or 1)
+        status = store.r.hget(Job.key_for(rq_job_id(job_id, attempt)), "status")
+        if status is not None and status not in RQ_SPENT:
+            continue  # waiting in the queue, or being picked up
+        if store.claim_repair(job_id, attempt) and store.requeued(job_id, attempt + 1):
+            enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
+                            rec.get("planned_passes", 0), at_front=True)
+            log.warning("job %s lost its queue message (attempt %d); requeued", job_id, attempt)
+            out.append(job_id)
     return out

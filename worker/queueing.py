@@ -22,9 +22,13 @@ def connect(settings: Settings) -> redis.Redis:
     """A Redis connection: the real one at ``PDA_REDIS_URL``, else the embedded one."""
     global _embedded_server
     if settings.redis_url:
+        # Short timeouts so a Redis that is down or hung turns into a quick 503 (one retry
+        # on a fresh connection covers a restart), never a request that hangs. RQ's worker
+        # raises the read timeout of its own connection above its blocking dequeue.
+        timeout = settings.redis_timeout_seconds
         return redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
-            health_check_interval=15, retry_on_timeout=True,
+            settings.redis_url, socket_connect_timeout=min(2.0, timeout),
+            socket_timeout=timeout, health_check_interval=15, retry_on_timeout=True,
         )
     import fakeredis
 

@@ -4,8 +4,9 @@ It is a :class:`rq.SimpleWorker`: jobs run in this process, so models loaded at 
 stay loaded and CUDA is never initialised before a fork (there is no fork). SIGTERM
 asks for a warm shutdown: the running sweep stops at the end of its current batch and
 puts its job back at the front of the queue, then the process exits. Between jobs the
-worker touches a heartbeat file (the liveness probe) and requeues jobs whose worker
-died (see :func:`worker.jobs.reap_abandoned`).
+worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
+(:func:`worker.jobs.reap_abandoned`) or whose queue message was lost
+(:func:`worker.jobs.requeue_lost`), and registers itself again if Redis forgot it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from rq import SimpleWorker
+import redis
+from rq import SimpleWorker, worker_registration
 from rq.timeouts import TimerDeathPenalty
 
 from worker import jobs
@@ -59,7 +61,8 @@ def preload(settings: Settings) -> None:
         log.info("loaded %s on %s in %.1f s", name, device, time.perf_counter() - t)
 
 
-def maintenance_loop(settings: Settings, stop: threading.Event) -> None:
+def maintenance_loop(settings: Settings, stop: threading.Event,
+                     worker: SimpleWorker | None = None) -> None:
     """Touch the heartbeat file and reap abandoned jobs until ``stop`` is set."""
     store = JobStore(connect(settings), settings.result_ttl_seconds)
     path = Path(settings.heartbeat_file)
@@ -71,10 +74,31 @@ def maintenance_loop(settings: Settings, stop: threading.Event) -> None:
             log.warning("cannot touch heartbeat file %s: %s", path, exc)
         try:
             jobs.reap_abandoned(settings, store)
+            jobs.requeue_lost(settings, store)
+            if worker is not None:
+                reregister(worker, store.r)
         except Exception as exc:  # Redis away: the worker loop reports it, keep beating
-            log.warning("reaper: %s", exc)
+            log.warning("maintenance: %s", exc)
         if stop.wait(settings.heartbeat_interval_seconds):
             return
+
+
+def reregister(worker: SimpleWorker, conn: redis.Redis) -> None:
+    """Put a running worker back on RQ's worker list if Redis lost it (restarted without
+    its data, flushed): /readyz counts workers from there. An idle worker blocked on its
+    queue would otherwise stay unlisted until its next job."""
+    if worker.birth_date is None or worker._stop_requested:
+        return  # not registered yet by RQ itself, or shutting down
+    if conn.sismember(worker.redis_workers_keys, worker.key) and conn.exists(worker.key):
+        return
+    if conn.hexists(worker.key, "death"):
+        return  # it has just said goodbye itself
+    log.warning("worker %s was missing from Redis; registering it again", worker.name)
+    with conn.pipeline() as pipe:
+        pipe.hset(worker.key, mapping=worker.serialize())
+        worker_registration.register(worker, pipe)
+        pipe.expire(worker.key, worker.worker_ttl + 60)
+        pipe.execute()
 
 
 def run_worker(burst: bool = False, name: str | None = None) -> int:
@@ -93,8 +117,9 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
         return 1
     preload(settings)
     stop = threading.Event()
-    threading.Thread(target=maintenance_loop, args=(settings, stop), daemon=True).start()
     worker = PDAWorker([get_queue(settings, conn)], connection=conn, name=name)
+    threading.Thread(target=maintenance_loop, args=(settings, stop, worker),
+                     daemon=True).start()
     # SIGTERM during preload is covered by RQ's handler from here on
     signal.signal(signal.SIGTERM, worker.request_stop)
     try:

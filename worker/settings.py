@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_queue_length: int = Field(1000, ge=1, description="global queued-jobs cap (503)")
     max_queued_per_key: int = Field(50, ge=1, description="queued jobs per API key (429)")
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute")
+    redis_timeout_seconds: float = Field(
+        5.0, gt=0, description="socket timeout of the API's and the job store's Redis calls"
+    )
 
     # --- jobs --------------------------------------------------------------------
     result_ttl_seconds: int = Field(24 * 3600, ge=1, description="how long results live")
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
         Path("/tmp/pda-worker.heartbeat"), description="file a worker touches while alive"
     )
     heartbeat_interval_seconds: float = Field(10.0, gt=0)
+    stale_job_seconds: float = Field(
+        30.0, gt=0, description="a running job whose heartbeat is this old is rerun elsewhere"
+    )
 
     @property
     def api_key_list(self) -> list[str]:

@@ -9,6 +9,9 @@ Keys (prefix ``pda:``):
 - ``job:{id}:image``  the uploaded image bytes
 - ``job:{id}:files``  hash: result files (result.json, overlay-*.png, ...)
 - ``running``         zset: running job id -> last heartbeat (for the reaper)
+- ``queued``          zset: queued job id -> when it was queued (to find lost messages)
+- ``open:{caller}``   zset: a caller's not-yet-ended job ids (the per-key queued cap);
+                      only an index: whether a job counts is read from its record
 - ``digest:{owner}:{sha}`` / ``idem:{owner}:{key}``: request dedup -> job id
 - ``metrics:*``       cluster-wide job counters read by the API's /metrics
 """
@@ -60,6 +63,7 @@ class JobStore:
         pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.items()})
         pipe.expire(key, live_seconds + TOMBSTONE_SECONDS)
         pipe.set(f"{key}:image", image, ex=live_seconds)
+        pipe.zadd(f"{PREFIX}queued", {record["id"]: time.time()})
         pipe.execute()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -75,14 +79,50 @@ class JobStore:
         v = self.r.hget(self._job(job_id), name)
         return None if v is None else json.loads(v)
 
+    def fields(self, job_id: str, *names: str) -> list[Any]:
+        return [None if v is None else json.loads(v)
+                for v in self.r.hmget(self._job(job_id), names)]
+
     def image(self, job_id: str) -> bytes | None:
         return self.r.get(f"{self._job(job_id)}:image")
 
     # -- lifecycle -----------------------------------------------------------------------
-    def mark_running(self, job_id: str, worker: str, attempt: int) -> None:
-        self.update(job_id, status="running", started_at=now_iso(), worker=worker,
-                    attempt=attempt, heartbeat_at=time.time())
-        self.r.zadd(f"{PREFIX}running", {job_id: time.time()})
+    def _transition(self, job_id: str, from_status: tuple[str, ...], attempt: int,
+                    fields: dict[str, Any], *, running: bool) -> bool:
+        """Set ``fields`` if the job is in ``from_status`` at ``attempt``; True if done.
+
+        Optimistic locking on the record makes every hand-over atomic: of two workers
+        holding messages for the same attempt only one starts it, and a requeue never
+        revives a job that was canceled or taken over meanwhile.
+        """
+        key = self._job(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    status, att = pipe.hmget(key, "status", "attempt")
+                    if (status is None or json.loads(status) not in from_status
+                            or json.loads(att or "1") != attempt):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+                    if running:
+                        pipe.zadd(f"{PREFIX}running", {job_id: time.time()})
+                        pipe.zrem(f"{PREFIX}queued", job_id)
+                    else:
+                        pipe.zrem(f"{PREFIX}running", job_id)
+                        pipe.zadd(f"{PREFIX}queued", {job_id: time.time()})
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def mark_running(self, job_id: str, worker: str, attempt: int) -> bool:
+        """Claim a queued job for ``attempt``; False if it is not (any more) that attempt."""
+        return self._transition(job_id, ("queued",), attempt, {
+            "status": "running", "started_at": now_iso(), "worker": worker,
+            "heartbeat_at": time.time()}, running=True)
 
     def heartbeat(self, job_id: str) -> None:
         self.r.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
@@ -96,11 +136,13 @@ class JobStore:
         pipe.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
         pipe.execute()
 
-    def finish(self, job_id: str, files: dict[str, bytes], **fields: Any) -> bool:
+    def finish(self, job_id: str, files: dict[str, bytes], attempt: int | None = None,
+               **fields: Any) -> bool:
         """Store the results and mark the job finished, unless it was canceled meanwhile.
 
         Optimistic locking on the record: a DELETE that lands between the last progress
-        check and here wins, and the results are not stored.
+        check and here wins, and the results are not stored; so does a newer attempt
+        (this worker was taken for dead and the job rerun elsewhere).
         """
         key = self._job(job_id)
         expires = time.time() + self.result_ttl
@@ -108,8 +150,9 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)
-                    status = pipe.hget(key, "status")
-                    if status is None or json.loads(status) != "running":
+                    status, att = pipe.hmget(key, "status", "attempt")
+                    if status is None or json.loads(status) != "running" or (
+                            attempt is not None and json.loads(att or "1") != attempt):
                         pipe.unwatch()
                         return False
                     pipe.multi()
@@ -137,17 +180,89 @@ class JobStore:
         pipe.delete(f"{key}:files", f"{key}:image")
         pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
         pipe.zrem(f"{PREFIX}running", job_id)
+        pipe.zrem(f"{PREFIX}queued", job_id)
         pipe.execute()
 
-    def requeued(self, job_id: str, attempt: int) -> None:
-        self.update(job_id, status="queued", attempt=attempt, progress_done=0,
-                    started_at=None, worker=None)
-        self.r.zrem(f"{PREFIX}running", job_id)
+    def requeued(self, job_id: str, attempt: int) -> bool:
+        """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended."""
+        return self._transition(job_id, ("running", "queued"), attempt - 1, {
+            "status": "queued", "attempt": attempt, "progress_done": 0,
+            "started_at": None, "worker": None}, running=False)
 
     def claim_stale(self, older_than: float) -> list[str]:
         """Running jobs whose heartbeat stopped: each is returned to exactly one caller."""
         ids = self.r.zrangebyscore(f"{PREFIX}running", 0, time.time() - older_than)
         return [i.decode() for i in ids if self.r.zrem(f"{PREFIX}running", i) == 1]
+
+    def queued_since(self, older_than: float) -> list[str]:
+        """Jobs queued at least ``older_than`` seconds ago (checked for a lost message)."""
+        ids = self.r.zrangebyscore(f"{PREFIX}queued", 0, time.time() - older_than)
+        return [i.decode() for i in ids]
+
+    def unqueue(self, job_id: str) -> None:
+        self.r.zrem(f"{PREFIX}queued", job_id)
+
+    def claim_repair(self, job_id: str, attempt: int, ttl: int = 3600) -> bool:
+        """True for exactly one caller per (job, attempt): who may re-enqueue it."""
+        return bool(self.r.set(f"{PREFIX}repair:{job_id}:{attempt}", 1, ex=ttl, nx=True))
+
+    # -- per-caller queued cap -------------------------------------------------------------
+    def reserve(self, caller: str, job_id: str, cap: int, grace: float = 60.0) -> int | None:
+        """Count ``job_id`` against ``caller``'s queued jobs unless ``cap`` are queued.
+
+        Returns how many were queued before, or None (nothing reserved) when at the cap.
+        The index only lists candidates; each counts while its record says ``queued`` (so
+        cancel, finish, fail and requeue can never make the count drift), or for ``grace``
+        seconds after being reserved while its record is being written. Watching the
+        index makes concurrent reservations by the same caller (any API replica) exact.
+        """
+        key = f"{PREFIX}open:{caller}"
+        now = time.time()
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    queued, ended = self._classify(pipe.zrange(key, 0, -1, withscores=True),
+                                                   now, grace)
+                    if len(queued) >= cap:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    if ended:
+                        pipe.zrem(key, *ended)
+                    pipe.zadd(key, {job_id: now})
+                    pipe.expire(key, TOMBSTONE_SECONDS)
+                    pipe.execute()
+                    return len(queued)
+                except redis.WatchError:
+                    continue
+
+    def release(self, caller: str, job_id: str) -> None:
+        self.r.zrem(f"{PREFIX}open:{caller}", job_id)
+
+    def queued_of(self, caller: str, grace: float = 60.0) -> list[str]:
+        """The caller's jobs that count against the cap now (derived from their records)."""
+        members = self.r.zrange(f"{PREFIX}open:{caller}", 0, -1, withscores=True)
+        return self._classify(members, time.time(), grace)[0]
+
+    def _classify(self, members: list[tuple[bytes, float]], now: float,
+                  grace: float) -> tuple[list[str], list[str]]:
+        """(queued, ended) among index members; running ones are neither (they may requeue)."""
+        if not members:
+            return [], []
+        pipe = self.r.pipeline(transaction=False)
+        for m, _ in members:
+            pipe.hget(self._job(m.decode()), "status")
+        queued, ended = [], []
+        for (m, since), status in zip(members, pipe.execute(), strict=True):
+            job_id = m.decode()
+            if status is None:  # being created (counts), or never written (forgotten)
+                (queued if now - since < grace else ended).append(job_id)
+            elif json.loads(status) == "queued":
+                queued.append(job_id)
+            elif json.loads(status) in TERMINAL:
+                ended.append(job_id)
+        return queued, ended
 
     def running_count(self) -> int:
         return int(self.r.zcard(f"{PREFIX}running"))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from contextlib import suppress
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -19,6 +22,7 @@ from worker.store import JobStore, new_job_id, now_iso
 
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import expired, job_public, require_results, retry_after
+from ..limits import admit_job, caller_of
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, field_errors
 from ..schemas import ExplanationPublic
@@ -65,8 +69,12 @@ REQUEST_BODY: dict[str, Any] = {
 }
 
 
+#: what new_job_id() makes (22 URL-safe characters), with room to change it
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _get_job(store: JobStore, job_id: str, owner: str) -> dict[str, Any]:
-    rec = store.get(job_id)
+    rec = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     # another caller's job is "not found": ids must not leak whether they exist
     if rec is None or rec.get("owner") != owner:
         raise Problem(404, "Unknown job", f"no explanation job {job_id!r} (unknown, deleted "
@@ -121,7 +129,11 @@ def _accepted(rec: dict[str, Any], status: int = 202) -> JSONResponse:
              responses={202: {"description": "accepted; poll the Location"},
                         413: {"description": "upload too large"},
                         415: {"description": "not a supported image"},
-                        422: {"description": "invalid parameters (field named)"}})
+                        422: {"description": "invalid parameters (field named)"},
+                        429: {"description": "rate limit, or too many queued jobs for this "
+                              "API key; see Retry-After"},
+                        503: {"description": "queue full, or the job store unavailable; "
+                              "see Retry-After"}})
 async def create_explanation(
     request: Request, state: StateDep, owner: OwnerDep,
     idempotency_key: str | None = Header(None, max_length=200),
@@ -131,10 +143,11 @@ async def create_explanation(
     Example: `curl -F image=@examples/chelsea.png -F window=16 http://127.0.0.1:8000/v1/explanations`
     """
     data, raw, filename = await read_upload(request, state.settings)
-    return await run_in_threadpool(_create, state, owner, data, raw, filename, idempotency_key)
+    return await run_in_threadpool(_create, state, owner, caller_of(request, owner), data, raw,
+                                   filename, idempotency_key)
 
 
-def _create(state, owner: str, data: bytes, raw: dict[str, Any], filename: str,
+def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], filename: str,
             idem_key: str | None) -> JSONResponse:
     store, settings = state.store, state.settings
     params, model_name, info = _validate(state, data, raw)
@@ -160,7 +173,9 @@ def _create(state, owner: str, data: bytes, raw: dict[str, Any], filename: str,
             return _accepted(rec)
         store.forget("digest", owner, digest)
 
+    # only a job that will be created counts: answers from the cache above create nothing
     job_id = new_job_id()
+    admit_job(state, caller, job_id)
     rec = {
         "id": job_id, "status": "queued", "owner": owner, "model": model_name,
         "params": params.model_dump(mode="json"), "digest": digest,
@@ -169,15 +184,26 @@ def _create(state, owner: str, data: bytes, raw: dict[str, Any], filename: str,
         "image": {**info["image"], "filename": filename[:200], "bytes": len(data)},
     }
     live = settings.result_ttl_seconds + job_timeout(settings, info["forward_passes"])
-    store.create(rec, data, live)
-    if idem_key and not store.remember("idem", owner, idem_key, job_id,
-                                       settings.result_ttl_seconds):
-        # a concurrent retry with the same key won the race: answer with its job
-        other = store.lookup("idem", owner, idem_key)
-        store.end(job_id, "canceled")
-        return _accepted(store.get(other) if other else rec)
-    store.remember("digest", owner, digest, job_id, settings.result_ttl_seconds)
-    enqueue_attempt(state.queue, settings, job_id, 1, info["forward_passes"])
+    try:
+        store.create(rec, data, live)
+        if idem_key and not store.remember("idem", owner, idem_key, job_id,
+                                           settings.result_ttl_seconds):
+            # a concurrent retry with the same key won the race: answer with its job
+            other = store.lookup("idem", owner, idem_key)
+            store.end(job_id, "canceled")
+            return _accepted(store.get(other) if other else rec)
+        store.remember("digest", owner, digest, job_id, settings.result_ttl_seconds)
+        enqueue_attempt(state.queue, settings, job_id, 1, info["forward_passes"])
+    except redis.RedisError:
+        # Redis went away half-way: the caller gets a 503 and retries, so leave nothing
+        # that would run or answer for this attempt (if Redis is back for it; if not, the
+        # workers re-enqueue the orphan and it runs once, unseen)
+        with suppress(redis.RedisError):
+            store.end(job_id, "canceled", error={"detail": "not accepted: store unavailable"})
+            store.forget("digest", owner, digest)
+            if idem_key and store.lookup("idem", owner, idem_key) == job_id:
+                store.forget("idem", owner, idem_key)
+        raise
     JOBS_SUBMITTED.labels(model=model_name).inc()
     return _accepted(rec)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from .errors import ImageTooLargeError, InvalidImageError
 
@@ -33,6 +33,18 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 #: Default decompression-bomb cap; the service passes ``Settings.max_image_pixels``
 #: (same value by default).
 DEFAULT_MAX_PIXELS = 40_000_000
+
+# Pillow's process-wide guards, set here on purpose rather than inherited:
+# - its decompression-bomb check runs inside Image.open (a warning above MAX_IMAGE_PIXELS,
+#   an error above twice that); it is the backstop behind our own per-call cap, and
+#   open_image raises it to follow a larger configured cap;
+# - PNG text chunks (zTXt/iTXt are zlib streams, so bombs too) are capped per chunk and
+#   per file; nothing here reads them;
+# - truncated files fail instead of being padded with grey.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+PngImagePlugin.MAX_TEXT_CHUNK = 1024 * 1024  # big ICC profiles and XMP still fit
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: Resampling filter for the resize. PIL's resize is a separable convolution whose support
 #: grows with the downscale factor, i.e. it is antialiased, unlike a plain
@@ -66,6 +78,8 @@ def open_image(
     :class:`ImageTooLargeError` before decoding.
     """
     cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if cap > (Image.MAX_IMAGE_PIXELS or 0):  # only ever raised, so racing threads agree
+        Image.MAX_IMAGE_PIXELS = cap
     data = _read_bytes(source)
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)", field="image")
@@ -77,9 +91,7 @@ def open_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError as e:  # PIL's own guard (2x MAX_IMAGE_PIXELS)
-        raise ImageTooLargeError(
-            f"image too large ({e}); the limit is {cap} pixels", field="image"
-        ) from e
+        raise _bomb(cap) from e
     except Image.UnidentifiedImageError as e:
         raise InvalidImageError(
             f"not a recognised image file (allowed formats: {allowed})", field="image"
@@ -110,9 +122,7 @@ def open_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(
-            f"image too large ({e}); the limit is {cap} pixels", field="image"
-        ) from e
+        raise _bomb(cap) from e
     except _DECODE_ERRORS as e:
         raise InvalidImageError(
             f"the {fmt} file is corrupt or truncated: {e}", field="image"
@@ -128,6 +138,13 @@ def open_image(
         raise InvalidImageError(
             f"cannot convert the {fmt} image (mode {img.mode}) to RGB: {e}", field="image"
         ) from e
+
+
+def _bomb(cap: int) -> ImageTooLargeError:
+    """Pillow's own guard tripped: the header declares more than twice its limit."""
+    over = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return ImageTooLargeError(f"image too large: its header declares over {over} pixels; "
+                              f"the limit is {cap} pixels", field="image")
 
 
 def _read_bytes(source: str | Path | bytes) -> bytes:

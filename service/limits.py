@@ -1,0 +1,170 @@
+"""Limits that keep the service up under hostile or heavy traffic.
+
+- :class:`BodySizeLimit`: an ASGI middleware that answers 413 before reading a body whose
+  ``Content-Length`` is over the cap, and stops a chunked or streamed body the moment it
+  passes the cap, so no request can make the API buffer more than the cap.
+- :func:`check_rate`: requests per caller per minute (``PDA_RATE_LIMIT_PER_MINUTE``), 429.
+- :func:`admit_job`: the global queue cap (``PDA_MAX_QUEUE_LENGTH``, 503) and the
+  per-caller queued-jobs cap (``PDA_MAX_QUEUED_PER_KEY``, 429).
+
+All counting is in Redis, so several API replicas share one budget. A caller is its API
+key (the owner id); with no ``PDA_API_KEYS`` it is the client's address.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.settings import Settings
+
+from .problems import Problem, problem_response
+
+#: room for multipart boundaries, part headers and the form fields beside the image
+ENVELOPE_BYTES = 64 * 1024
+#: Retry-After when the whole queue is full: about what a worker needs to take a few jobs
+QUEUE_FULL_RETRY_AFTER = 10
+#: Retry-After when one caller has too many jobs waiting
+QUOTA_RETRY_AFTER = 5
+WINDOW = 60  # seconds: the rate limit is per minute
+
+
+def body_limit(settings: Settings, content_type: str) -> int:
+    """Most bytes a request body may have: the image cap plus its envelope (base64 in JSON
+    is 4/3 of the image)."""
+    cap = settings.max_upload_bytes
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        return cap + ENVELOPE_BYTES
+    return cap * 4 // 3 + ENVELOPE_BYTES
+
+
+class BodyTooLarge(Problem):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "Upload too large", f"the upload exceeds the limit of {limit} "
+                         "bytes (PDA_MAX_UPLOAD_BYTES)", type_="/problems/upload-too-large")
+
+
+class BodySizeLimit:
+    """413 for request bodies over :func:`body_limit`, without buffering them."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit = body_limit(self.settings, headers.get("content-type", ""))
+        declared = headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            # answered before a byte of the body is read (an Expect: 100-continue client
+            # never even sends it); the server closes the connection afterwards
+            await self._reject(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(self.settings.max_upload_bytes)
+            return message
+
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except BodyTooLarge:  # raised where no exception handler turned it into a response
+            if started:
+                raise
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exc = BodyTooLarge(self.settings.max_upload_bytes)
+        response = problem_response(exc.status, exc.title, exc.detail, type_=exc.type,
+                                    instance=scope.get("path"), headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(BodySizeLimit, settings=settings)
+
+
+def caller_of(request: Request, owner: str) -> str:
+    """Whom the per-caller limits count: the API key's owner id, else the client address."""
+    if owner != "public":
+        return owner
+    host = request.client.host if request.client else "unknown"
+    return f"ip:{host}"
+
+
+def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> None:
+    """Count one request of ``caller``; 429 with Retry-After when over ``limit`` a minute.
+
+    A sliding window estimated from two fixed one-minute counters (this minute's, and
+    last minute's weighted by how much of it still lies inside the window): two Redis
+    commands per request, no scripts, shared by all replicas. Rejected requests are not
+    counted, so a client that backs off as told gets through.
+    """
+    now = time.time() if now is None else now
+    minute = int(now // WINDOW)
+    elapsed = now - minute * WINDOW
+    key = f"pda:rate:{caller}:"
+    pipe = conn.pipeline(transaction=False)
+    pipe.incr(key + str(minute))
+    pipe.expire(key + str(minute), 2 * WINDOW)
+    pipe.get(key + str(minute - 1))
+    current, _, previous = pipe.execute()
+    previous = int(previous or 0)
+    if previous * (WINDOW - elapsed) / WINDOW + current <= limit:
+        return
+    conn.decr(key + str(minute))
+    wait = _rate_wait(limit, current, previous, elapsed)
+    raise Problem(429, "Too many requests", f"over the limit of {limit} requests a minute "
+                  f"for this API key (PDA_RATE_LIMIT_PER_MINUTE); retry in {wait} s",
+                  type_="/problems/rate-limited", headers={"Retry-After": str(wait)})
+
+
+def _rate_wait(limit: int, current: int, previous: int, elapsed: float) -> int:
+    """Seconds until one more request fits the window (``current`` includes it)."""
+    if current <= limit and previous > 0:
+        # this minute's count fits: wait for enough of last minute's weight to slide out
+        t = WINDOW - elapsed - WINDOW * (limit - current) / previous
+    else:
+        # this minute is full: next minute its accepted requests are the weighted ones
+        accepted = current - 1
+        t = WINDOW - elapsed + (WINDOW * (1 - (limit - 1) / accepted) if accepted else 0)
+    return max(1, min(WINDOW, math.ceil(t)))
+
+
+def admit_job(state: Any, caller: str, job_id: str) -> None:
+    """Reserve a place for a new job, or refuse: 503 when the queue is full for everyone,
+    429 when this caller already has ``PDA_MAX_QUEUED_PER_KEY`` jobs waiting."""
+    settings = state.settings
+    depth = state.queue.count
+    if depth >= settings.max_queue_length:
+        raise Problem(503, "Queue full", f"{depth} jobs are waiting, the limit is "
+                      f"{settings.max_queue_length} (PDA_MAX_QUEUE_LENGTH); retry later",
+                      type_="/problems/queue-full",
+                      headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)})
+    cap = settings.max_queued_per_key
+    if state.store.reserve(caller, job_id, cap) is None:
+        raise Problem(429, "Too many queued jobs", f"this API key already has {cap} jobs "
+                      "waiting (PDA_MAX_QUEUED_PER_KEY); wait for one to start, or cancel one",
+                      type_="/problems/too-many-queued-jobs",
+                      headers={"Retry-After": str(QUOTA_RETRY_AFTER)})
