@@ -167,7 +167,8 @@ def _explain(
         if now - last[0] > 0.25 or done == total:
             last[0] = now
             try:
-                store.set_progress(job_id, done, total)
+                # +1 on both: the unmodified image's pass, counted in the job's plan
+                store.set_progress(job_id, done + 1, total + 1)
                 status, current = store.fields(job_id, "status", "attempt")
             except REDIS_DOWN:  # keep computing; the result is written once Redis is back
                 status, current = None, attempt

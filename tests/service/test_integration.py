@@ -32,13 +32,14 @@ def test_a_real_photo_goes_through_queue_and_worker_and_back(settings, start_ser
     deadline = time.time() + 180
     while time.time() < deadline:
         cur = server.http.get(f"/v1/explanations/{job['id']}").json()
-        seen.add((cur["status"], cur["progress"]["done"]))
+        seen.add((cur["status"], cur["progress"]["done"], cur["progress"]["total"]))
         if cur["status"] in ("finished", "failed"):
             break
         time.sleep(0.1)
     assert cur["status"] == "finished", cur
     # progress moved through intermediate values while running (batches of 8 of 99)
-    assert any(s == "running" and 0 < d < 99 for s, d in seen), seen
+    assert any(s == "running" and 0 < d < 99 for s, d, _ in seen), seen
+    assert {t for _, _, t in seen} == {99}  # the total never changes while it runs
     assert cur["progress"] == {"done": 99, "total": 99, "fraction": 1.0}
     assert cur["prediction"][0]["label"] == "Egyptian cat"
     assert cur["started_at"] and cur["finished_at"] and cur["expires_at"]
