@@ -88,12 +88,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     x, crop = preprocess(image, model.input_size)
     n = plan(model, params)
     stats = get_stats(args.sampler_stats or settings.sampler_stats)
-    batch = args.batch_size or settings.batch_size or auto_batch_size(device, model.input_size)
+    batch = args.batch_size or settings.batch_size or auto_batch_size(
+        device, model.input_size, model)
+    precision = args.precision or settings.precision
     print(f"pda: {model.name} on {device}, {n['windows']} windows, "
           f"{n['forward_passes']} forward passes, batch {batch}", file=sys.stderr)
     bar = _Progress(not args.quiet)
     try:
-        expl = explain(model, x, params, stats, batch_size=batch, progress=bar)
+        expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
+                       precision=precision)
     finally:
         bar.close()
     doc = result_document(
@@ -181,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
+    e.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
     e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -213,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--rounds", type=int, default=5,
+                   help="interleaved raw/sweep rounds; each side reports its best")
+    b.add_argument("--batch-sizes", help="batch sizes to try, e.g. 1,4,16 (default by device)")
+    b.add_argument("--samplers", help="samplers to sweep (default conditional,marginal,constant)")
+    b.add_argument("--precisions",
+                   help="also sweep under these autocast precisions, e.g. bf16,fp16 "
+                        "(default: bf16,fp16 on a GPU, none on the CPU)")
+    b.add_argument("--image", help="photo to explain (default examples/chelsea.png)")
+    b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile (raw)")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--profile", action="store_true",
+                   help="also profile one sweep per sampler: sampling, batch, forward, sums")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -182,8 +182,9 @@ def _explain(
     def on_prediction(prediction: list[dict[str, Any]]) -> None:
         store.update(job_id, prediction=prediction)
 
-    batch = settings.batch_size or auto_batch_size(device, model.input_size)
+    batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
     expl = explain(model, x, params, stats, batch_size=batch, progress=progress,
+                   precision=settings.precision,
                    on_prediction=on_prediction)
     doc = result_document(
         expl, model_name=model.name, input_size=model.input_size, image_size=image.size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +38,9 @@ class Settings(BaseSettings):
     # --- compute -----------------------------------------------------------------
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int | None = Field(None, ge=1, description="forward batch size; unset = auto")
-    precision: str = Field("fp32", description="fp32, bf16 or fp16 (bf16/fp16 on GPU only)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, bf16 or fp16 (bf16/fp16 pay off on GPU only)"
+    )
     default_model: str = "efficientnet_lite0"
     worker_models: str = Field(
         "efficientnet_lite0", description="comma-separated models a worker loads at start"

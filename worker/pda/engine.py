@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
+from .device import autocast, prefers_channels_last
 from .errors import InvalidParameterError
 from .geometry import window_positions, windows_to_pixels
 from .samplers import Sampler
@@ -80,52 +82,75 @@ def run_sweep(
     batch_size: int = 64,
     seed: int = 0,
     progress: Progress | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
 ) -> Sweep:
-    """Evaluate ``readout`` on every window x sample perturbation of ``x`` (C, H, W)."""
+    """Evaluate ``readout`` on every window x sample perturbation of ``x`` (C, H, W).
+
+    ``precision`` bf16/fp16 runs the readout under autocast (the base pass too, so the
+    difference compares like with like); ``channels_last`` builds NHWC batches (default:
+    what the device prefers, :func:`.device.prefers_channels_last`). Neither changes
+    which samples are drawn.
+    """
     if samples < 1:
         raise InvalidParameterError(f"samples must be at least 1, got {samples}", field="samples")
     if batch_size < 1:
         raise InvalidParameterError(f"batch size must be at least 1, got {batch_size}")
     C, H, W = x.shape
     k = window
-    positions = window_positions(H, W, k, stride, device=x.device)  # (n_w, 2)
+    dev = x.device
+    amp = autocast(dev, precision)  # validates the precision before any work
+    if channels_last is None:
+        channels_last = prefers_channels_last(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    positions = window_positions(H, W, k, stride, device=dev)  # (n_w, 2)
     n_w = len(positions)
     S = passes_per_window(sampler, samples)
     total = n_w * S
-    base = readout(x[None])[0].double()  # (T,)
-    sums = torch.zeros(n_w, base.numel(), dtype=torch.float64, device=x.device)  # (n_w, T)
+    with amp:
+        base = readout(x[None].contiguous(memory_format=fmt))[0].double()  # (T,)
+    sums = torch.zeros(n_w, base.numel(), dtype=torch.float64, device=dev)  # (n_w, T)
 
-    offs = torch.arange(k, device=x.device)
+    window_ids = torch.arange(n_w, device=dev)
+    offs = torch.arange(k, device=dev)
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids (P,), patches (P, C, k, k))
     n_pending = 0
     done = 0
 
     def forward(n: int) -> None:
         nonlocal pending, n_pending, done
-        ids = torch.cat([p[0] for p in pending])
-        patches = torch.cat([p[1] for p in pending])
+        ids = torch.cat([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
+        patches = torch.cat([p[1] for p in pending]) if len(pending) > 1 else pending[0][1]
         ids, rest_ids = ids[:n], ids[n:]
         patches, rest_patches = patches[:n], patches[n:]
         pending = [(rest_ids, rest_patches)] if len(rest_ids) else []
         n_pending = len(rest_ids)
-        batch = x.expand(n, C, H, W).clone()  # (n, C, H, W)
-        pos = positions[ids]
-        rows = (pos[:, 0:1] + offs)[:, :, None]  # (n, k, 1)
-        cols = (pos[:, 1:2] + offs)[:, None, :]  # (n, 1, k)
-        b = torch.arange(n, device=x.device)[:, None, None]
-        batch[b, :, rows, cols] = patches.permute(0, 2, 3, 1)  # indexed view is (n, k, k, C)
-        out = readout(batch).double()  # (n, T)
-        sums.index_add_(0, ids, out)
+        with record_function("pda.batch"):
+            # every image is x with one window replaced: one copy, one scatter
+            batch = torch.empty((n, C, H, W), dtype=x.dtype, device=dev, memory_format=fmt)
+            batch.copy_(x.expand(n, C, H, W))  # (n, C, H, W)
+            pos = positions[ids]
+            rows = (pos[:, 0:1] + offs)[:, :, None]  # (n, k, 1)
+            cols = (pos[:, 1:2] + offs)[:, None, :]  # (n, 1, k)
+            b = torch.arange(n, device=dev)[:, None, None]
+            batch[b, :, rows, cols] = patches.permute(0, 2, 3, 1)  # indexed view (n, k, k, C)
+        with record_function("pda.forward"), amp:
+            out = readout(batch)  # (n, T)
+        with record_function("pda.accumulate"):
+            sums.index_add_(0, ids, out.double())
         done += n
         if progress is not None:
             progress(done, total)
 
     for block, start in enumerate(range(0, n_w, BLOCK_WINDOWS)):
-        ids = torch.arange(start, min(start + BLOCK_WINDOWS, n_w), device=x.device)
-        gen = torch.Generator(device=x.device).manual_seed(_block_seed(seed, block))
-        patches = sampler.sample(ids, S, gen)  # (b, S, C, k, k)
-        pending.append((ids.repeat_interleave(S), patches.reshape(-1, C, k, k)))
-        n_pending += len(ids) * S
+        stop = min(start + BLOCK_WINDOWS, n_w)
+        gen = torch.Generator(device=dev).manual_seed(_block_seed(seed, block))
+        # samplers get CPU ids: they group windows by geometry without a device sync
+        with record_function("pda.sample"):
+            patches = sampler.sample(torch.arange(start, stop), S, gen)  # (b, S, C, k, k)
+        ids = window_ids[start:stop, None].expand(stop - start, S).reshape(-1)  # (b*S,)
+        pending.append((ids, patches.reshape(-1, C, k, k)))
+        n_pending += len(ids)
         while n_pending >= batch_size:
             forward(batch_size)
     if n_pending:

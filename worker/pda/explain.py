@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .device import auto_batch_size, check_precision
 from .engine import DEFAULT_TRAIN_SIZE, Progress, count_passes, relevance_maps, run_sweep
 from .errors import InvalidParameterError, UnknownLayerError
 from .geometry import check_window, count_windows, window_positions
@@ -49,7 +50,8 @@ class ExplainParams(BaseModel):
     layer: str = Field("output", description="output, logits, or a module name")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     train_size: int = Field(
-        DEFAULT_TRAIN_SIZE, ge=1, description="Laplace correction N (training-set size)"
+        DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
+        description="Laplace correction N (training-set size)",
     )
 
     @field_validator("fill")
@@ -175,16 +177,23 @@ def explain(
     params: ExplainParams,
     stats: SamplerStats,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
+    precision: str = "fp32",
 ) -> Explanation:
-    """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1]."""
+    """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
+
+    ``batch_size`` None picks one for the model's device (:func:`.device.auto_batch_size`);
+    ``precision`` bf16/fp16 runs the sweep's forward passes under autocast (the reported
+    prediction stays fp32).
+    """
     start = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
     C, H, W = x.shape
     check_window(H, W, params.window, params.stride)
+    check_precision(precision, model.device)  # fail before any forward pass
     x = x.to(model.device)
     prediction = predict(model, x)
     if on_prediction is not None:
@@ -240,9 +249,12 @@ def explain(
         params.sampler, x, params.window, positions, stats,
         padding=params.padding, fill=params.fill,
     )
+    if batch_size is None:
+        batch_size = auto_batch_size(x.device, (H, W), model)
     sweep = run_sweep(
         readout, x, sampler, window=params.window, stride=params.stride,
         samples=params.samples, batch_size=batch_size, seed=params.seed, progress=progress,
+        precision=precision,
     )
     rel, counts = relevance_maps(
         sweep, H, W, params.window, params.stride, log_odds=log_odds,

@@ -2,9 +2,10 @@
 
 Every sampler works in pixel space (RGB in [0, 1]) on one image ``x`` (C, H, W) and a
 fixed list of window corners (n_w, 2). ``sample(ids, S, generator)`` returns the values
-for windows ``ids`` (B,) as (B, S, C, k, k). It draws its random numbers for the whole
-call in one fixed order, so the engine gets the same samples however it later batches
-them.
+for windows ``ids`` (B,) as (B, S, C, k, k) on the image's device; the engine passes
+``ids`` on the CPU, so grouping windows never waits for a GPU. A sampler draws its random
+numbers for the whole call in one fixed order, so the engine gets the same samples
+however it later batches them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .device import to_device
 from .errors import InvalidParameterError
 from .stats import SamplerStats
 
@@ -68,14 +70,15 @@ class MarginalSampler:
             raise InvalidParameterError(
                 f"reference images {tuple(references.shape[1:])} do not match {tuple(x.shape)}"
             )
-        self.refs = references.to(device=x.device, dtype=x.dtype)
+        self.refs = to_device(references.to(dtype=x.dtype), x.device)
         self.positions = positions
         self.k = window
 
     def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
         B, R = len(ids), self.refs.shape[0]
         pick = torch.randint(0, R, (B, samples), generator=generator, device=self.refs.device)
-        rows, cols = _window_index(self.positions[ids], self.k)  # (B, k, 1), (B, 1, k)
+        pos = self.positions[to_device(ids, self.positions.device)]
+        rows, cols = _window_index(pos, self.k)  # (B, k, 1), (B, 1, k)
         # advanced indices (B,S,1,1), (B,1,k,1), (B,1,1,k) around a channel slice
         out = self.refs[pick[:, :, None, None], :, rows[:, None], cols[:, None]]  # (B,S,k,k,C)
         return out.permute(0, 1, 4, 2, 3)  # (B, S, C, k, k)
@@ -88,7 +91,8 @@ class ConditionalSampler:
         mean = mu_i + S_io S_oo^-1 (x_o - mu_o),  cov = S_ii - S_io S_oo^-1 S_oi.
     Assumption 2 (statistics independent of position) means the matrices and the
     Cholesky factor are computed once per *geometry*: the interior one, and one per
-    distinct way the ring is clipped by the image border, never per window.
+    distinct way the ring is clipped by the image border, never per window. A call then
+    costs two batched matmuls per geometry present among its windows.
     """
 
     deterministic = False
@@ -111,18 +115,21 @@ class ConditionalSampler:
         # pad so every l x l patch can be gathered; the clipped ring is masked out below
         self.x_pad = torch.nn.functional.pad(x, (p, p, p, p))  # (C, H+2p, W+2p)
         # how many ring rows/cols each window loses at each border, 0..p
-        r, c = positions[:, 0], positions[:, 1]
+        pos = positions.cpu()
+        r, c = pos[:, 0], pos[:, 1]
         clips = torch.stack(
             [(p - r).clamp(min=0), (r + k + p - H).clamp(min=0),
              (p - c).clamp(min=0), (c + k + p - W).clamp(min=0)], dim=1,
         )  # (n_w, 4)
-        keys, self.geometry = torch.unique(clips.cpu(), dim=0, return_inverse=True)
-        self.geometry = self.geometry.to(x.device)  # (n_w,) geometry id per window
+        keys, geometry = torch.unique(clips, dim=0, return_inverse=True)
+        self._geometry = geometry  # (n_w,) geometry id per window, on the CPU
+        self.geometry = geometry.to(x.device)
         grid = np.arange(l_ * l_).reshape(l_, l_)
         self.inner = torch.as_tensor(grid[p : p + k, p : p + k].ravel(), device=x.device)
         self._factors = [self._factorise(tuple(int(v) for v in key), grid) for key in keys]
 
     def _factorise(self, clip: tuple[int, int, int, int], grid: np.ndarray):
+        """(o, A, b, chol) for one border geometry; A and chol as (C, ., .) tensors."""
         top, bottom, left, right = clip
         p, k, l_ = self.p, self.k, self.l
         observed = np.ones((l_, l_), dtype=bool)
@@ -149,42 +156,70 @@ class ConditionalSampler:
             chol[ch] = np.linalg.cholesky(cond)
         b = self.mu[:, i] - np.einsum("cio,co->ci", A, self.mu[:, o])  # (C, n_i)
         dev, dt = self.x.device, self.x.dtype
-        as_t = lambda a: torch.as_tensor(a, device=dev, dtype=dt)  # noqa: E731
+
+        def as_t(a: np.ndarray) -> torch.Tensor:
+            return to_device(torch.as_tensor(a, dtype=dt), dev)
+
         return torch.as_tensor(o, device=dev), as_t(A), as_t(b), as_t(chol)
+
+    def _groups(self, ids: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+        """Windows of ``ids`` per geometry: (geometry, positions in ids or None for all)."""
+        geo = self._geometry[ids.cpu()]
+        uniq = torch.unique(geo).tolist()
+        if len(uniq) == 1:
+            return [(uniq[0], None)]
+        return [(g, to_device((geo == g).nonzero().squeeze(1), self.x.device)) for g in uniq]
+
+    def _ring(self, ids: torch.Tensor, g: int) -> torch.Tensor:
+        """Observed ring values of windows ``ids`` (device ids, all of geometry g):
+        (C, B, n_o)."""
+        l_ = self.l
+        o = self._factors[g][0]
+        pos = self.positions[ids]  # (B, 2) = the l x l patch's corner in padded coordinates
+        rows = pos[:, 0:1] + torch.div(o, l_, rounding_mode="floor")  # (B, n_o)
+        cols = pos[:, 1:2] + o % l_  # (B, n_o)
+        return self.x_pad[:, rows, cols]  # (C, B, n_o)
+
+    def _mean(self, ids: torch.Tensor, g: int) -> torch.Tensor:
+        """mu_i + S_io S_oo^-1 (x_o - mu_o) for device ids of geometry g: (C, B, n_i)."""
+        _, A, b, _ = self._factors[g]
+        return torch.baddbmm(b[:, None, :], self._ring(ids, g), A.transpose(1, 2))
 
     def conditional_mean(self, ids: torch.Tensor) -> torch.Tensor:
         """E[x_w | ring] for windows ``ids``: (B, C, k*k), before noise and clipping."""
         C = self.x.shape[0]
-        l_ = self.l
-        pos = self.positions[ids]
-        offs = torch.arange(l_, device=pos.device)
-        rows = (pos[:, 0:1] + offs)[:, :, None]  # (B, l, 1) in padded coordinates
-        cols = (pos[:, 1:2] + offs)[:, None, :]  # (B, 1, l)
-        patch = self.x_pad[:, rows, cols].reshape(C, len(ids), l_ * l_)  # (C, B, l*l)
-        mean = torch.empty(len(ids), C, self.k * self.k, dtype=self.x.dtype, device=self.x.device)
-        geo = self.geometry[ids]
-        for g in torch.unique(geo).tolist():
-            sel = (geo == g).nonzero().squeeze(1)
-            o, A, b, _ = self._factors[g]
-            x_o = patch[:, sel][:, :, o]  # (C, Bg, n_o)
-            mean[sel] = (b[:, None, :] + torch.einsum("cio,cbo->cbi", A, x_o)).transpose(0, 1)
-        return mean  # (B, C, k*k)
+        ids_d = to_device(ids, self.x.device)
+        mean = torch.empty(C, len(ids), self.k * self.k, dtype=self.x.dtype, device=self.x.device)
+        for g, sel in self._groups(ids):
+            if sel is None:
+                mean = self._mean(ids_d, g)
+            else:
+                mean[:, sel] = self._mean(ids_d[sel], g)
+        return mean.transpose(0, 1)  # (B, C, k*k)
 
     def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
         B, C, k = len(ids), self.x.shape[0], self.k
+        n_i = k * k
         # all noise for the call first, in one fixed order: (B, S, C, k*k)
         z = torch.randn(
-            (B, samples, C, k * k), generator=generator, device=self.x.device, dtype=self.x.dtype
+            (B, samples, C, n_i), generator=generator, device=self.x.device, dtype=self.x.dtype
         )
-        mean = self.conditional_mean(ids)  # (B, C, k*k)
+        ids_d = to_device(ids, self.x.device)
         out = torch.empty_like(z)
-        geo = self.geometry[ids]
-        for g in torch.unique(geo).tolist():
-            sel = (geo == g).nonzero().squeeze(1)
+        for g, sel in self._groups(ids):
             chol = self._factors[g][3]  # (C, n_i, n_i)
-            noise = torch.einsum("cij,bscj->bsci", chol, z[sel])  # (Bg, S, C, n_i)
-            out[sel] = mean[sel][:, None] + noise
-        return out.clamp_(0.0, 1.0).reshape(B, samples, C, k, k)  # (B, S, C, k, k)
+            mean = self._mean(ids_d if sel is None else ids_d[sel], g)  # (C, Bg, n_i)
+            zg = z if sel is None else z[sel]  # (Bg, S, C, n_i)
+            Bg = zg.shape[0]
+            zc = zg.permute(2, 0, 1, 3).reshape(C, Bg * samples, n_i)  # (C, Bg*S, n_i)
+            # x = mean + L z, batched over channels
+            draw = torch.bmm(zc, chol.transpose(1, 2)).view(C, Bg, samples, n_i)
+            draw = draw.add_(mean[:, :, None]).permute(1, 2, 0, 3)  # (Bg, S, C, n_i)
+            if sel is None:
+                out = draw
+            else:
+                out[sel] = draw
+        return out.clamp(0.0, 1.0).reshape(B, samples, C, k, k)  # (B, S, C, k, k)
 
 
 def reference_tensor(stats: SamplerStats, height: int, width: int) -> torch.Tensor:
