@@ -96,7 +96,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     bar = _Progress(not args.quiet)
     try:
         expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
-                       precision=precision)
+                       precision=precision, compile=args.compile or settings.compile)
     finally:
         bar.close()
     doc = result_document(
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
+    e.add_argument("--compile", action="store_true",
+                   help="torch.compile the model first (pays off on long sweeps)")
     e.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32, bf16 or fp16 (bf16/fp16 pay off on GPU only)"
     )
+    compile: bool = Field(
+        False, description="torch.compile the model for output/logits sweeps (needs a C++ "
+        "compiler; falls back to eager)"
+    )
     default_model: str = "efficientnet_lite0"
     worker_models: str = Field(
         "efficientnet_lite0", description="comma-separated models a worker loads at start"

@@ -209,3 +209,49 @@ def test_marginal_samples_come_from_the_same_place_in_reference_images():
         cands = refs[:, :, i : i + 4, j : j + 4]
         for s in range(6):
             assert any(torch.allclose(out[b, s], c) for c in cands)
+
+
+def test_fixed_batch_padding_does_not_change_the_result():
+    # fixed_batch pads the base pass and the last batch with the unmodified image
+    model = wrap(ConvNet(), 16, classes=5)
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(4))
+    stats = random_stats()
+    pos = window_positions(16, 16, 4, 2)
+    sampler = make_sampler("conditional", x, 4, pos, stats)
+
+    def readout(b):
+        return torch.softmax(model(b), 1)[:, :2]
+
+    kw = dict(window=4, stride=2, samples=3, seed=5)
+    plain = run_sweep(readout, x, sampler, batch_size=64, **kw)
+    padded = run_sweep(readout, x, sampler, batch_size=10, fixed_batch=True, **kw)
+    assert 49 * 3 % 10 != 0  # the last batch really is padded
+    torch.testing.assert_close(padded.window_means, plain.window_means, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(padded.base, plain.base, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
+    model = wrap(ConvNet(), 12, classes=5)
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert model.compiled(4) is model
+    x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
+    params = ExplainParams(sampler="constant", window=4, stride=4, target="0")
+    eager = explain(model, x, params, random_stats(), batch_size=4).relevance
+    fallback = explain(model, x, params, random_stats(), batch_size=4, compile=True).relevance
+    # equal up to float32 batch-shape noise (the padded base pass runs at batch 4)
+    np.testing.assert_allclose(eager, fallback, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_sweep_matches_the_eager_one():
+    model = wrap(ConvNet(), 12, classes=5)
+    x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
+    params = ExplainParams(sampler="marginal", window=4, stride=2, samples=2, target="top2")
+    eager = explain(model, x, params, random_stats(), batch_size=8).relevance
+    fast = explain(model, x, params, random_stats(), batch_size=8, compile=True).relevance
+    assert model.compiled(8, True) is not model  # it really compiled
+    np.testing.assert_allclose(fast, eager, rtol=1e-3, atol=1e-5)

@@ -84,13 +84,16 @@ def run_sweep(
     progress: Progress | None = None,
     precision: str = "fp32",
     channels_last: bool | None = None,
+    fixed_batch: bool = False,
 ) -> Sweep:
     """Evaluate ``readout`` on every window x sample perturbation of ``x`` (C, H, W).
 
     ``precision`` bf16/fp16 runs the readout under autocast (the base pass too, so the
     difference compares like with like); ``channels_last`` builds NHWC batches (default:
     what the device prefers, :func:`.device.prefers_channels_last`). Neither changes
-    which samples are drawn.
+    which samples are drawn. ``fixed_batch`` pads the base pass and the last batch to
+    ``batch_size`` (padding rows are the unmodified image, their outputs dropped), so a
+    compiled model sees one shape and never recompiles.
     """
     if samples < 1:
         raise InvalidParameterError(f"samples must be at least 1, got {samples}", field="samples")
@@ -107,8 +110,10 @@ def run_sweep(
     n_w = len(positions)
     S = passes_per_window(sampler, samples)
     total = n_w * S
+    n_base = batch_size if fixed_batch else 1
     with amp:
-        base = readout(x[None].contiguous(memory_format=fmt))[0].double()  # (T,)
+        xb = x[None].expand(n_base, C, H, W).contiguous(memory_format=fmt)  # (n_base, C, H, W)
+        base = readout(xb)[0].double()  # (T,)
     sums = torch.zeros(n_w, base.numel(), dtype=torch.float64, device=dev)  # (n_w, T)
 
     window_ids = torch.arange(n_w, device=dev)
@@ -127,15 +132,16 @@ def run_sweep(
         n_pending = len(rest_ids)
         with record_function("pda.batch"):
             # every image is x with one window replaced: one copy, one scatter
-            batch = torch.empty((n, C, H, W), dtype=x.dtype, device=dev, memory_format=fmt)
-            batch.copy_(x.expand(n, C, H, W))  # (n, C, H, W)
+            m = batch_size if fixed_batch else n  # rows n..m-1 stay the unmodified image
+            batch = torch.empty((m, C, H, W), dtype=x.dtype, device=dev, memory_format=fmt)
+            batch.copy_(x.expand(m, C, H, W))  # (m, C, H, W)
             pos = positions[ids]
             rows = (pos[:, 0:1] + offs)[:, :, None]  # (n, k, 1)
             cols = (pos[:, 1:2] + offs)[:, None, :]  # (n, 1, k)
             b = torch.arange(n, device=dev)[:, None, None]
             batch[b, :, rows, cols] = patches.permute(0, 2, 3, 1)  # indexed view (n, k, k, C)
         with record_function("pda.forward"), amp:
-            out = readout(batch)  # (n, T)
+            out = readout(batch)[:n]  # (n, T)
         with record_function("pda.accumulate"):
             sums.index_add_(0, ids, out.double())
         done += n

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .device import auto_batch_size, check_precision
+from .device import auto_batch_size, check_precision, prefers_channels_last
 from .engine import DEFAULT_TRAIN_SIZE, Progress, count_passes, relevance_maps, run_sweep
 from .errors import InvalidParameterError, UnknownLayerError
 from .geometry import check_window, count_windows, window_positions
@@ -181,12 +181,15 @@ def explain(
     progress: Progress | None = None,
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> Explanation:
     """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
 
     ``batch_size`` None picks one for the model's device (:func:`.device.auto_batch_size`);
     ``precision`` bf16/fp16 runs the sweep's forward passes under autocast (the reported
-    prediction stays fp32).
+    prediction stays fp32). ``compile`` runs output/logits sweeps through
+    ``torch.compile`` at one fixed batch shape (:meth:`.models.LoadedModel.compiled`);
+    hidden-layer sweeps stay eager (their forward hooks would break the graph).
     """
     start = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
@@ -199,6 +202,10 @@ def explain(
     if on_prediction is not None:
         on_prediction(prediction)
     kind, spec = parse_target(params.target)
+    if batch_size is None:
+        batch_size = auto_batch_size(x.device, (H, W), model)
+    compile = compile and params.layer in ("output", "logits")
+    net = model.compiled(batch_size, prefers_channels_last(x.device)) if compile else model
 
     if params.layer in ("output", "logits"):
         num_classes = model.num_classes
@@ -218,10 +225,10 @@ def explain(
         idx = torch.tensor(targets, device=model.device)
         if params.layer == "output":
             def readout(b: torch.Tensor) -> torch.Tensor:
-                return torch.softmax(model(b).float(), dim=1)[:, idx]  # (B, T)
+                return torch.softmax(net(b).float(), dim=1)[:, idx]  # (B, T)
         else:
             def readout(b: torch.Tensor) -> torch.Tensor:
-                return model(b).float()[:, idx]  # (B, T)
+                return net(b).float()[:, idx]  # (B, T)
         unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
     else:
         hidden = _hidden_readout(model, params.layer)
@@ -249,12 +256,10 @@ def explain(
         params.sampler, x, params.window, positions, stats,
         padding=params.padding, fill=params.fill,
     )
-    if batch_size is None:
-        batch_size = auto_batch_size(x.device, (H, W), model)
     sweep = run_sweep(
         readout, x, sampler, window=params.window, stride=params.stride,
         samples=params.samples, batch_size=batch_size, seed=params.seed, progress=progress,
-        precision=precision,
+        precision=precision, fixed_batch=compile,
     )
     rel, counts = relevance_maps(
         sweep, H, W, params.window, params.stride, log_odds=log_odds,
