@@ -16,10 +16,7 @@ Sources:
 
 from __future__ import annotations
 
-import json
-import math
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from worker.settings import Settings, get_settings
 from .device import resolve_device
 from .efficientnet_lite import EfficientNetLite0, efficientnet_weights
 from .errors import ModelLoadError, UnknownLayerError, UnknownModelError
+from .model_files import FILE_SUFFIXES, first_line, load_file, read_sidecar, resolve_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +38,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # builder: MEAN_RGB = [127.0], STDDEV_RGB = [128.0]); here in [0, 1] pixel units.
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
-FILE_SUFFIXES = (".pt2", ".pt")
 
 
 @dataclass(eq=False)
@@ -217,99 +214,11 @@ def _load_builtin(spec: _Builtin, settings: Settings, random_weights: bool) -> n
             module.load_state_dict(state, strict=True, assign=True)
         except Exception as e:  # corrupt file, wrong checkpoint: the operator must know which
             raise ModelLoadError(
-                f"cannot load weights {path} for {spec.name!r}: {_first_line(e)}") from e
+                f"cannot load weights {path} for {spec.name!r}: {first_line(e)}") from e
     if spec.name == "googlenet":  # drop the training-only auxiliary classifiers
         module.aux_logits = False
         module.aux1 = module.aux2 = None
     return module
-
-
-# --------------------------------------------------------------------------------------
-# Model files
-
-
-def _first_line(e: BaseException) -> str:
-    """Torch's errors span many lines; ours are one line (they end up in API responses)."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _read_sidecar(model_path: Path) -> dict[str, Any]:
-    """Parse and check ``NAME.json`` beside ``model_path``; ModelLoadError says what is wrong."""
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        raise ModelLoadError(
-            f"model file {model_path.name} needs a sidecar {side.name} beside it with "
-            '{"input_size": [H, W], "mean": [r, g, b], "std": [r, g, b], "labels": [...]}')
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"sidecar {side.name} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"sidecar {side.name} must be a JSON object")
-
-    def numbers(key: str, n: int, positive: bool) -> list[float]:
-        v = meta.get(key)
-        ok = (isinstance(v, list) and len(v) == n
-              and all(isinstance(a, int | float) and not isinstance(a, bool) for a in v)
-              and all(math.isfinite(a) and (a > 0 or not positive) for a in v))
-        if not ok:
-            what = "positive numbers" if positive else "numbers"
-            raise ModelLoadError(f"sidecar {side.name}: {key!r} must be a list of {n} {what}, "
-                                 f"got {v!r}")
-        return v
-
-    size = numbers("input_size", 2, True)
-    if any(int(a) != a for a in size):
-        raise ModelLoadError(f"sidecar {side.name}: 'input_size' must be integers, got {size}")
-    labels = meta.get("labels")
-    if labels is not None and not (
-        isinstance(labels, list) and labels and all(isinstance(s, str) for s in labels)
-    ):
-        raise ModelLoadError(f"sidecar {side.name}: 'labels' must be a non-empty list of strings")
-    return {
-        "input_size": (int(size[0]), int(size[1])),
-        "mean": tuple(float(a) for a in numbers("mean", 3, False)),
-        "std": tuple(float(a) for a in numbers("std", 3, True)),
-        "labels": labels,
-    }
-
-
-def _load_file(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    meta = _read_sidecar(path)
-    try:
-        if path.suffix == ".pt2":
-            module = torch.export.load(str(path)).module()
-            module.to(device)
-        else:
-            with warnings.catch_warnings():  # deprecated, and supported here on purpose
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(path), map_location=device)
-            module.eval()
-    except Exception as e:  # torch raises many types for a bad archive
-        raise ModelLoadError(f"cannot load model file {path.name}: {_first_line(e)}") from e
-    return module, meta
-
-
-def _resolve_file(name_or_path: str, settings: Settings, allow_paths: bool) -> Path | None:
-    """A model file for a path, or for a bare name in ``settings.model_dir``."""
-    looks_like_path = any(s in name_or_path for s in ("/", "\\")) or name_or_path.endswith(
-        FILE_SUFFIXES)
-    if looks_like_path:
-        if not allow_paths:
-            raise UnknownModelError(f"model must be a name, not a path: {name_or_path!r}")
-        path = Path(name_or_path)
-        if path.suffix not in FILE_SUFFIXES:
-            raise UnknownModelError(f"model file {path} must end in .pt2 or .pt")
-        if not path.is_file():
-            raise UnknownModelError(f"no such model file: {path}")
-        return path
-    if name_or_path.startswith(".") or not settings.model_dir:
-        return None
-    for suffix in FILE_SUFFIXES:
-        path = Path(settings.model_dir) / f"{name_or_path}{suffix}"
-        if path.is_file():
-            return path
-    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -337,14 +246,14 @@ def load_model(
         module = _load_builtin(spec, settings, random_weights)
         return _finish(spec.name, module, spec.input_size, spec.mean, spec.std,
                        imagenet_labels(), dev, "builtin", hookable=True, probe=False)
-    path = _resolve_file(name_or_path, settings, allow_paths)
+    path = resolve_file(name_or_path, settings, allow_paths)
     if path is None:
         files = [m["name"] for m in list_models(settings) if m["source"] == "file"]
         raise UnknownModelError(
             f"unknown model {name_or_path!r}; built-in models: {', '.join(BUILTINS)}"
             + (f"; model files: {', '.join(files)}" if files else
                f"; no model file {name_or_path}.pt2 or .pt in the model folder"))
-    module, meta = _load_file(path, dev)
+    module, meta = load_file(path, dev)
     return _finish(path.stem, module, meta["input_size"], meta["mean"], meta["std"],
                    meta["labels"], dev, "file", hookable=False, probe=True, path=path)
 
@@ -383,7 +292,7 @@ def _probe(model: LoadedModel, where: str) -> int:
         except Exception as e:  # any failure here means the file does not fit its sidecar
             raise ModelLoadError(
                 f"{where} fails on a ({N}, 3, {H}, {W}) batch (input_size from the sidecar; "
-                f"the batch dimension must be dynamic): {_first_line(e)}") from e
+                f"the batch dimension must be dynamic): {first_line(e)}") from e
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != N:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelLoadError(f"{where} must return logits of shape (N, K), got {shape}")
@@ -417,7 +326,7 @@ def list_models(settings: Settings | None = None) -> list[dict[str, Any]]:
                            f"model file {path.name}",
         }
         try:
-            meta = _read_sidecar(path)
+            meta = read_sidecar(path)
             entry["input_size"] = list(meta["input_size"])
             entry["num_classes"] = len(meta["labels"]) if meta["labels"] else None
         except ModelLoadError as e:
