@@ -49,8 +49,16 @@ class Superseded(Exception):
     """This attempt was taken for abandoned and the job rerun: stop without writing."""
 
 
+_stores: dict[tuple, JobStore] = {}
+
+
 def _store(settings: Settings) -> JobStore:
-    return JobStore(connect(settings), settings.result_ttl_seconds)
+    """One store (one Redis connection pool) per process and configuration, reused by
+    every job instead of a new pool per job."""
+    key = (settings.redis_url, settings.redis_timeout_seconds, settings.result_ttl_seconds)
+    if key not in _stores:
+        _stores[key] = JobStore(connect(settings), settings.result_ttl_seconds)
+    return _stores[key]
 
 
 def run_explanation(job_id: str, attempt: int) -> str:
