@@ -21,7 +21,8 @@ import redis
 from worker.queueing import connect
 from worker.store import JobStore
 
-from .conftest import CAT, ROOT, free_port, make_settings, wait_for
+from ..servers import free_port
+from .conftest import CAT, ROOT, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()

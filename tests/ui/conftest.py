@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
+
+from ..servers import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = ROOT / "examples" / "chelsea.png"
@@ -62,54 +60,19 @@ def browser():
         b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``pda serve`` with no PDA_REDIS_URL: embedded queue and in-process worker."""
-
-    def __init__(self, log: Path, **env_extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
-        env.update({"PDA_LOG_LEVEL": "warning",
-                    "PDA_HEARTBEAT_FILE": str(log.parent / f"hb-{uuid.uuid4().hex[:6]}"),
-                    **env_extra})
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 90  # ready once the in-process worker has loaded its model
-        with httpx.Client(base_url=self.url, timeout=5) as http:
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"pda serve exited: {log.read_text()[-2000:]}")
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"pda serve not ready in 90 s: {log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def ui_server(log: Path, **env_extra: str) -> Server:
+    """``pda serve`` with no PDA_REDIS_URL: embedded queue and in-process worker, ready
+    once that worker has loaded its model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
+    env.update({"PDA_LOG_LEVEL": "warning",
+                "PDA_HEARTBEAT_FILE": str(log.parent / f"hb-{uuid.uuid4().hex[:6]}"),
+                **env_extra})
+    return Server(env, log, ready="/readyz")
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("ui") / "server.log")
+    s = ui_server(tmp_path_factory.mktemp("ui") / "server.log")
     yield s
     s.stop()
 
@@ -117,7 +80,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture
 def keyed_server(tmp_path) -> Iterator[Server]:
     """A server that needs an API key; small batches so progress shows early."""
-    s = Server(tmp_path / "server.log", PDA_API_KEYS=API_KEY, PDA_BATCH_SIZE="8")
+    s = ui_server(tmp_path / "server.log", PDA_API_KEYS=API_KEY, PDA_BATCH_SIZE="8")
     yield s
     s.stop()
 
