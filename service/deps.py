@@ -11,8 +11,8 @@ import redis
 from fastapi import Depends, Request
 from rq import Queue
 
-from worker.settings import Settings
-from worker.store import JobStore
+from pda.jobs.store import JobStore
+from pda.settings import Settings
 
 from .limits import caller_of, check_rate
 from .problems import Problem

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.settings import Settings
+from pda.settings import Settings
 
 from .problems import Problem, problem_response
 

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from worker.queueing import connect, get_queue
-from worker.settings import Settings, get_settings
-from worker.store import JobStore
+from pda.jobs.queue import connect, get_queue
+from pda.jobs.store import JobStore
+from pda.settings import Settings, get_settings
 
 from . import docs, limits, metrics, problems
 from .deps import AppState

@@ -20,7 +20,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from worker.store import SWEEP_BUCKETS
+from pda.jobs.store import SWEEP_BUCKETS
 
 REQUEST_LATENCY = Histogram(
     "pda_http_request_duration_seconds", "HTTP request latency by route and status",

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker.pda.errors import (
+from pda.errors import (
     ImageTooLargeError,
     InvalidImageError,
     ModelLoadError,

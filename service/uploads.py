@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from worker.settings import Settings
+from pda.settings import Settings
 
 from .limits import body_limit
 from .problems import Problem

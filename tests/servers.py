@@ -30,7 +30,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "pda.cli", "serve", "--port", str(self.port)],
             env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.cli import main
+from pda.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "chelsea.png"
@@ -47,10 +47,10 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
 
 
 def test_fit_sampler_writes_statistics_the_explain_command_can_use(tmp_path, capsys):
-    code, err = run(["fit-sampler", str(ROOT / "worker/pda/data/reference"),
+    code, err = run(["fit-sampler", str(ROOT / "pda/data/reference"),
                      "--out", str(tmp_path / "s.npz"), "--patch-sizes", "6"], capsys)
     assert code == 0, err
-    from worker.pda.stats import SamplerStats
+    from pda.engine.stats import SamplerStats
 
     stats = SamplerStats.load(tmp_path / "s.npz")
     assert stats.images.shape[1:] == (256, 256, 3) and stats.gaussian(6)[0].shape == (3, 36)
@@ -89,7 +89,7 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(args, needle, capsys, tmp_p
 
 
 def test_the_console_script_exits_nonzero_without_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "explain", str(tmp_path / "x.png")],
+    proc = subprocess.run([sys.executable, "-m", "pda.cli", "explain", str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("pda: error:") and "Traceback" not in proc.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker.settings import get_settings
+from pda.settings import get_settings
 
 DEFAULT_MAX_AGE_SECONDS = 60.0
 

@@ -5,8 +5,8 @@ stay loaded and CUDA is never initialised before a fork (there is no fork). SIGT
 asks for a warm shutdown: the running sweep stops at the end of its current batch and
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
-(:func:`worker.jobs.reap_abandoned`) or whose queue message was lost
-(:func:`worker.jobs.requeue_lost`), and registers itself again if Redis forgot it.
+(:func:`worker.tasks.reap_abandoned`) or whose queue message was lost
+(:func:`worker.tasks.requeue_lost`), and registers itself again if Redis forgot it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import redis
 from rq import SimpleWorker, worker_registration
 from rq.timeouts import TimerDeathPenalty
 
-from worker import jobs
-from worker.pda.device import resolve_device
-from worker.queueing import connect, get_queue
-from worker.settings import Settings, get_settings
-from worker.store import JobStore
+from pda.engine.device import resolve_device
+from pda.jobs.queue import connect, get_queue
+from pda.jobs.store import JobStore
+from pda.settings import Settings, get_settings
+from worker import tasks as jobs
 
 log = logging.getLogger("pda.worker")
 
@@ -50,8 +50,8 @@ class EmbeddedWorker(PDAWorker):
 
 def preload(settings: Settings) -> None:
     """Load the configured models and the sampler statistics before taking jobs."""
-    from worker.pda.models import get_model
-    from worker.pda.stats import get_stats
+    from pda.engine.stats import get_stats
+    from pda.models.registry import get_model
 
     device = resolve_device(settings.device)
     get_stats(settings.sampler_stats)

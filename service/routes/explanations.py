@@ -14,11 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from worker.pda.explain import ExplainParams, plan, with_preset
-from worker.pda.images import open_image
-from worker.pda.models import get_model
-from worker.queueing import enqueue_attempt, job_timeout, rq_job_id
-from worker.store import JobStore, new_job_id, now_iso
+from pda.engine.explain import ExplainParams, plan, with_preset
+from pda.images import open_image
+from pda.jobs.queue import enqueue_attempt, job_timeout, rq_job_id
+from pda.jobs.store import JobStore, new_job_id, now_iso
+from pda.models.registry import get_model
 
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import expired, job_public, require_results, retry_after

@@ -8,9 +8,9 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from worker.pda.explain import predict
-from worker.pda.images import open_image, preprocess
-from worker.pda.models import get_model, list_models
+from pda.engine.explain import predict
+from pda.images import open_image, preprocess
+from pda.models.registry import get_model, list_models
 
 from ..deps import OwnerDep, SettingsDep, StateDep
 from ..problems import Problem

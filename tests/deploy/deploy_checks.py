@@ -52,8 +52,8 @@ class DeployError(Exception):
 
 
 def settings_variables() -> set[str]:
-    """Every environment variable :class:`worker.settings.Settings` reads."""
-    from worker.settings import Settings
+    """Every environment variable :class:`pda.settings.Settings` reads."""
+    from pda.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix", "")
     return {f"{prefix}{name}".upper() for name in Settings.model_fields}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pda.settings import get_settings
 from worker import healthcheck
-from worker.settings import get_settings
 
 from .deploy_checks import REPO
 

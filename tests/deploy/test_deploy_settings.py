@@ -1,4 +1,4 @@
-"""Every PDA_ variable a deployment file sets is a field of worker.settings.Settings."""
+"""Every PDA_ variable a deployment file sets is a field of pda.settings.Settings."""
 
 from __future__ import annotations
 

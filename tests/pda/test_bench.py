@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from worker.bench import format_table, run_bench
-from worker.cli import main as cli_main
-from worker.pda.device import auto_batch_size
-from worker.pda.engine import run_sweep
-from worker.pda.errors import InvalidParameterError
-from worker.pda.explain import (
+from pda.bench import format_table, run_bench
+from pda.cli import main as cli_main
+from pda.engine.device import auto_batch_size
+from pda.engine.explain import (
     DEFAULT_SAMPLES,
     DEFAULT_STRIDE,
     DEFAULT_WINDOW,
     ExplainParams,
     explain,
 )
-from worker.pda.geometry import count_windows, window_positions
-from worker.pda.samplers import make_sampler
+from pda.engine.geometry import count_windows, window_positions
+from pda.engine.samplers import make_sampler
+from pda.engine.sweep import run_sweep
+from pda.errors import InvalidParameterError
 
 from .toys import ConvNet, random_stats, wrap
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from worker.pda.engine import laplace, relevance_maps, run_sweep
-from worker.pda.explain import ExplainParams, explain
-from worker.pda.geometry import window_positions, windows_to_pixels
-from worker.pda.samplers import make_sampler
+from pda.engine.explain import ExplainParams, explain
+from pda.engine.geometry import window_positions, windows_to_pixels
+from pda.engine.samplers import make_sampler
+from pda.engine.sweep import laplace, relevance_maps, run_sweep
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 

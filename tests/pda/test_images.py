@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.pda.errors import ImageTooLargeError, InvalidImageError
-from worker.pda.images import crop_box_for, open_image, preprocess, to_pil
+from pda.errors import ImageTooLargeError, InvalidImageError
+from pda.images import crop_box_for, open_image, preprocess, to_pil
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

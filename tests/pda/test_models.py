@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.pda.errors import ModelLoadError, UnknownLayerError, UnknownModelError
-from worker.pda.images import open_image, preprocess
-from worker.pda.models import (
+from pda.errors import ModelLoadError, UnknownLayerError, UnknownModelError
+from pda.images import open_image, preprocess
+from pda.models.registry import (
     BUILTINS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +24,7 @@ from worker.pda.models import (
     list_models,
     load_model,
 )
-from worker.settings import Settings
+from pda.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

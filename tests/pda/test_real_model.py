@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.pda.explain import ExplainParams, explain
-from worker.pda.images import open_image, preprocess
-from worker.pda.models import get_model
-from worker.pda.stats import get_stats
+from pda.engine.explain import ExplainParams, explain
+from pda.engine.stats import get_stats
+from pda.images import open_image, preprocess
+from pda.models.registry import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby .. lynx in ImageNet
@@ -26,7 +26,7 @@ def cat_on_astronaut() -> Image.Image:
     The astronaut is a busy, non-cat background, so "evidence on the animal" is a real
     question, and the cat's pixels are known exactly.
     """
-    bg = Image.open(ROOT / "worker/pda/data/reference/astronaut.png").convert("RGB")
+    bg = Image.open(ROOT / "pda/data/reference/astronaut.png").convert("RGB")
     side = min(bg.size)
     bg = bg.crop((0, 0, side, side)).resize((224, 224), Image.BICUBIC)
     cat = Image.open(ROOT / "examples/chelsea.png").convert("RGB").crop((75, 0, 375, 300))

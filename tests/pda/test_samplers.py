@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.pda.geometry import window_positions
-from worker.pda.samplers import ConditionalSampler, make_sampler
-from worker.pda.stats import SamplerStats, fit_gaussian
+from pda.engine.geometry import window_positions
+from pda.engine.samplers import ConditionalSampler, make_sampler
+from pda.engine.stats import SamplerStats, fit_gaussian
 
 from .toys import random_stats
 

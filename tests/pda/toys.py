@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.pda.models import LoadedModel
-from worker.pda.stats import SamplerStats
+from pda.engine.stats import SamplerStats
+from pda.models.registry import LoadedModel
 
 
 class RegionModel(nn.Module):

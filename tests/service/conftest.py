@@ -16,7 +16,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from worker.settings import Settings, get_settings
+from pda.settings import Settings, get_settings
 
 from ..servers import Server
 
@@ -83,7 +83,7 @@ class Worker:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT,
+            [sys.executable, "-m", "pda.cli", "worker"], env=env, cwd=ROOT,
             stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
 

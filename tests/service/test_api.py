@@ -8,8 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from worker.queueing import rq_job_id
-from worker.store import JobStore, now_iso
+from pda.jobs.queue import rq_job_id
+from pda.jobs.store import JobStore, now_iso
 
 from .conftest import CAT, SMALL, make_settings
 
@@ -143,8 +143,8 @@ def test_delete_cancels_a_queued_job_so_it_never_runs(client, settings, monkeypa
     rq_job = app_state.queue.fetch_job(rq_job_id(job_id, 1))
     assert rq_job is not None and rq_job.get_status() == "canceled"
     # and were it delivered anyway, the job function refuses to run it
-    from worker import jobs
-    from worker.settings import get_settings
+    from pda.settings import get_settings
+    from worker import tasks as jobs
 
     monkeypatch.setenv("PDA_REDIS_URL", settings.redis_url)
     get_settings.cache_clear()

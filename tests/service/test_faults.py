@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.queueing import connect
-from worker.store import JobStore
+from pda.jobs.queue import connect
+from pda.jobs.store import JobStore
 
 from ..servers import free_port
 from .conftest import CAT, ROOT, make_settings, wait_for
@@ -251,9 +251,9 @@ def test_redis_restarted_or_hung_under_a_running_api(own_redis, start_server, st
 
 
 def test_a_job_whose_queue_message_was_lost_is_queued_again(settings, client, monkeypatch):
-    from worker import jobs
-    from worker.queueing import rq_job_id
-    from worker.settings import get_settings
+    from pda.jobs.queue import rq_job_id
+    from pda.settings import get_settings
+    from worker import tasks as jobs
 
     r = client.post("/v1/explanations", files={"image": ("x.png", PNG, "image/png")},
                     data=TINY)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.pda.errors import InvalidImageError
-from worker.pda.images import open_image
+from pda.errors import InvalidImageError
+from pda.images import open_image
 
 from .conftest import CAT
 

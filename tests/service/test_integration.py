@@ -100,8 +100,8 @@ def test_two_workers_drain_several_jobs_and_nothing_is_lost(settings, start_serv
     done = [wait_for(server.http, i, timeout=300) for i in ids]
     assert [j["status"] for j in done] == ["finished"] * 6
     workers = set()
-    from worker.queueing import connect
-    from worker.store import JobStore
+    from pda.jobs.queue import connect
+    from pda.jobs.store import JobStore
 
     js = JobStore(connect(settings))
     for i in ids:

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.queueing import connect, get_queue, rq_job_id
-from worker.store import JobStore
+from pda.jobs.queue import connect, get_queue, rq_job_id
+from pda.jobs.store import JobStore
 
 from .conftest import ROOT, make_settings
 

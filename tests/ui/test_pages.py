@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
+from pda.engine.explain import PAPER, ExplainParams
+from pda.settings import Settings
 from service.routes.ui import STATIC_DIR
-from worker.pda.explain import PAPER, ExplainParams
-from worker.settings import Settings
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The RQ job: one explanation attempt, a thin adapter around :func:`explain`.
 
 The worker process keeps models and statistics loaded between jobs (module-level
-caches in :mod:`worker.pda.models` and :mod:`worker.pda.stats`). Progress goes into the
+caches in :mod:`pda.models.registry` and :mod:`pda.engine.stats`). Progress goes into the
 job record after every batch; cancellation and warm shutdown are checked there too, so
 a sweep stops within one batch.
 """
@@ -19,17 +19,17 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from worker.pda.artifacts import build_artifacts
-from worker.pda.device import auto_batch_size, resolve_device
-from worker.pda.errors import Canceled, PDAError
-from worker.pda.explain import ExplainParams, explain, result_document
-from worker.pda.images import open_image, preprocess
-from worker.pda.models import get_model
-from worker.pda.render import to_uint8
-from worker.pda.stats import get_stats
-from worker.queueing import connect, enqueue_attempt, get_queue, rq_job_id
-from worker.settings import Settings, get_settings
-from worker.store import JobStore
+from pda.artifacts import build_artifacts
+from pda.engine.device import auto_batch_size, resolve_device
+from pda.engine.explain import ExplainParams, explain, result_document
+from pda.engine.stats import get_stats
+from pda.errors import Canceled, PDAError
+from pda.images import open_image, preprocess
+from pda.jobs.queue import connect, enqueue_attempt, get_queue, rq_job_id
+from pda.jobs.store import JobStore
+from pda.models.registry import get_model
+from pda.render import to_uint8
+from pda.settings import Settings, get_settings
 
 log = logging.getLogger("pda.worker")
 

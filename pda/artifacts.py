@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .explain import Explanation
+from .engine.explain import Explanation
 from .render import image_png, overlay_png
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
+from ..errors import InvalidParameterError
 from .device import autocast, prefers_channels_last
-from .errors import InvalidParameterError
 from .geometry import window_positions, windows_to_pixels
 from .samplers import Sampler
 

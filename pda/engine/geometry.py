@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 
 def check_window(height: int, width: int, window: int, stride: int) -> None:

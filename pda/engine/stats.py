@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidImageError, SamplerStatsError
+from ..errors import InvalidImageError, SamplerStatsError
 
 REFERENCE_SIDE = 256
 #: random patches per Gaussian fit (the authors used 20000)
@@ -34,7 +34,7 @@ FIT_PATCHES = 20_000
 DEFAULT_PATCH_SIZES = (14, 20)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
-DEFAULT_STATS_PATH = Path(__file__).parent / "data" / "default_stats.npz"
+DEFAULT_STATS_PATH = Path(__file__).parent.parent / "data" / "default_stats.npz"
 
 
 class SamplerStats:

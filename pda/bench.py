@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from worker.pda.device import resolve_device
-from worker.pda.engine import Sweep, relevance_maps, run_sweep
-from worker.pda.errors import InvalidParameterError
-from worker.pda.explain import PAPER, ExplainParams, plan
-from worker.pda.geometry import count_windows, window_positions
-from worker.pda.samplers import SAMPLERS, make_sampler
-from worker.pda.stats import SamplerStats, get_stats
+from pda.engine.device import resolve_device
+from pda.engine.explain import PAPER, ExplainParams, plan
+from pda.engine.geometry import count_windows, window_positions
+from pda.engine.samplers import SAMPLERS, make_sampler
+from pda.engine.stats import SamplerStats, get_stats
+from pda.engine.sweep import Sweep, relevance_maps, run_sweep
+from pda.errors import InvalidParameterError
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
 CPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -163,7 +163,7 @@ def run_bench(
     profile: bool = False, weights: str = "real",
 ) -> dict[str, Any]:
     """Measure everything listed in the module docstring; returns the JSON document."""
-    from worker.pda.images import open_image, preprocess
+    from pda.images import open_image, preprocess
 
     dev = model.device
     x = preprocess(open_image(image or SAMPLE_IMAGE), model.input_size)[0].to(dev)
@@ -376,7 +376,7 @@ def _csv(text: str | None, kind: type, option: str) -> tuple | None:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``pda bench`` (options in worker/cli.py)."""
-    from worker.pda.models import get_model
+    from pda.models.registry import get_model
 
     opt = vars(args)
     samplers, rounds = _csv(opt.get("samplers"), str, "--samplers") or SAMPLERS, opt["rounds"]

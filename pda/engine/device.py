@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 #: the precisions a sweep can run in; bf16/fp16 use autocast around the model call only
 #: (inputs, readouts and accumulation stay fp32/fp64)

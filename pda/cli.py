@@ -56,14 +56,14 @@ class _Progress:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from worker.pda.artifacts import build_artifacts
-    from worker.pda.device import auto_batch_size, resolve_device
-    from worker.pda.explain import ExplainParams, explain, plan, result_document, with_preset
-    from worker.pda.images import open_image, preprocess
-    from worker.pda.models import get_model
-    from worker.pda.render import to_uint8
-    from worker.pda.stats import get_stats
-    from worker.settings import get_settings
+    from pda.artifacts import build_artifacts
+    from pda.engine.device import auto_batch_size, resolve_device
+    from pda.engine.explain import ExplainParams, explain, plan, result_document, with_preset
+    from pda.engine.stats import get_stats
+    from pda.images import open_image, preprocess
+    from pda.models.registry import get_model
+    from pda.render import to_uint8
+    from pda.settings import get_settings
 
     settings = get_settings()
     given = {
@@ -116,8 +116,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from worker.pda.models import list_models
-    from worker.settings import get_settings
+    from pda.models.registry import list_models
+    from pda.settings import get_settings
 
     models = list_models(get_settings())
     if args.json:
@@ -132,7 +132,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_sampler(args: argparse.Namespace) -> int:
-    from worker.pda.stats import DEFAULT_PATCH_SIZES, fit_stats
+    from pda.engine.stats import DEFAULT_PATCH_SIZES, fit_stats
 
     start = time.perf_counter()
     stats = fit_stats(args.directory)
@@ -158,7 +158,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from worker.bench import main as bench_main
+    from pda.bench import main as bench_main
 
     return bench_main(args)
 
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worker.pda.errors import PDAError
+    from pda.errors import PDAError
 
     args = build_parser().parse_args(argv)
     try:

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.settings import Settings, get_settings
+from pda.settings import Settings, get_settings
 
-from .device import resolve_device
+from ..engine.device import resolve_device
+from ..errors import ModelLoadError, UnknownLayerError, UnknownModelError
 from .efficientnet_lite import EfficientNetLite0, efficientnet_weights
-from .errors import ModelLoadError, UnknownLayerError, UnknownModelError
-from .model_files import FILE_SUFFIXES, first_line, load_file, read_sidecar, resolve_file
+from .files import FILE_SUFFIXES, first_line, load_file, read_sidecar, resolve_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import InvalidParameterError
 from .device import to_device
-from .errors import InvalidParameterError
 from .stats import SamplerStats
 
 SAMPLERS = ("conditional", "marginal", "constant")

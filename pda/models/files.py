@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.settings import Settings
+from pda.settings import Settings
 
-from .errors import ModelLoadError, UnknownModelError
+from ..errors import ModelLoadError, UnknownModelError
 
 FILE_SUFFIXES = (".pt2", ".pt")
 

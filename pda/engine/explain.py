@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..errors import InvalidParameterError, UnknownLayerError
 from .device import auto_batch_size, check_precision, prefers_channels_last
-from .engine import DEFAULT_TRAIN_SIZE, Progress, count_passes, relevance_maps, run_sweep
-from .errors import InvalidParameterError, UnknownLayerError
 from .geometry import check_window, count_windows, window_positions
 from .samplers import SAMPLERS, make_sampler
 from .stats import SamplerStats
+from .sweep import DEFAULT_TRAIN_SIZE, Progress, count_passes, relevance_maps, run_sweep
 
 #: defaults sized so one job finishes in about a minute on a 2-core CPU (docs/performance.md)
 DEFAULT_WINDOW = 16

@@ -12,7 +12,7 @@ import threading
 import redis
 from rq import Queue
 
-from worker.settings import Settings
+from pda.settings import Settings
 
 _embedded_server = None
 _lock = threading.Lock()
@@ -60,7 +60,7 @@ def enqueue_attempt(
     """Put "run attempt N of job X" on the queue (RQ retries off: the store decides)."""
     timeout = job_timeout(settings, forward_passes)
     queue.enqueue(
-        "worker.jobs.run_explanation", job_id, attempt,
+        "worker.tasks.run_explanation", job_id, attempt,
         job_id=rq_job_id(job_id, attempt), job_timeout=timeout, result_ttl=600,
         failure_ttl=settings.result_ttl_seconds, at_front=at_front,
         description=f"explanation {job_id} attempt {attempt}",

@@ -1,0 +1,5 @@
+import sys
+
+from pda.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Loaded classifiers (torch): built-ins, user model files, the per-process cache."""
