@@ -27,6 +27,9 @@ from .geometry import window_positions, windows_to_pixels
 from .samplers import Sampler
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
+#: (positions (B, 2), patches (B, C, k, k)) -> (B, T): the readout of x with each window
+#: replaced, for evaluators that never build the full images (exact incremental inference)
+WindowReadout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
 
 BLOCK_WINDOWS = 64
@@ -40,9 +43,10 @@ class Sweep:
     """Raw sweep output: per-window mean readouts and the reference readout."""
 
     base: torch.Tensor  # (T,) readout of the unmodified image
-    window_means: torch.Tensor  # (n_w, T) readout averaged over the S samples
-    positions: torch.Tensor  # (n_w, 2)
-    forward_passes: int
+    window_means: torch.Tensor  # (n, T) readout averaged over the S samples
+    positions: torch.Tensor  # (n, 2) corners of the swept windows
+    forward_passes: int  # window passes, without the unmodified image's
+    window_ids: torch.Tensor | None = None  # (n,) indices into the full grid; None = all
 
 
 def laplace(p: torch.Tensor, train_size: int, num_classes: int) -> torch.Tensor:
@@ -85,6 +89,8 @@ def run_sweep(
     precision: str = "fp32",
     channels_last: bool | None = None,
     fixed_batch: bool = False,
+    window_ids: torch.Tensor | None = None,
+    window_readout: WindowReadout | None = None,
 ) -> Sweep:
     """Evaluate ``readout`` on every window x sample perturbation of ``x`` (C, H, W).
 
@@ -94,74 +100,119 @@ def run_sweep(
     which samples are drawn. ``fixed_batch`` pads the base pass and the last batch to
     ``batch_size`` (padding rows are the unmodified image, their outputs dropped), so a
     compiled model sees one shape and never recompiles.
+
+    ``window_ids`` sweeps only those windows of the full grid (a chunk, or a drill-down's
+    fine windows); each gets exactly the samples the full sweep would give it, because
+    randomness is drawn per block of the full grid. ``window_readout`` replaces building
+    full images: it gets the windows' corners and sampled patches (incremental inference).
     """
     if samples < 1:
         raise InvalidParameterError(f"samples must be at least 1, got {samples}", field="samples")
     if batch_size < 1:
         raise InvalidParameterError(f"batch size must be at least 1, got {batch_size}")
     C, H, W = x.shape
-    k = window
     dev = x.device
     amp = autocast(dev, precision)  # validates the precision before any work
     if channels_last is None:
         channels_last = prefers_channels_last(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    positions = window_positions(H, W, k, stride, device=dev)  # (n_w, 2)
-    n_w = len(positions)
+    positions = window_positions(H, W, window, stride, device=dev)  # (n_w, 2)
+    ids = _selected(window_ids, len(positions))  # (n,) sorted, on the CPU
     S = passes_per_window(sampler, samples)
-    total = n_w * S
+    total = len(ids) * S
     n_base = batch_size if fixed_batch else 1
     with amp:
         xb = x[None].expand(n_base, C, H, W).contiguous(memory_format=fmt)  # (n_base, C, H, W)
         base = readout(xb)[0].double()  # (T,)
-    sums = torch.zeros(n_w, base.numel(), dtype=torch.float64, device=dev)  # (n_w, T)
+    row_of = torch.full((len(positions),), -1, dtype=torch.long)
+    row_of[ids] = torch.arange(len(ids))
+    row_of = row_of.to(dev)  # full-grid window id -> row of ``sums``
+    sums = torch.zeros(len(ids), base.numel(), dtype=torch.float64, device=dev)  # (n, T)
 
-    window_ids = torch.arange(n_w, device=dev)
-    offs = torch.arange(k, device=dev)
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids (P,), patches (P, C, k, k))
-    n_pending = 0
-    done = 0
-
-    def forward(n: int) -> None:
-        nonlocal pending, n_pending, done
-        ids = torch.cat([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
-        patches = torch.cat([p[1] for p in pending]) if len(pending) > 1 else pending[0][1]
-        ids, rest_ids = ids[:n], ids[n:]
-        patches, rest_patches = patches[:n], patches[n:]
-        pending = [(rest_ids, rest_patches)] if len(rest_ids) else []
-        n_pending = len(rest_ids)
-        with record_function("pda.batch"):
-            # every image is x with one window replaced: one copy, one scatter
-            m = batch_size if fixed_batch else n  # rows n..m-1 stay the unmodified image
-            batch = torch.empty((m, C, H, W), dtype=x.dtype, device=dev, memory_format=fmt)
-            batch.copy_(x.expand(m, C, H, W))  # (m, C, H, W)
-            pos = positions[ids]
-            rows = (pos[:, 0:1] + offs)[:, :, None]  # (n, k, 1)
-            cols = (pos[:, 1:2] + offs)[:, None, :]  # (n, 1, k)
-            b = torch.arange(n, device=dev)[:, None, None]
-            batch[b, :, rows, cols] = patches.permute(0, 2, 3, 1)  # indexed view (n, k, k, C)
+    def evaluate(win: torch.Tensor, patches: torch.Tensor) -> None:
+        """One forward batch: windows ``win`` (n,) replaced by ``patches`` (n, C, k, k)."""
+        pos = positions[win]  # (n, 2)
         with record_function("pda.forward"), amp:
-            out = readout(batch)[:n]  # (n, T)
+            if window_readout is not None:
+                out = window_readout(pos, patches)  # (n, T)
+            else:
+                batch = _perturbed_batch(x, pos, patches, batch_size if fixed_batch else
+                                         len(win), fmt)
+                out = readout(batch)[: len(win)]  # (n, T)
         with record_function("pda.accumulate"):
-            sums.index_add_(0, ids, out.double())
-        done += n
+            sums.index_add_(0, row_of[win], out.double())
+
+    done = 0
+    for win, patches in _batches(sampler, ids, len(positions), S, seed, batch_size, window, C,
+                                    dev):
+        evaluate(win, patches)
+        done += len(win)
         if progress is not None:
             progress(done, total)
+    return Sweep(base=base, window_means=sums / S, positions=positions[ids.to(dev)],
+                 forward_passes=total, window_ids=None if window_ids is None else ids)
 
-    for block, start in enumerate(range(0, n_w, BLOCK_WINDOWS)):
+
+def _selected(window_ids: torch.Tensor | None, n_w: int) -> torch.Tensor:
+    """The window ids to sweep, sorted and unique, on the CPU; all of them by default."""
+    if window_ids is None:
+        return torch.arange(n_w)
+    ids = torch.unique(torch.as_tensor(window_ids, dtype=torch.long).cpu())  # sorted
+    if len(ids) and (ids[0] < 0 or ids[-1] >= n_w):
+        raise InvalidParameterError(f"window ids must lie in 0..{n_w - 1}")
+    return ids
+
+
+def _batches(sampler: Sampler, ids: torch.Tensor, n_w: int, S: int, seed: int,
+             batch_size: int, k: int, C: int, dev: torch.device):
+    """Yield (window ids (n,), patches (n, C, k, k)) batches of ``batch_size`` passes.
+
+    Samples are drawn a whole block of the full grid at a time, from a generator seeded
+    by (seed, block), and the windows not asked for are dropped: a window's samples never
+    depend on which other windows are swept, nor on the batch size.
+    """
+    pend_ids: list[torch.Tensor] = []
+    pend_patches: list[torch.Tensor] = []
+    n_pending = 0
+    blocks = torch.div(ids, BLOCK_WINDOWS, rounding_mode="floor")
+    for block in torch.unique(blocks).tolist():
+        start = block * BLOCK_WINDOWS
         stop = min(start + BLOCK_WINDOWS, n_w)
+        wanted = ids[blocks == block]  # (b,) full-grid ids in this block
         gen = torch.Generator(device=dev).manual_seed(_block_seed(seed, block))
         # samplers get CPU ids: they group windows by geometry without a device sync
         with record_function("pda.sample"):
-            patches = sampler.sample(torch.arange(start, stop), S, gen)  # (b, S, C, k, k)
-        ids = window_ids[start:stop, None].expand(stop - start, S).reshape(-1)  # (b*S,)
-        pending.append((ids, patches.reshape(-1, C, k, k)))
-        n_pending += len(ids)
+            drawn = sampler.sample(torch.arange(start, stop), S, gen)  # (stop-start, S, C, k, k)
+        if len(wanted) < stop - start:
+            drawn = drawn[(wanted - start).to(drawn.device)]  # (b, S, C, k, k)
+        win = wanted.to(dev)[:, None].expand(len(wanted), S).reshape(-1)  # (b*S,)
+        pend_ids.append(win)
+        pend_patches.append(drawn.reshape(-1, C, k, k))  # (b*S, C, k, k)
+        n_pending += len(win)
         while n_pending >= batch_size:
-            forward(batch_size)
+            all_ids, all_patches = torch.cat(pend_ids), torch.cat(pend_patches)
+            yield all_ids[:batch_size], all_patches[:batch_size]
+            pend_ids, pend_patches = [all_ids[batch_size:]], [all_patches[batch_size:]]
+            n_pending -= batch_size
     if n_pending:
-        forward(n_pending)
-    return Sweep(base=base, window_means=sums / S, positions=positions, forward_passes=total)
+        yield torch.cat(pend_ids), torch.cat(pend_patches)
+
+
+def _perturbed_batch(x: torch.Tensor, pos: torch.Tensor, patches: torch.Tensor, m: int,
+                     fmt: torch.memory_format) -> torch.Tensor:
+    """(m, C, H, W) copies of ``x``, the first n with window ``pos[i]`` set to
+    ``patches[i]`` (n, C, k, k); rows n..m-1 stay the unmodified image (padding)."""
+    with record_function("pda.batch"):
+        n, k = len(pos), patches.shape[-1]
+        C, H, W = x.shape
+        batch = torch.empty((m, C, H, W), dtype=x.dtype, device=x.device, memory_format=fmt)
+        batch.copy_(x.expand(m, C, H, W))  # (m, C, H, W)
+        offs = torch.arange(k, device=x.device)
+        rows = (pos[:, 0:1] + offs)[:, :, None]  # (n, k, 1)
+        cols = (pos[:, 1:2] + offs)[:, None, :]  # (n, 1, k)
+        b = torch.arange(n, device=x.device)[:, None, None]
+        batch[b, :, rows, cols] = patches.permute(0, 2, 3, 1)  # indexed view (n, k, k, C)
+    return batch
 
 
 def _block_seed(seed: int, block: int) -> int:

@@ -255,3 +255,51 @@ def test_compiled_sweep_matches_the_eager_one():
     fast = explain(model, x, params, random_stats(), batch_size=8, compile=True).relevance
     assert model.compiled(8, True) is not model  # it really compiled
     np.testing.assert_allclose(fast, eager, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+def test_a_subset_of_windows_gets_exactly_the_full_sweeps_values(sampler_name):
+    # chunks and drill-downs sweep some windows only; each must see the same samples
+    size, k, stride = 20, 4, 1  # 289 windows: five blocks of 64, the last one partial
+    model = wrap(ConvNet(), size, classes=5)
+    x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(3))
+    pos = window_positions(size, size, k, stride)
+    sampler = make_sampler(sampler_name, x, k, pos, random_stats(), fill=(0.1, 0.2, 0.3))
+
+    def readout(b):
+        return torch.softmax(model(b).float(), 1)
+
+    kw = dict(window=k, stride=stride, samples=3, seed=11)
+    full = run_sweep(readout, x, sampler, batch_size=64, **kw)
+    ids = torch.tensor([288, 5, 64, 63, 200, 130, 7])
+    part = run_sweep(readout, x, sampler, batch_size=4, window_ids=ids, **kw)
+    order = torch.sort(ids).values
+    assert part.window_ids.tolist() == order.tolist()
+    assert torch.equal(part.positions, pos[order])
+    torch.testing.assert_close(part.window_means, full.window_means[order], rtol=0, atol=1e-7)
+    assert part.forward_passes == len(ids) * (1 if sampler_name == "constant" else 3)
+
+
+def test_a_window_readout_gives_the_same_sweep_as_full_images():
+    size, k = 12, 3
+    model = wrap(ConvNet(), size, classes=5)
+    x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(4))
+    pos = window_positions(size, size, k, 2)
+    sampler = make_sampler("conditional", x, k, pos, random_stats())
+    seen = []
+
+    def readout(b):
+        return model(b).float()
+
+    def window_readout(p, patches):  # what an incremental evaluator receives
+        seen.append(len(p))
+        b = x.expand(len(p), *x.shape).clone()
+        for i, (r, c) in enumerate(p.tolist()):
+            b[i, :, r : r + k, c : c + k] = patches[i]
+        return readout(b)
+
+    kw = dict(window=k, stride=2, samples=2, seed=1, batch_size=7)
+    plain = run_sweep(readout, x, sampler, **kw)
+    windowed = run_sweep(readout, x, sampler, window_readout=window_readout, **kw)
+    torch.testing.assert_close(windowed.window_means, plain.window_means, rtol=0, atol=1e-5)
+    assert sum(seen) == plain.forward_passes and max(seen) == 7
