@@ -1,5 +1,5 @@
-"""A real ``pda serve`` process on a free loopback port, shared by the service and
-browser tests."""
+"""Real processes the service and browser tests share: a throwaway ``redis-server`` and
+``pda serve``, each on a free loopback port."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,45 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class RedisServer:
+    """A ``redis-server`` of the tests' own, on a free port with its files in ``workdir``:
+    tests never touch (let alone flush) a Redis they did not start. ``appendonly`` keeps
+    an append-only file, so a restart keeps the data (the fault tests); ``args`` adds
+    configuration such as ``["--maxmemory", "2mb"]``."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False,
+                 args: list[str] | None = None) -> None:
+        self.port, self.dir = free_port(), workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.appendonly = appendonly
+        self.args = args or []
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir),
+             "--daemonize", "no", *self.args],
+            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
+        conn = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.time() + 20
+        while not _pings(conn):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"redis-server did not start: "
+                                   f"{(self.dir / 'redis.log').read_text()[-1000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # a clean shutdown: the append-only file is complete
+            self.proc.wait(20)
+
+
+def _pings(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except redis.RedisError:
+        return False

@@ -1,9 +1,13 @@
-"""Fixtures for the service: a real Redis (database 15), real worker processes, a real
-HTTP server. ``.ci/run`` starts Redis when none answers on 127.0.0.1:6379."""
+"""Fixtures for the service: a real Redis, real worker processes, a real HTTP server.
+
+The Redis is a throwaway ``redis-server`` the session starts itself (free port, temporary
+folder), so the tests never flush a Redis they did not start; ``PDA_TEST_REDIS_URL``
+names another one explicitly (its database is then emptied around every test)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,23 +22,34 @@ from fastapi.testclient import TestClient
 
 from pda.settings import Settings, get_settings
 
-from ..servers import Server
+from ..servers import RedisServer, Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = ROOT / "examples" / "chelsea.png"
-REDIS_URL = os.environ.get("PDA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: set by the session fixture ``redis_conn``: an explicit PDA_TEST_REDIS_URL, or our own
+REDIS_URL = os.environ.get("PDA_TEST_REDIS_URL", "")
 #: small sweeps for tests: 7 x 7 windows of 32 px, 2 samples -> 99 forward passes
 SMALL = {"window": "32", "stride": "32", "samples": "2"}
 
 
 @pytest.fixture(scope="session")
-def redis_conn() -> redis.Redis:
+def redis_conn(tmp_path_factory) -> Iterator[redis.Redis]:
+    global REDIS_URL
+    server = None
+    if not REDIS_URL:
+        if shutil.which("redis-server") is None:
+            pytest.fail("these tests start their own redis-server, and none is installed "
+                        "(.ci/run installs Debian's package)")
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        REDIS_URL = server.url
     conn = redis.Redis.from_url(REDIS_URL)
     try:
         conn.ping()
     except redis.exceptions.ConnectionError as exc:
-        pytest.fail(f"these tests need a real Redis at {REDIS_URL} (.ci/run starts one): {exc}")
-    return conn
+        pytest.fail(f"these tests need a real Redis at {REDIS_URL}: {exc}")
+    yield conn
+    if server is not None:
+        server.stop()
 
 
 @pytest.fixture

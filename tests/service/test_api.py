@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 import time
 
 import pytest
@@ -253,3 +255,12 @@ def test_api_keys_guard_every_route_and_hide_other_callers_jobs(clean_redis):
         assert_problem(c.get(f"/v1/explanations/{job_id}", headers={"X-API-Key": "beta"}), 404)
         assert_problem(c.delete(f"/v1/explanations/{job_id}", headers={"X-API-Key": "beta"}), 404)
         assert_problem(c.get("/v1/models"), 401)
+
+
+def test_the_tests_run_on_a_redis_of_their_own(redis_conn):
+    # never a developer's Redis on the default port: a throwaway server in a temp folder
+    if os.environ.get("PDA_TEST_REDIS_URL"):
+        pytest.skip("PDA_TEST_REDIS_URL names a Redis explicitly")
+    assert redis_conn.info("server")["tcp_port"] != 6379
+    folder = redis_conn.config_get("dir")["dir"]
+    assert folder.startswith(tempfile.gettempdir()), folder

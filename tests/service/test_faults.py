@@ -21,7 +21,7 @@ import redis
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
 
-from ..servers import free_port
+from ..servers import RedisServer, free_port
 from .conftest import CAT, ROOT, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -145,36 +145,6 @@ def test_a_worker_stopped_then_one_killed_mid_sweep_lose_nothing(settings, start
            kill_to_rerun_seconds=rerun_after, kill_to_finished_seconds=finished_after)
 
 
-class RedisServer:
-    """A redis-server of the test's own, on a free port, with an append-only file."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port, self.dir = free_port(), workdir
-        self.dir.mkdir(exist_ok=True)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
-        conn = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_until("redis to start", lambda: _pings(conn), timeout=20)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # a clean shutdown: the append-only file is complete
-            self.proc.wait(20)
-
-
-def _pings(conn: redis.Redis) -> bool:
-    try:
-        return bool(conn.ping())
-    except redis.RedisError:
-        return False
-
-
 def assert_503(r, started: float) -> None:
     assert r.status_code == 503, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -184,7 +154,7 @@ def assert_503(r, started: float) -> None:
 
 @pytest.fixture
 def own_redis(tmp_path: Path):
-    server = RedisServer(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", appendonly=True)
     yield server
     if server.proc.poll() is None:
         os.kill(server.proc.pid, signal.SIGCONT)
