@@ -22,6 +22,7 @@ from .deploy_checks import (
     validate_object,
     validate_scaled_object,
 )
+from .test_deploy_compose import to_bytes
 
 Objs = list[dict[str, Any]]
 BASE_FILES = sorted(
@@ -225,6 +226,7 @@ def test_gpu_overlay_puts_workers_on_gpus(built: dict[str, Objs]) -> None:
     assert "nvidia.com/gpu" not in cpu_worker["resources"]["limits"]
 
 
+
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_redis_is_persistent_and_fenced(built: dict[str, Objs], name: str) -> None:
     objs = built[name]
@@ -235,6 +237,9 @@ def test_redis_is_persistent_and_fenced(built: dict[str, Objs], name: str) -> No
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # maxmemory makes noeviction apply, well inside the container's memory limit
+    limit = redis["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert 0 < to_bytes(args[args.index("--maxmemory") + 1]) <= 0.7 * to_bytes(limit)
     policy = find(objs, "NetworkPolicy", "redis")["spec"]
     assert policy["podSelector"]["matchLabels"] == redis["spec"]["selector"]["matchLabels"]
     allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchExpressions"]
