@@ -1,0 +1,75 @@
+"""Readiness: the API is ready when it can accept and serve requests, whatever the workers
+do; worker availability is reported truthfully (body, metrics, job resource).
+
+Real Redis, a real ``pda serve`` and a real ``pda worker``; the freshness window is cut to
+3 s (beats every second) so a job "longer than the freshness window" takes seconds."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from .conftest import make_settings
+from .test_faults import post, record
+
+pytestmark = pytest.mark.slow
+
+FAST_BEATS = {"PDA_WORKER_FRESH_SECONDS": "3", "PDA_HEARTBEAT_INTERVAL_SECONDS": "1"}
+#: 13 x 13 windows x 2 samples: over the 3 s freshness window on one thread
+LONG = {"window": "32", "stride": "16", "samples": "2"}
+
+
+def test_api_stays_ready_through_busy_idle_and_killed_workers(clean_redis, start_server,
+                                                              start_worker):
+    settings = make_settings()
+    server = start_server(settings, **FAST_BEATS)
+    http = server.http
+
+    def ready() -> dict:
+        r = http.get("/readyz")
+        assert r.status_code == 200, r.text  # never unready because of workers
+        return r.json()["workers"]
+
+    assert ready()["alive"] == 0  # no worker at all (KEDA scaled to zero): still ready
+    job = post(server, LONG)
+    waiting = http.get(f"/v1/explanations/{job['id']}").json()
+    assert waiting["eta_seconds"] is None and "no worker is alive" in waiting["note"]
+
+    worker = start_worker(settings, **FAST_BEATS)
+    deadline = time.time() + 600  # generous: CI machines are shared
+    while ready()["alive"] == 0:
+        assert time.time() < deadline, "the worker never beat"
+        time.sleep(0.2)
+    seen_busy, started = False, None
+    while (cur := http.get(f"/v1/explanations/{job['id']}").json())["status"] != "finished":
+        assert cur["status"] in ("queued", "running"), cur
+        w = ready()
+        assert w["alive"] == 1, w  # busy on a job longer than the freshness window
+        if cur["status"] == "running":
+            started = started or time.time()
+            seen_busy |= w["busy"] == 1
+            assert cur["note"] is None
+        assert time.time() < deadline
+        time.sleep(0.3)
+    busy_seconds = time.time() - started
+    assert seen_busy and busy_seconds > 3, busy_seconds
+
+    time.sleep(1.5)  # the next beat says idle
+    idle_from = time.time()
+    while time.time() - idle_from < 5:  # idle for longer than the window: still counted
+        w = ready()
+        assert (w["alive"], w["idle"], w["busy"]) == (1, 1, 0), w
+        time.sleep(0.5)
+
+    worker.stop(signal.SIGKILL)
+    killed = time.time()
+    while ready()["alive"] != 0:
+        assert time.time() - killed < 10, "a killed worker is still counted"
+        time.sleep(0.2)
+    gone_after = time.time() - killed
+    metrics = http.get("/metrics").text
+    assert "pda_workers 0.0" in metrics
+    record("readiness", busy_job_seconds=busy_seconds, idle_seconds=5,
+           killed_worker_uncounted_after_seconds=gone_after, fresh_window_seconds=3)
