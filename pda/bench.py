@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 
+from pda.defaults import PAPER
 from pda.engine.device import resolve_device
-from pda.engine.explain import PAPER, ExplainParams, plan
 from pda.engine.geometry import count_windows, window_positions
 from pda.engine.samplers import SAMPLERS, make_sampler
 from pda.engine.stats import SamplerStats, get_stats
 from pda.engine.sweep import Sweep, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
+from pda.params import ExplainParams, plan
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
 CPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -163,7 +164,8 @@ def run_bench(
     profile: bool = False, weights: str = "real",
 ) -> dict[str, Any]:
     """Measure everything listed in the module docstring; returns the JSON document."""
-    from pda.images import open_image, preprocess
+    from pda.engine.inputs import preprocess
+    from pda.images import open_image
 
     dev = model.device
     x = preprocess(open_image(image or SAMPLE_IMAGE), model.input_size)[0].to(dev)
@@ -260,7 +262,7 @@ def estimates(model: Any, sweeps: list[dict[str, Any]]) -> dict[str, Any]:
     rate = next((s["passes_per_s"] for s in sweeps if s["sampler"] == "conditional"), None)
     out: dict[str, Any] = {"passes_per_s": rate}
     for name, params in (("paper", ExplainParams(**PAPER)), ("default", ExplainParams())):
-        n = plan(model, params)
+        n = plan(params, model.input_size)
         out[name] = {**params.model_dump(include={"window", "padding", "stride", "samples"}),
                      "windows": n["windows"], "passes": n["forward_passes"],
                      "seconds": n["forward_passes"] / rate if rate else None}

@@ -56,13 +56,14 @@ class _Progress:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from pda.artifacts import build_artifacts
+    from pda.artifacts import cli_files, stored_files
     from pda.engine.device import auto_batch_size, resolve_device
-    from pda.engine.explain import ExplainParams, explain, plan, result_document, with_preset
+    from pda.engine.explain import explain, result_document
+    from pda.engine.inputs import preprocess, to_uint8
     from pda.engine.stats import get_stats
-    from pda.images import open_image, preprocess
+    from pda.images import check_min_side, open_image, original_size
     from pda.models.registry import get_model
-    from pda.render import to_uint8
+    from pda.params import ExplainParams, plan, with_preset
     from pda.settings import get_settings
 
     settings = get_settings()
@@ -71,7 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "window": args.window, "padding": args.padding,
             "samples": args.samples, "stride": args.stride, "fill": args.fill,
             "target": args.target, "layer": args.layer, "seed": args.seed,
-            "train_size": args.train_size,
+            "train_size": args.train_size, "fit": args.fit,
         }.items() if v is not None
     }
     try:
@@ -80,13 +81,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         return _fail(f"--{where.replace('_', '-')}: {err['msg']}")
-    image = open_image(args.image, max_pixels=settings.max_image_pixels)
     device = resolve_device(args.device or settings.device)
     model = get_model(args.model or settings.default_model, device, settings)
+    image = open_image(args.image, max_pixels=settings.max_image_pixels,
+                       fit_to=model.input_size)
+    check_min_side(original_size(image))
     if params.layer not in ("output", "logits"):
         model.get_layer(params.layer)  # fail before any work on an unknown layer
-    x, crop = preprocess(image, model.input_size)
-    n = plan(model, params)
+    x, crop = preprocess(image, model.input_size, params.fit)
+    n = plan(params, model.input_size)
     stats = get_stats(args.sampler_stats or settings.sampler_stats)
     batch = args.batch_size or settings.batch_size or auto_batch_size(
         device, model.input_size, model)
@@ -100,13 +103,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     doc = result_document(
-        expl, model_name=model.name, input_size=model.input_size, image_size=image.size,
-        crop_box=crop, params=params, num_classes=model.num_classes,
+        expl, model_name=model.name, input_size=model.input_size,
+        image_size=original_size(image), crop_box=crop, params=params,
+        num_classes=model.num_classes,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in build_artifacts(expl, to_uint8(x), doc).items():
+    stored = stored_files(expl, to_uint8(x), image, doc)
+    for name, data in cli_files(stored, scale=args.scale).items():
         (out / name).write_bytes(data)
+    if warning := doc["coverage"].get("warning"):
+        print(f"pda: warning: {warning}", file=sys.stderr)
     top = expl.prediction[0]
     rate = expl.forward_passes / max(expl.seconds, 1e-9)
     print(f"pda: top-1 {top['label']} (p={top['probability']:.3f}); "
@@ -116,10 +123,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pda.models.registry import list_models
+    from pda.catalog import list_models, model_info
     from pda.settings import get_settings
 
-    models = list_models(get_settings())
+    settings = get_settings()
+    if args.name:
+        info = model_info(args.name, settings)
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        _print_model(info)
+        return 0
+    models = list_models(settings)
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -128,7 +143,27 @@ def cmd_models(args: argparse.Namespace) -> int:
         flag = "*" if m.get("default") else " "
         state = "available" if m["available"] else "no weights"
         print(f"{flag} {m['name']:<20} {size:<9} {state:<11} {m['description']}")
+    print("(* = default; `pda models NAME` lists a model's layers)")
     return 0
+
+
+def _print_model(info: dict[str, Any]) -> None:
+    size = "x".join(str(s) for s in info["input_size"]) if info.get("input_size") else "?"
+    print(f"{info['name']}: {info['description']}")
+    print(f"  input {size}, {info.get('num_classes') or '?'} classes, "
+          f"{'available' if info.get('available') else 'not available'}")
+    if info.get("install"):
+        print(f"  to install: {info['install']}")
+    layers = info.get("layers")
+    if not layers:
+        print("  layers: none known (explain output or logits)" if layers == [] else
+              "  layers: not known until a worker has loaded this model file")
+        return
+    print(f"  {len(layers)} layers for --layer (channels are the targets of a hidden layer):")
+    print(f"  {'name':<34} {'type':<22} {'channels':>8}  output")
+    for layer in layers:
+        out = "x".join(str(s) for s in layer["output_size"])
+        print(f"  {layer['name']:<34} {layer['type']:<22} {layer['channels']:>8}  {out}")
 
 
 def cmd_fit_sampler(args: argparse.Namespace) -> int:
@@ -189,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
+    e.add_argument("--fit", choices=["crop", "pad", "squash"],
+                   help="how the photo fits the model input: squash (default: the whole "
+                   "photo, stretched), pad (whole, letterboxed) or crop (centre crop)")
+    e.add_argument("--scale", choices=["shared", "own"], default="shared",
+                   help="overlay colour scale: shared by all targets (default) or each its own")
     e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_explain)
@@ -210,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch sides l = k + 2*padding to fit ahead (default 14,20)")
     f.set_defaults(func=cmd_fit_sampler)
 
-    m = sub.add_parser("models", help="list the models this installation can serve")
+    m = sub.add_parser("models", help="list the models this installation can serve, or one "
+                       "model's layers")
+    m.add_argument("name", nargs="?", help="a model: print its input, classes and layers")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 

@@ -29,10 +29,18 @@ class ImageTooLargeError(InvalidImageError):
     """The image has more pixels than the configured cap (decompression bombs)."""
 
 
+class ImageTooSmallError(InvalidImageError):
+    """The image is smaller than the minimum side an explanation needs (422)."""
+
+
 class UnknownModelError(PDAError, LookupError):
     """No model of that name, or its weights are not available on this installation."""
 
     field = "model"
+
+
+class ModelNotInstalledError(UnknownModelError):
+    """A known built-in whose weights are not installed where it would run."""
 
 
 class ModelLoadError(PDAError, RuntimeError):

@@ -3,7 +3,8 @@
 Everything here works in **pixel space**: RGB in [0, 1], after resize/crop and before any
 model's normalisation, so the samplers' statistics serve every model (see pda.md §3).
 
-Shapes: C = 3 channels, H x W = the model's input size.
+Shapes: H x W = the model's input size; arrays are (H, W, 3) uint8. Nothing here imports
+torch: the API decodes and checks uploads with this module alone.
 
 Images come from strangers (uploads), so :func:`open_image` is deliberately strict: the
 format is identified from the file's own bytes against an allowlist, the pixel count is
@@ -18,17 +19,29 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
-from .errors import ImageTooLargeError, InvalidImageError
+from .defaults import FITS
+from .errors import (
+    ImageTooLargeError,
+    ImageTooSmallError,
+    InvalidImageError,
+    InvalidParameterError,
+)
 
 #: Formats we decode. Identification uses only these plugins, so SVG, PDF, PSD, EPS
 #: (Ghostscript!) and the long tail of exotic decoders are never reached.
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: Images with a shorter side below this are refused for explanation (422): a 1 x 1 upload
+#: would be upscaled into a flat colour and explained as a full job.
+MIN_IMAGE_SIDE = 32
+#: The background of ``fit=pad``: ImageNet's mean colour, neutral for the built-in models.
+PAD_COLOUR = (124, 116, 104)
 
 #: Default decompression-bomb cap; the service passes ``Settings.max_image_pixels``
 #: (same value by default).
@@ -68,7 +81,8 @@ _DECODE_ERRORS = (
 
 
 def open_image(
-    source: str | Path | bytes, *, max_pixels: int | None = None
+    source: str | Path | bytes, *, max_pixels: int | None = None,
+    fit_to: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Decode ``source`` (a path or the file's bytes) into a fully loaded RGB image.
 
@@ -76,14 +90,58 @@ def open_image(
     transparency is composited on white (what a viewer shows). ``max_pixels`` (default
     :data:`DEFAULT_MAX_PIXELS`) caps width x height and raises
     :class:`ImageTooLargeError` before decoding.
+
+    ``fit_to`` (H, W), the model's input size, decodes only what the model needs: a JPEG
+    is decoded at a reduced scale (``draft``) and any image at least four times the
+    needed size is reduced right after decoding, keeping at least twice the input size
+    for the resampling filter. The result then remembers the original (oriented) size in
+    ``image.info["original_size"]``, which the crop box is computed from.
     """
     cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if cap > (Image.MAX_IMAGE_PIXELS or 0):  # only ever raised, so racing threads agree
         Image.MAX_IMAGE_PIXELS = cap
-    data = _read_bytes(source)
+    img = _open_checked(_read_bytes(source), cap)
+    fmt = img.format or "image"
+    original = img.size
+    if fit_to is not None:
+        img.draft("RGB", _needed_size(img.size, fit_to))  # JPEG: DCT scaling; others: no-op
+    img = _decode(img, fmt, cap)
+    if fit_to is not None and (factor := min(img.size) // (2 * max(fit_to))) >= 2:
+        img = _rgb(img, fmt).reduce(factor)  # drops the full-size pixels right away
+    oriented = _orient(img)
+    if oriented.size != img.size and oriented.size == img.size[::-1]:
+        original = original[::-1]  # EXIF rotated by 90 degrees
+    rgb = _rgb(oriented, fmt)
+    if fit_to is not None:
+        rgb.info["original_size"] = original
+    return rgb
+
+
+def original_size(img: Image.Image) -> tuple[int, int]:
+    """The size (w, h) of the photo as uploaded (after EXIF orientation), even when
+    :func:`open_image` reduced it for the model."""
+    return tuple(img.info.get("original_size", img.size))  # type: ignore[return-value]
+
+
+def check_min_side(size: tuple[int, int], minimum: int = MIN_IMAGE_SIDE) -> None:
+    """Refuse images too small to explain (a 1 x 1 image would be upscaled into noise)."""
+    if min(size) < minimum:
+        raise ImageTooSmallError(
+            f"image is {size[0]}x{size[1]} pixels; both sides must be at least {minimum} "
+            "pixels", field="image")
+
+
+def _needed_size(size: tuple[int, int], fit_to: tuple[int, int]) -> tuple[int, int]:
+    """The smallest decode size that keeps twice the model's input on the shorter side."""
+    w, h = size
+    scale = min(1.0, 2 * max(fit_to) / max(1, min(w, h)))
+    return max(1, int(w * scale)), max(1, int(h * scale))
+
+
+def _open_checked(data: bytes, cap: int) -> Image.Image:
+    """Identify the format from the bytes, check the declared size and frame count."""
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)", field="image")
-
     allowed = ", ".join(ALLOWED_FORMATS)
     try:
         with warnings.catch_warnings():
@@ -98,7 +156,6 @@ def open_image(
         ) from e
     except _DECODE_ERRORS as e:
         raise InvalidImageError(f"cannot read the image header: {e}", field="image") from e
-
     fmt = img.format or "image"
     w, h = img.size
     if w <= 0 or h <= 0:
@@ -116,7 +173,10 @@ def open_image(
             "send a single still image",
             field="image",
         )
+    return img
 
+
+def _decode(img: Image.Image, fmt: str, cap: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -127,17 +187,23 @@ def open_image(
         raise InvalidImageError(
             f"the {fmt} file is corrupt or truncated: {e}", field="image"
         ) from e
+    return img
 
-    try:
-        img = ImageOps.exif_transpose(img)
-    except _DECODE_ERRORS:
-        pass  # a broken EXIF block does not make the pixels wrong; keep them as stored
+
+def _rgb(img: Image.Image, fmt: str) -> Image.Image:
     try:
         return _to_rgb(img)
     except _DECODE_ERRORS as e:
         raise InvalidImageError(
             f"cannot convert the {fmt} image (mode {img.mode}) to RGB: {e}", field="image"
         ) from e
+
+
+def _orient(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except _DECODE_ERRORS:
+        return img  # a broken EXIF block does not make the pixels wrong; keep them as stored
 
 
 def _bomb(cap: int) -> ImageTooLargeError:
@@ -203,33 +269,64 @@ def crop_box_for(size: tuple[int, int], input_size: tuple[int, int]) -> tuple[in
     return left, top, left + bw, top + bh
 
 
-def preprocess(
-    img: Image.Image, input_size: tuple[int, int]
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Shorter side to the input size, centre crop: returns x (3, H, W) in [0, 1], crop_box.
+@dataclass(frozen=True)
+class Placement:
+    """Where the photo goes in the model's input, and back.
 
-    The crop is taken first in original pixels and then resized once (PIL's ``box``
-    semantics), which equals resize-then-crop up to half a pixel and gives an exact
-    integer ``crop_box`` for mapping relevance back onto the original. An image already
-    at the input size is used unchanged, bit for bit.
+    ``crop_box`` (left, top, right, bottom) is the part of the photo the model sees, in
+    the photo's own pixels; ``content_box`` is where that part lands in the model input
+    (input pixels). crop: the centre box fills the input. squash: the whole photo fills
+    it, aspect ratio not kept. pad: the whole photo, aspect kept, centred on a neutral
+    background (``content_box`` is then smaller than the input)."""
+
+    fit: str
+    crop_box: tuple[int, int, int, int]
+    content_box: tuple[int, int, int, int]
+
+
+def placement(size: tuple[int, int], input_size: tuple[int, int], fit: str = "crop"
+              ) -> Placement:
+    """The :class:`Placement` of a photo of ``size`` (w, h) in an input of (H, W)."""
+    w, h = size
+    H, W = input_size
+    if fit == "crop":
+        return Placement(fit, crop_box_for(size, input_size), (0, 0, W, H))
+    if fit == "squash":
+        return Placement(fit, (0, 0, w, h), (0, 0, W, H))
+    if fit == "pad":
+        scale = min(W / w, H / h)
+        cw, ch = max(1, min(W, round(w * scale))), max(1, min(H, round(h * scale)))
+        left, top = (W - cw) // 2, (H - ch) // 2
+        return Placement(fit, (0, 0, w, h), (left, top, left + cw, top + ch))
+    raise InvalidParameterError(f"unknown fit {fit!r}; use {', '.join(FITS)}", field="fit")
+
+
+def fit_array(img: Image.Image, input_size: tuple[int, int], fit: str = "crop"
+              ) -> tuple[np.ndarray, Placement]:
+    """The model input as (H, W, 3) uint8, and its :class:`Placement` on the photo.
+
+    The photo's region is resized once (PIL's ``box`` semantics, antialiased), which for
+    ``crop`` equals resize-then-crop up to half a pixel and gives an exact integer
+    ``crop_box`` in the photo's original pixels, also when :func:`open_image` reduced the
+    decoded image. An image already at the input size is used unchanged, bit for bit.
     """
     H, W = input_size
     if H <= 0 or W <= 0:
         raise ValueError(f"input size must be positive, got {input_size}")
     if img.mode != "RGB":
         img = _to_rgb(img)
-    box = crop_box_for(img.size, (H, W))
-    if img.size != (W, H):
-        img = img.resize((W, H), RESAMPLE, box=box)
-    a = np.asarray(img, dtype=np.uint8)  # (H, W, C)
-    x = torch.from_numpy(a.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)  # (C, H, W)
-    return x.contiguous(), box
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """A pixel-space tensor (3, H, W) in [0, 1] as an 8-bit RGB image (e.g. ``input.png``)."""
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(x.shape)}")
-    a = x.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
-    a8 = a.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()  # (H, W, C)
-    return Image.fromarray(a8)
+    size = original_size(img)
+    place = placement(size, input_size, fit)
+    sx, sy = img.size[0] / size[0], img.size[1] / size[1]  # < 1 when decoded reduced
+    left, top, right, bottom = place.crop_box
+    box = (left * sx, top * sy, right * sx, bottom * sy)
+    cl, ct, cr, cb = place.content_box
+    if img.size == (cr - cl, cb - ct) and box == (0, 0, *img.size):
+        region = img
+    else:
+        region = img.resize((cr - cl, cb - ct), RESAMPLE, box=box)
+    if (cr - cl, cb - ct) == (W, H):
+        return np.asarray(region, dtype=np.uint8).copy(), place  # (H, W, 3)
+    canvas = Image.new("RGB", (W, H), PAD_COLOUR)
+    canvas.paste(region, (cl, ct))
+    return np.asarray(canvas, dtype=np.uint8).copy(), place  # (H, W, 3)

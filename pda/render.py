@@ -12,6 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .images import placement
+
 # matplotlib "seismic": dark blue, blue, white, red, dark red at 0, .25, .5, .75, 1
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOURS = np.array(
@@ -59,20 +61,71 @@ def overlay_png(
     relevance: np.ndarray, image: np.ndarray, *, title: str, unit: str,
     vmax: float | None = None,
 ) -> bytes:
-    """The overlay for one target as PNG bytes: title, map, colour bar in ``unit``."""
+    """The overlay for one target over the model input, as PNG bytes: title, map, colour
+    bar in ``unit``; drawn at :data:`SCALE` times the input size."""
     H, W = relevance.shape
     m = symmetric_scale(relevance) if vmax is None else vmax
     heat = Image.fromarray(heat_rgb(relevance, image, m)).resize(
         (W * SCALE, H * SCALE), Image.NEAREST
     )
-    canvas = Image.new("RGB", (W * SCALE + BAR_WIDTH, H * SCALE + TITLE_HEIGHT), "white")
+    return _framed(heat, title=title, unit=unit, m=m)
+
+
+def photo_overlay_png(
+    relevance: np.ndarray, counts: np.ndarray, photo: Image.Image, image: dict, *,
+    title: str, unit: str, vmax: float | None = None,
+) -> bytes:
+    """The overlay for one target over the whole uploaded photo (its display copy).
+
+    ``image`` is the result document's ``image`` entry: the photo's size, the ``crop_box``
+    the model saw (photo pixels) and the ``content_box`` it filled (input pixels). The
+    map is resampled from the input onto the crop box; whatever the model did not see
+    (outside the crop box) or no window covered is greyed and hatched: unexplained."""
+    photo = photo.convert("RGB")
+    w, h = photo.size
+    f = w / image["width"]  # display copy scale
+    left, top, right, bottom = (round(v * f) for v in image["crop_box"])
+    cl, ct, cr, cb = image.get("content_box") or (0, 0, *relevance.shape[::-1])
+    bw, bh = max(1, right - left), max(1, bottom - top)
+    rel = Image.fromarray(relevance[ct:cb, cl:cr].astype(np.float32), mode="F").resize(
+        (bw, bh), Image.BILINEAR)
+    cov = Image.fromarray((counts[ct:cb, cl:cr] > 0).astype(np.uint8) * 255).resize(
+        (bw, bh), Image.NEAREST)
+    m = symmetric_scale(relevance) if vmax is None else vmax
+    rel_full = np.zeros((h, w), np.float32)
+    seen = np.zeros((h, w), bool)
+    rel_full[top:top + bh, left:left + bw] = np.asarray(rel)[: h - top, : w - left]
+    seen[top:top + bh, left:left + bw] = np.asarray(cov)[: h - top, : w - left] > 0
+    out = heat_rgb(np.where(seen, rel_full, 0.0), np.asarray(photo), m)
+    out[~seen] = _unexplained(np.asarray(photo))[~seen]
+    return _framed(Image.fromarray(out), title=title, unit=unit, m=m,
+                   note="hatched: not explained (outside the model's view or no window)"
+                   if not seen.all() else None)
+
+
+def _unexplained(image: np.ndarray) -> np.ndarray:
+    """Greyed, darkened and hatched: pixels the explanation says nothing about."""
+    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
+    out = (grey * 0.45 + 40)[..., None].repeat(3, axis=2)
+    yy, xx = np.indices(grey.shape)
+    out[(xx + yy) % 12 < 2] = 235  # diagonal hatching
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _framed(heat: Image.Image, *, title: str, unit: str, m: float,
+            note: str | None = None) -> bytes:
+    """``heat`` under a title, beside a colour bar from -m to +m in ``unit``; PNG bytes."""
+    W, H = heat.size
+    foot = 20 if note else 0
+    canvas = Image.new("RGB", (W + BAR_WIDTH, H + TITLE_HEIGHT + foot), "white")
     canvas.paste(heat, (0, TITLE_HEIGHT))
     draw = ImageDraw.Draw(canvas)
     draw.text((6, 6), title, fill="black", font=_font(15))
-
+    if note:
+        draw.text((6, TITLE_HEIGHT + H + 3), note, fill="black", font=_font(12))
     # colour bar: top = +m (evidence for), bottom = -m (against)
-    bar_h = H * SCALE - 36
-    x0, y0 = W * SCALE + 10, TITLE_HEIGHT + 10
+    bar_h = max(40, H - 36)
+    x0, y0 = W + 10, TITLE_HEIGHT + 10
     ramp = seismic(np.linspace(1, 0, bar_h))[:, None, :].repeat(18, axis=1)
     canvas.paste(Image.fromarray((ramp * 255).astype(np.uint8)), (x0, y0))
     draw.rectangle((x0, y0, x0 + 17, y0 + bar_h - 1), outline="black")
@@ -81,7 +134,7 @@ def overlay_png(
         y = y0 + int(frac * (bar_h - 1))
         draw.line((x0 + 18, y, x0 + 22, y), fill="black")
         draw.text((x0 + 25, y - 7), _fmt(value), fill="black", font=font)
-    draw.text((x0, y0 + bar_h + 2), unit, fill="black", font=font)
+    draw.text((x0, min(y0 + bar_h + 2, canvas.height - 14)), unit, fill="black", font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
@@ -94,7 +147,39 @@ def image_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def to_uint8(x) -> np.ndarray:
-    """Pixel-space tensor (3, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return (np.clip(arr.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+#: overlay colour scales: one symmetric range for all targets of a job (the viewer's), or
+#: each target's own
+SCALES = ("shared", "own")
+VIEWS = ("photo", "input")
+
+
+def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, index: int, *,
+                   photo: Image.Image | None = None, input_image: np.ndarray | None = None,
+                   scale: str = "shared", view: str = "photo") -> bytes:
+    """The overlay PNG of explanation ``index`` of a result document.
+
+    ``view="photo"`` draws on the whole uploaded photo (its display copy), marking what was
+    not explained; ``"input"`` on the model input. ``scale="shared"`` (the default, as in
+    the viewer) uses one symmetric range for every target of the job, so their colours
+    compare; ``"own"`` stretches each target's map to its own maximum."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}")
+    e = document["explanations"][index]
+    title = f"{e['label']} ({e['target']}): red for, blue against"
+    unit = "bits" if e["unit"] == "bits" else "activation"
+    if scale == "shared":
+        m = max((x["max_abs"] for x in document["explanations"]), default=0.0)
+    else:
+        m = e["max_abs"]
+    m = m if m > 0 else 1.0
+    if view == "photo" and photo is not None:
+        image = document["image"]
+        place = placement((image["width"], image["height"]),
+                          tuple(document["model"]["input_size"]),
+                          document["params"].get("fit", "crop"))
+        return photo_overlay_png(relevance[index], counts, photo,
+                                 {**image, "content_box": list(place.content_box)},
+                                 title=title, unit=unit, vmax=m)
+    if input_image is None:
+        raise ValueError("the input view needs the input image")
+    return overlay_png(relevance[index], input_image, title=title, unit=unit, vmax=m)

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # --- limits ------------------------------------------------------------------
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb cap")
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="uploads the API decodes at once (each large one holds its "
+        "decoded pixels: this bounds the API's memory under a burst)"
+    )
     max_forward_passes: int = Field(
         500_000, ge=1, description="reject jobs that need more forward passes than this"
     )
@@ -82,6 +86,10 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(10.0, gt=0)
     stale_job_seconds: float = Field(
         30.0, gt=0, description="a running job whose heartbeat is this old is rerun elsewhere"
+    )
+    worker_fresh_seconds: float = Field(
+        30.0, gt=0, description="a worker counts as alive while its heartbeat is this recent "
+        "(it beats every PDA_HEARTBEAT_INTERVAL_SECONDS, busy or idle)"
     )
 
     @property

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from rq import Queue
 
 from pda.jobs.store import JobStore
+from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings
 
 from .limits import caller_of, check_rate
@@ -25,6 +26,7 @@ class AppState:
     store: JobStore
     queue: Queue
     embedded: bool
+    registry: WorkerRegistry
 
 
 def get_state(request: Request) -> AppState:

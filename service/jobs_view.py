@@ -15,7 +15,14 @@ def _ts(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def job_public(rec: dict[str, Any]) -> dict[str, Any]:
+#: said in the job resource while it waits and no worker is alive
+NO_WORKER_NOTE = ("no worker is alive: the job waits in the queue and starts as soon as a "
+                  "worker does (with KEDA scale-from-zero, when one has been started)")
+
+
+def job_public(rec: dict[str, Any], workers_alive: int | None = None) -> dict[str, Any]:
+    """The public job resource; ``workers_alive`` (when known) adds a note and drops the ETA
+    while the job waits with no worker alive to run it."""
     job_id = rec["id"]
     base = f"/v1/explanations/{job_id}"
     done = int(rec.get("progress_done") or 0)
@@ -28,6 +35,9 @@ def job_public(rec: dict[str, Any]) -> dict[str, Any]:
     if status == "running" and started and done > 0:
         elapsed = time.time() - started
         eta = round(elapsed / done * (total - done), 1)
+    note = None
+    if status in ("queued", "running") and workers_alive == 0:
+        eta, note = None, NO_WORKER_NOTE
     links: dict[str, Any] = {"self": base}
     if status == "finished":
         targets = [t["target"] for t in rec.get("targets") or []]
@@ -45,6 +55,7 @@ def job_public(rec: dict[str, Any]) -> dict[str, Any]:
         "progress": {"done": done, "total": total,
                      "fraction": round(done / total, 4) if total else 0.0},
         "eta_seconds": eta,
+        "note": note,
         "created_at": rec["created_at"],
         "started_at": rec.get("started_at"),
         "finished_at": rec.get("finished_at"),

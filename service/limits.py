@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pda.jobs.store import is_full
 from pda.settings import Settings
 
 from .problems import Problem, problem_response
@@ -129,7 +130,12 @@ def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> 
     pipe.incr(key + str(minute))
     pipe.expire(key + str(minute), 2 * WINDOW)
     pipe.get(key + str(minute - 1))
-    current, _, previous = pipe.execute()
+    try:
+        current, _, previous = pipe.execute()
+    except Exception as exc:
+        if is_full(exc):  # a full store refuses new jobs (503), not polls and downloads
+            return
+        raise
     previous = int(previous or 0)
     if previous * (WINDOW - elapsed) / WINDOW + current <= limit:
         return

@@ -14,9 +14,10 @@ from fastapi import FastAPI
 
 from pda.jobs.queue import connect, get_queue
 from pda.jobs.store import JobStore
+from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 
-from . import docs, limits, metrics, problems
+from . import docs, limits, memory, metrics, problems
 from .deps import AppState
 from .routes import explanations, health, models, ui
 
@@ -32,11 +33,13 @@ Submit an image with `POST /v1/explanations`, poll the job at its `Location`, th
 def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> FastAPI:
     """The API. ``start_worker`` defaults to True in embedded mode (no PDA_REDIS_URL)."""
     settings = settings or get_settings()
+    memory.configure()
     embedded = not settings.redis_url
     conn = connect(settings)
     state = AppState(settings=settings, conn=conn,
                      store=JobStore(conn, settings.result_ttl_seconds),
-                     queue=get_queue(settings, conn), embedded=embedded)
+                     queue=get_queue(settings, conn), embedded=embedded,
+                     registry=WorkerRegistry(conn, settings.worker_fresh_seconds))
     run_worker = embedded if start_worker is None else start_worker
 
     @asynccontextmanager

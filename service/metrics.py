@@ -60,9 +60,7 @@ class StoreCollector:
             jobs, sweep = state.store.metrics()
             depth = state.queue.count
             running = state.store.running_count()
-            from rq import Worker
-
-            workers = len(Worker.all(queue=state.queue))
+            workers = state.registry.summary()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -77,7 +75,11 @@ class StoreCollector:
         yield outcomes
         yield GaugeMetricFamily("pda_queue_depth", "Jobs waiting in the queue", value=depth)
         yield GaugeMetricFamily("pda_jobs_running", "Jobs being computed now", value=running)
-        yield GaugeMetricFamily("pda_workers", "Workers registered on the queue", value=workers)
+        yield GaugeMetricFamily("pda_workers", "Workers alive (heartbeat within "
+                                "PDA_WORKER_FRESH_SECONDS), busy or idle",
+                                value=workers["alive"])
+        yield GaugeMetricFamily("pda_workers_busy", "Workers computing a job now",
+                                value=workers["busy"])
         yield CounterMetricFamily("pda_forward_passes", "Forward passes computed by workers",
                                   value=sweep.get("passes", 0))
         yield GaugeMetricFamily("pda_forward_passes_per_second",

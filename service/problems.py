@@ -14,13 +14,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pda.errors import (
     ImageTooLargeError,
+    ImageTooSmallError,
     InvalidImageError,
     ModelLoadError,
+    ModelNotInstalledError,
     PDAError,
     UnknownModelError,
 )
+from pda.jobs.store import is_full
 
 log = logging.getLogger("pda.api")
+#: seconds a caller waits before retrying a submit to a full store
+STORE_FULL_RETRY_AFTER = 60
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -67,6 +72,14 @@ def validation_problem(errors: list[dict[str, str]], instance: str) -> JSONRespo
 
 
 def pda_error_response(exc: PDAError, instance: str) -> JSONResponse:
+    if isinstance(exc, ImageTooSmallError):
+        return problem_response(422, "Image too small", str(exc),
+                                type_="/problems/image-too-small", instance=instance,
+                                errors=[{"field": "image", "message": str(exc)}])
+    if isinstance(exc, ModelNotInstalledError):
+        return problem_response(422, "Model not installed", str(exc),
+                                type_="/problems/model-not-installed", instance=instance,
+                                field="model")
     if isinstance(exc, ImageTooLargeError):
         return problem_response(413, "Image too large", str(exc),
                                 type_="/problems/image-too-large", instance=instance)
@@ -114,6 +127,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def _redis(request: Request, exc: redis.exceptions.RedisError):
+        if is_full(exc):
+            log.warning("redis full: %s", exc)
+            return problem_response(
+                503, "Store full", "the job store (Redis) has reached its memory limit "
+                "(maxmemory); results expire with time, retry later",
+                type_="/problems/store-full", instance=request.url.path,
+                headers={"Retry-After": str(STORE_FULL_RETRY_AFTER)})
         log.warning("redis unavailable: %s", exc)
         return problem_response(503, "Service unavailable",
                                 "the job store (Redis) is not reachable; retry shortly",

@@ -28,6 +28,7 @@ class ExplanationPublic(BaseModel):
     params: dict[str, Any]
     progress: Progress
     eta_seconds: float | None = Field(None, description="estimated seconds until finished")
+    note: str | None = Field(None, description="why the job may wait, e.g. no worker alive")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -40,14 +41,28 @@ class ExplanationPublic(BaseModel):
     links: dict[str, Any] = Field(default_factory=dict)
 
 
+class LayerPublic(BaseModel):
+    name: str = Field(description="module name, for the `layer` parameter")
+    type: str
+    channels: int = Field(description="channels: the targets of a hidden-layer explanation")
+    output_size: list[int] = Field(description="the module's output (C, H, W) at batch 1")
+
+
 class ModelPublic(BaseModel):
     name: str
     source: str
-    available: bool
+    available: bool | None = Field(description="weights installed where the workers run "
+                                   "(null: not known until a worker reports)")
     input_size: list[int] | None
     num_classes: int | None
     description: str
     default: bool
+    install: str | None = Field(None, description="what to install when not available")
+
+
+class ModelDetail(ModelPublic):
+    layers: list[LayerPublic] | None = Field(
+        description="hookable layers (null: not known until a worker loads the model file)")
 
 
 class PredictionPublic(BaseModel):

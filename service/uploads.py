@@ -5,18 +5,57 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from pda.images import check_min_side, open_image, original_size
 from pda.settings import Settings
 
+from . import memory
 from .limits import body_limit
 from .problems import Problem
 
 #: form and JSON fields that are not explanation parameters
 META_FIELDS = ("model", "preset")
+
+
+#: one process-wide bound on concurrent decodes (set from PDA_MAX_CONCURRENT_DECODES by the
+#: first caller): a burst of large uploads waits its turn instead of holding one decoded
+#: image per request in memory at once
+_decode_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+def decode_slot(settings: Settings) -> threading.BoundedSemaphore:
+    global _decode_slots
+    with _slots_lock:
+        if _decode_slots is None:
+            _decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes)
+        return _decode_slots
+
+
+def decode_upload(data: bytes, settings: Settings, input_size: list[int] | None
+                  ) -> tuple[int, int]:
+    """Decode the upload once to refuse corrupt, truncated, too large or too small images
+    before anything is stored; returns its size (w, h) after EXIF orientation.
+
+    Only what the model needs is decoded (:func:`pda.images.open_image` ``fit_to``), at
+    most ``PDA_MAX_CONCURRENT_DECODES`` at a time, and the memory goes back to the system
+    when the last decode of a burst ends (:func:`service.memory.release`)."""
+    fit_to = tuple(input_size) if input_size else None
+    slots = decode_slot(settings)
+    with slots:
+        try:
+            img = open_image(data, max_pixels=settings.max_image_pixels, fit_to=fit_to)
+            size = original_size(img)
+            del img
+        finally:
+            memory.release_if_idle(slots, settings.max_concurrent_decodes)
+    check_min_side(size)
+    return size
 
 
 def too_large(limit: int) -> Problem:
@@ -25,22 +64,8 @@ def too_large(limit: int) -> Problem:
                    type_="/problems/upload-too-large")
 
 
-def check_content_length(request: Request, settings: Settings) -> None:
-    """413 before reading the body, when the declared length already says too much.
-
-    (:class:`service.limits.BodySizeLimit` does this for every route, and also stops
-    chunked bodies; this keeps the check where the upload is read, should the app be
-    built without the middleware.)
-    """
-    length = request.headers.get("content-length", "").strip()
-    limit = body_limit(settings, request.headers.get("content-type", ""))
-    if length.isdigit() and int(length) > limit:
-        raise too_large(settings.max_upload_bytes)
-
-
 async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     """(image bytes, raw parameters, file name) from a multipart or JSON request."""
-    check_content_length(request, settings)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _from_form(request, settings)
@@ -85,11 +110,7 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
     raw = await request.body()
     if len(raw) > body_limit(settings, "application/json"):
         raise too_large(settings.max_upload_bytes)
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
-                      type_="/problems/malformed-request") from exc
+    body = parse_json(raw)
     if not isinstance(body, dict) or "image_base64" not in body:
         raise _missing_image("send a JSON object with 'image_base64' (and optional 'params')")
     b64 = body["image_base64"]
@@ -115,6 +136,21 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
         if key in body and key not in params:
             params[key] = body[key]
     return data, params, str(body.get("filename") or "upload")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON body, or a 400 problem that says why not: malformed, nested too deeply
+    (``[[[[...`` 50,000 deep overflows the parser's stack), or an integer too long to
+    convert (Python refuses more than 4,300 digits)."""
+    try:
+        return json.loads(raw or b"null")
+    except RecursionError as exc:
+        raise Problem(400, "Malformed JSON", "the JSON body nests arrays or objects too "
+                      "deeply", type_="/problems/malformed-request") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        reason = str(exc).splitlines()[0][:200]
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {reason}",
+                      type_="/problems/malformed-request") from exc
 
 
 def _missing_image(detail: str) -> Problem:

@@ -21,11 +21,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_loaded(http: httpx.Client) -> bool:
+    """An idle worker has loaded its models (the embedded one of ``pda serve`` included)."""
+    r = http.get("/readyz", timeout=5)
+    return r.status_code == 200 and r.json()["workers"].get("idle", 0) >= 1
+
+
 class Server:
     """``pda serve`` with the environment ``env``; waits until ``ready`` answers 200
-    (``/livez`` for the process, ``/readyz`` for a loaded in-process worker too)."""
+    (a path such as ``/livez``), or until ``ready(http)`` is true (:func:`worker_loaded`)."""
 
-    def __init__(self, env: dict[str, str], log: Path, ready: str = "/livez",
+    def __init__(self, env: dict[str, str], log: Path, ready="/livez",
                  timeout: float = 90) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,7 +46,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pda serve exited: {log.read_text()[-2000:]}")
             try:
-                if self.http.get(ready, timeout=5).status_code == 200:
+                if (ready(self.http) if callable(ready)
+                        else self.http.get(ready, timeout=5).status_code == 200):
                     return
             except httpx.TransportError:
                 pass

@@ -26,7 +26,7 @@ def run(args: list[str], capsys) -> tuple[int, str]:
 def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys):
     out = tmp_path / "out"
     code, err = run(["explain", str(CAT), "--window", "28", "--stride", "28", "--samples", "1",
-                     "--target", "top2", "--out", str(out), "--quiet"], capsys)
+                     "--target", "top2", "--fit", "crop", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     doc = json.loads((out / "result.json").read_text())
     assert doc["model"] == {"name": "efficientnet_lite0", "input_size": [224, 224]}
@@ -44,6 +44,28 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
         assert im.size == (224, 224)
     assert np.load(out / "relevance.npy").shape == (2, 224, 224)
     assert "top-1 Egyptian cat" in err
+
+
+@pytest.mark.slow
+def test_the_default_explains_the_whole_photo_and_warns_about_coverage(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["explain", str(CAT), "--window", "56", "--stride", "64", "--target",
+                     "top1", "--sampler", "constant", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["params"]["fit"] == "squash"
+    assert doc["image"] == {"width": 451, "height": 300, "crop_box": [0, 0, 451, 300]}
+    # windows at 0, 64 and 128, 56 wide: gaps of 8 between them and 40 at the end
+    assert doc["coverage"]["covered_fraction"] == pytest.approx((3 * 56 / 224) ** 2)
+    assert "pda: warning: only 56% of the input is covered" in err
+    with Image.open(out / f"overlay-{doc['explanations'][0]['target']}.png") as im:
+        assert im.width == 451 + 110  # the whole photo at its own resolution, and the bar
+
+
+def test_models_name_lists_the_layers_a_hidden_explanation_can_use(capsys):
+    assert main(["models", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert "_blocks.12" in out and "192x7x7" in out and "1000 classes" in out
 
 
 def test_fit_sampler_writes_statistics_the_explain_command_can_use(tmp_path, capsys):
@@ -73,6 +95,9 @@ BAD = [
     (["explain", str(CAT), "--model", "resnet9000"], "resnet9000"),
     (["explain", str(CAT), "--sampler", "magic"], "sampler"),
     (["explain", str(CAT), "--fill", "2,0,0", "--sampler", "constant"], "fill"),
+    (["explain", str(ROOT / "tests/pda/data/one-pixel.png")], "at least 32 pixels"),
+    (["explain", str(CAT), "--layer", "_blocks.12", "--target", "99999"], "192 channels"),
+    (["models", "resnet9000"], "resnet9000"),
     (["fit-sampler", "/nonexistent", "--out", "/tmp/x.npz"], "/nonexistent"),
 ]
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
+from pda.catalog import builtin_metadata
 from pda.cli import build_parser
 from pda.settings import Settings
 
@@ -31,3 +34,27 @@ def test_the_quickstart_commands_exist():
     for cmd in re.findall(r"^pda (\w[\w-]*)", README, flags=re.M):
         assert cmd in commands, cmd
     assert (ROOT / "examples/chelsea.png").is_file()
+
+
+def test_what_the_readme_examples_write_is_ignored_by_git():
+    written = set(re.findall(r"-o (\S+) ", README)) | set(re.findall(r"tee (\S+)", README))
+    written |= {m.rstrip("/") + "/x" for m in re.findall(r"^pda explain .*--out (\S+)", README,
+                                                          flags=re.M)}
+    assert {"job.json", "overlay.png", "relevance.json", "out/x"} <= written
+    for path in written:
+        proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert proc.returncode == 0, f"{path} (written by a README example) is not ignored"
+
+
+def test_every_cli_example_in_the_readme_parses_and_names_files_that_exist():
+    parser = build_parser()
+    for line in re.findall(r"^(pda [^#\n]+)", README, flags=re.M):
+        argv = shlex.split(line)[1:]
+        if argv[0] in ("serve", "worker", "bench"):
+            continue
+        args = parser.parse_args(argv)
+        image = getattr(args, "image", None)
+        assert image is None or (ROOT / image).is_file(), line
+        if getattr(args, "layer", None) not in (None, "output", "logits"):
+            names = [x["name"] for x in builtin_metadata("efficientnet_lite0")["layers"]]
+            assert args.layer in names, line

@@ -12,7 +12,9 @@ worker touches a heartbeat file (the liveness probe), requeues jobs whose worker
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -25,8 +27,10 @@ from rq.timeouts import TimerDeathPenalty
 from pda.engine.device import resolve_device
 from pda.jobs.queue import connect, get_queue
 from pda.jobs.store import JobStore
+from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 from worker import tasks as jobs
+from worker.announce import announce_builtins, announce_model
 
 log = logging.getLogger("pda.worker")
 
@@ -48,39 +52,74 @@ class EmbeddedWorker(PDAWorker):
         pass
 
 
-def preload(settings: Settings) -> None:
-    """Load the configured models and the sampler statistics before taking jobs."""
+#: set once this process has loaded its models (its heartbeat says "loading" until then)
+preloaded = threading.Event()
+
+
+def preload(settings: Settings, conn: redis.Redis | None = None) -> None:
+    """Load the configured models and the sampler statistics before taking jobs, and tell
+    the API (through Redis) what this worker can serve."""
     from pda.engine.stats import get_stats
     from pda.models.registry import get_model
 
     device = resolve_device(settings.device)
     get_stats(settings.sampler_stats)
+    if conn is not None:
+        try:
+            announce_builtins(conn, settings)
+        except redis.RedisError as exc:
+            log.warning("could not publish the model catalogue: %s", exc)
     for name in settings.worker_model_list:
         t = time.perf_counter()
-        get_model(name, device, settings)
+        model = get_model(name, device, settings)
         log.info("loaded %s on %s in %.1f s", name, device, time.perf_counter() - t)
+        if conn is not None:
+            announce_model(conn, model)
+    preloaded.set()
 
 
-def maintenance_loop(settings: Settings, stop: threading.Event,
+def maintenance_loop(settings: Settings, stop: threading.Event, name: str,
                      worker: SimpleWorker | None = None) -> None:
-    """Touch the heartbeat file and reap abandoned jobs until ``stop`` is set."""
+    """Beat (Redis and the heartbeat file) and reap abandoned jobs until ``stop`` is set.
+
+    This thread beats whether or not a job is running, so a worker busy on a two-hour
+    job stays counted as alive, and a killed one stops beating at once."""
     store = JobStore(connect(settings), settings.result_ttl_seconds)
+    registry = WorkerRegistry(store.r, settings.worker_fresh_seconds)
     path = Path(settings.heartbeat_file)
-    while True:
+    device = str(resolve_device(settings.device))
+    started = time.time()
+    try:
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            except OSError as exc:
+                log.warning("cannot touch heartbeat file %s: %s", path, exc)
+            try:
+                registry.beat(name, worker_info(settings, device, started))
+                jobs.reap_abandoned(settings, store)
+                jobs.requeue_lost(settings, store)
+                if worker is not None:
+                    reregister(worker, store.r)
+            except Exception as exc:  # Redis away: the worker loop reports it, keep beating
+                log.warning("maintenance: %s", exc)
+            if stop.wait(settings.heartbeat_interval_seconds):
+                break
+    finally:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        except OSError as exc:
-            log.warning("cannot touch heartbeat file %s: %s", path, exc)
-        try:
-            jobs.reap_abandoned(settings, store)
-            jobs.requeue_lost(settings, store)
-            if worker is not None:
-                reregister(worker, store.r)
-        except Exception as exc:  # Redis away: the worker loop reports it, keep beating
-            log.warning("maintenance: %s", exc)
-        if stop.wait(settings.heartbeat_interval_seconds):
-            return
+            registry.leave(name)
+        except Exception:  # Redis away: the beat simply ages out
+            pass
+
+
+def worker_info(settings: Settings, device: str, started: float) -> dict:
+    """What a worker says about itself in each beat (shown by /readyz and the metrics)."""
+    job = jobs.current_job
+    state = "busy" if job else "idle" if preloaded.is_set() else "loading"
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
+            "state": state, "job": job, "started_at": started,
+            "models": settings.worker_model_list}
 
 
 def reregister(worker: SimpleWorker, conn: redis.Redis) -> None:
@@ -115,11 +154,12 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
     except Exception as exc:
         print(f"pda: error: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
-    preload(settings)
     stop = threading.Event()
     worker = PDAWorker([get_queue(settings, conn)], connection=conn, name=name)
-    threading.Thread(target=maintenance_loop, args=(settings, stop, worker),
-                     daemon=True).start()
+    beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name, worker),
+                            daemon=True)
+    beat.start()  # alive (and "loading") from here on
+    preload(settings, conn)
     # SIGTERM during preload is covered by RQ's handler from here on
     signal.signal(signal.SIGTERM, worker.request_stop)
     try:
@@ -127,6 +167,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
                     with_scheduler=False)
     finally:
         stop.set()
+        beat.join(timeout=5)  # says goodbye in the registry
     return 0
 
 
@@ -135,11 +176,12 @@ def start_embedded_worker(settings: Settings) -> threading.Thread:
     conn = connect(settings)
 
     def run() -> None:
-        preload(settings)
+        name = f"embedded-{os.getpid()}"
         stop = threading.Event()
-        threading.Thread(target=maintenance_loop, args=(settings, stop), daemon=True).start()
-        worker = EmbeddedWorker([get_queue(settings, conn)], connection=conn,
-                                name=f"embedded-{id(conn):x}")
+        threading.Thread(target=maintenance_loop, args=(settings, stop, name),
+                         daemon=True).start()
+        preload(settings, conn)
+        worker = EmbeddedWorker([get_queue(settings, conn)], connection=conn, name=name)
         worker.work(logging_level=settings.log_level.upper())
 
     thread = threading.Thread(target=run, name="pda-embedded-worker", daemon=True)

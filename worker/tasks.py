@@ -19,22 +19,26 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from pda.artifacts import build_artifacts
+from pda.artifacts import stored_files
 from pda.engine.device import auto_batch_size, resolve_device
-from pda.engine.explain import ExplainParams, explain, result_document
+from pda.engine.explain import explain, result_document
+from pda.engine.inputs import preprocess, to_uint8
 from pda.engine.stats import get_stats
 from pda.errors import Canceled, PDAError
-from pda.images import open_image, preprocess
+from pda.images import open_image, original_size
 from pda.jobs.queue import connect, enqueue_attempt, get_queue, rq_job_id
-from pda.jobs.store import JobStore
+from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
-from pda.render import to_uint8
+from pda.params import ExplainParams
 from pda.settings import Settings, get_settings
+from worker.announce import announce_model
 
 log = logging.getLogger("pda.worker")
 
 #: set by the worker's SIGTERM handler: the running sweep requeues itself and stops
 shutdown_requested = threading.Event()
+#: the job this process is computing now (None when idle), for the worker's heartbeat
+current_job: str | None = None
 #: Redis errors a worker rides out (a restart, a failover) rather than failing the job
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 #: RQ statuses of a message that will never (again) call :func:`run_explanation`
@@ -47,6 +51,10 @@ class Requeue(Exception):
 
 class Superseded(Exception):
     """This attempt was taken for abandoned and the job rerun: stop without writing."""
+
+
+class RecordLost(Exception):
+    """The job's record vanished from Redis mid-job: stop without re-creating it."""
 
 
 _stores: dict[tuple, JobStore] = {}
@@ -81,6 +89,8 @@ def run_explanation(job_id: str, attempt: int) -> str:
     beat = threading.Thread(target=_heartbeat, daemon=True,
                             args=(store, job_id, stop_beat, settings.stale_job_seconds / 3))
     beat.start()
+    global current_job
+    current_job = job_id
     try:
         files, summary = _explain(store, settings, job_id, record, attempt)
     except Canceled:
@@ -90,6 +100,12 @@ def run_explanation(job_id: str, attempt: int) -> str:
     except Superseded:
         log.warning("job %s attempt %d was rerun elsewhere; dropping this one", job_id, attempt)
         return "superseded"
+    except RecordLost:
+        log.warning("job %s: its record is gone from Redis (data lost: a restart without "
+                    "persistence, or a flush); stopped the sweep and wrote nothing, so no "
+                    "partial record is left behind", job_id)
+        _persist(store.unindex, job_id)
+        return "lost"
     except Requeue:
         if _persist(store.requeued, job_id, attempt + 1):
             _persist(enqueue_attempt, queue, settings, job_id, attempt + 1, passes,
@@ -114,6 +130,7 @@ def run_explanation(job_id: str, attempt: int) -> str:
         return "failed"
     finally:
         stop_beat.set()
+        current_job = None
     seconds = time.perf_counter() - started
     # canceled during the last batch, or rerun elsewhere meanwhile
     if not _persist(store.finish, job_id, files, attempt, **summary):
@@ -123,16 +140,17 @@ def run_explanation(job_id: str, attempt: int) -> str:
 
 
 def _persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
-    """``fn(...)``, retried while Redis is briefly away (a restart), so that a computed
-    result or a requeue is not thrown away; past ``patience`` the error propagates and
-    the reaper reruns the job once its heartbeat is stale."""
+    """``fn(...)``, retried while Redis is briefly away (a restart) or full (results
+    expiring make room), so that a computed result or a requeue is not thrown away; past
+    ``patience`` the error propagates and the reaper reruns the job once its heartbeat is
+    stale."""
     deadline = time.monotonic() + patience
     delay = 0.2
     while True:
         try:
             return fn(*args, **kwargs)
-        except REDIS_DOWN:
-            if time.monotonic() + delay > deadline:
+        except (*REDIS_DOWN, redis.exceptions.ResponseError) as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -161,12 +179,14 @@ def _explain(
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     device = resolve_device(settings.device)
     model = get_model(record["model"], device, settings)
+    announce_model(store.r, model)
     params = ExplainParams(**record["params"])
     image_bytes = store.image(job_id)
     if image_bytes is None:
         raise PDAError("the uploaded image has expired from the store")
-    image = open_image(image_bytes, max_pixels=settings.max_image_pixels)
-    x, crop = preprocess(image, model.input_size)
+    image = open_image(image_bytes, max_pixels=settings.max_image_pixels,
+                       fit_to=model.input_size)
+    x, crop = preprocess(image, model.input_size, params.fit)
     stats = get_stats(settings.sampler_stats)
     last = [0.0]
 
@@ -176,7 +196,8 @@ def _explain(
             last[0] = now
             try:
                 # +1 on both: the unmodified image's pass, counted in the job's plan
-                store.set_progress(job_id, done + 1, total + 1)
+                if not store.set_progress(job_id, done + 1, total + 1):
+                    raise RecordLost(job_id)
                 status, current = store.fields(job_id, "status", "attempt")
             except REDIS_DOWN:  # keep computing; the result is written once Redis is back
                 status, current = None, attempt
@@ -188,17 +209,19 @@ def _explain(
             raise Requeue(job_id)
 
     def on_prediction(prediction: list[dict[str, Any]]) -> None:
-        store.update(job_id, prediction=prediction)
+        if not store.update(job_id, prediction=prediction):
+            raise RecordLost(job_id)
 
     batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
     expl = explain(model, x, params, stats, batch_size=batch, progress=progress,
                    precision=settings.precision, compile=settings.compile,
                    on_prediction=on_prediction)
     doc = result_document(
-        expl, model_name=model.name, input_size=model.input_size, image_size=image.size,
-        crop_box=crop, params=params, num_classes=model.num_classes,
+        expl, model_name=model.name, input_size=model.input_size,
+        image_size=original_size(image), crop_box=crop, params=params,
+        num_classes=model.num_classes,
     )
-    files = build_artifacts(expl, to_uint8(x), doc)
+    files = stored_files(expl, to_uint8(x), image, doc)
     summary = {
         "forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
         "targets": [{"target": t, "label": lab} for t, lab in

@@ -6,102 +6,23 @@ image into the contract's result document; the numerics live in :mod:`.engine`.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..defaults import PREDICTION_TOP, SAMPLERS
+from ..document import coverage
 from ..errors import InvalidParameterError, UnknownLayerError
+from ..params import ExplainParams, parse_target
 from .device import auto_batch_size, check_precision, prefers_channels_last
-from .geometry import check_window, count_windows, window_positions
-from .samplers import SAMPLERS, make_sampler
+from .geometry import check_window, window_positions
+from .samplers import make_sampler
 from .stats import SamplerStats
-from .sweep import DEFAULT_TRAIN_SIZE, Progress, count_passes, relevance_maps, run_sweep
-
-#: defaults sized so one job finishes in about a minute on a 2-core CPU (docs/performance.md)
-DEFAULT_WINDOW = 16
-DEFAULT_STRIDE = 8
-DEFAULT_SAMPLES = 4
-DEFAULT_PADDING = 2
-#: the paper's settings (Zintgraf et al. 2017, section 4): ``preset="paper"``
-PAPER = {"window": 10, "padding": 2, "samples": 10, "stride": 1}
-PREDICTION_TOP = 5
-
-
-class ExplainParams(BaseModel):
-    """Parameters of one explanation (the CLI flags and the API's form fields)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sampler: Literal["conditional", "marginal", "constant"] = "conditional"
-    window: int = Field(DEFAULT_WINDOW, ge=1, le=512, description="window side k in pixels")
-    padding: int = Field(DEFAULT_PADDING, ge=0, le=32, description="conditional ring width")
-    samples: int = Field(DEFAULT_SAMPLES, ge=1, le=1000, description="samples S per window")
-    stride: int = Field(DEFAULT_STRIDE, ge=1, le=512, description="window step in pixels")
-    fill: tuple[float, float, float] | None = Field(
-        None, description="constant sampler colour in [0, 1]; default: reference mean"
-    )
-    target: str = Field("top3", description="topK, or comma-separated class/channel indices")
-    layer: str = Field("output", description="output, logits, or a module name")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    train_size: int = Field(
-        DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
-        description="Laplace correction N (training-set size)",
-    )
-
-    @field_validator("fill")
-    @classmethod
-    def _fill_in_range(cls, v: tuple[float, float, float] | None):
-        if v is not None and not all(0.0 <= c <= 1.0 for c in v):
-            raise ValueError("fill values must lie in [0, 1]")
-        return v
-
-    @field_validator("target")
-    @classmethod
-    def _target_syntax(cls, v: str) -> str:
-        parse_target(v)
-        return v.strip().lower()
-
-    @field_validator("layer")
-    @classmethod
-    def _layer_syntax(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", v):
-            raise ValueError("layer must be output, logits or a module name like blocks.3")
-        return v
-
-
-def with_preset(values: dict[str, Any], preset: str | None) -> dict[str, Any]:
-    """Fill in the paper's settings under ``preset="paper"``; explicit values win."""
-    if preset in (None, "", "default"):
-        return values
-    if preset != "paper":
-        raise InvalidParameterError(f"unknown preset {preset!r}; use paper", field="preset")
-    return {**PAPER, **values}
-
-
-def parse_target(spec: str) -> tuple[str, int | list[int]]:
-    """``top3`` -> ("top", 3); ``281,285`` -> ("indices", [281, 285])."""
-    s = spec.strip().lower()
-    if m := re.fullmatch(r"top(\d+)", s):
-        k = int(m.group(1))
-        if not 1 <= k <= 20:
-            raise InvalidParameterError(f"target {spec!r}: topK needs 1 <= K <= 20", field="target")
-        return "top", k
-    if re.fullmatch(r"\d+(\s*,\s*\d+)*", s):
-        idx = [int(t) for t in s.split(",")]
-        if len(idx) > 20:
-            raise InvalidParameterError("at most 20 target indices", field="target")
-        if len(set(idx)) != len(idx):
-            raise InvalidParameterError(f"target {spec!r} repeats an index", field="target")
-        return "indices", idx
-    raise InvalidParameterError(
-        f"target {spec!r} is neither topK (e.g. top3) nor indices (e.g. 281,285)", field="target"
-    )
+from .sweep import Progress, relevance_maps, run_sweep
 
 
 class _Stop(Exception):
@@ -144,7 +65,6 @@ class Explanation:
     counts: np.ndarray  # (H, W) int32 windows covering each pixel
     forward_passes: int
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -160,15 +80,6 @@ def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict
 def _label(model: Any, index: int) -> str:
     labels = getattr(model, "labels", None) or []
     return labels[index] if index < len(labels) else str(index)
-
-
-def plan(model: Any, params: ExplainParams) -> dict[str, int]:
-    """Windows and forward passes a job needs, without running it (for caps and ETAs)."""
-    H, W = model.input_size
-    check_window(H, W, params.window, params.stride)
-    n_w = count_windows(H, W, params.window, params.stride)
-    per = 1 if params.sampler == "constant" else params.samples
-    return {"windows": n_w, "forward_passes": n_w * per + 1}
 
 
 def explain(
@@ -274,7 +185,6 @@ def explain(
         counts=counts.round().to(torch.int32).cpu().numpy(),
         forward_passes=sweep.forward_passes + 1,
         seconds=time.perf_counter() - start,
-        extra={"planned_passes": count_passes(len(positions), sampler, params.samples)},
     )
 
 
@@ -287,10 +197,9 @@ def result_document(
     crop_box: tuple[int, int, int, int],
     params: ExplainParams,
     num_classes: int | None = None,
-    include_relevance: bool = True,
 ) -> dict[str, Any]:
-    """The contract's result document (``result.json`` and the relevance endpoint)."""
-    uncovered = int((expl.counts == 0).sum())
+    """The contract's result document without its grids (:mod:`pda.document` adds them:
+    ``result.json`` and the relevance endpoint)."""
     p = params.model_dump()
     p["fill"] = list(p["fill"]) if p["fill"] is not None else None
     p["laplace"] = {"train_size": params.train_size, "num_classes": num_classes}
@@ -300,19 +209,10 @@ def result_document(
         "params": p,
         "prediction": expl.prediction,
         "explanations": [
-            {
-                "target": t,
-                "label": lab,
-                "unit": expl.unit,
-                "max_abs": float(np.abs(expl.relevance[i]).max()),
-                **({"relevance": np.round(expl.relevance[i], 6).tolist()}
-                   if include_relevance else {}),
-            }
+            {"target": t, "label": lab, "unit": expl.unit,
+             "max_abs": float(np.abs(expl.relevance[i]).max())}
             for i, (t, lab) in enumerate(zip(expl.targets, expl.labels, strict=True))
         ],
-        "coverage": {
-            "uncovered_pixels": uncovered,
-            "covered_fraction": 1.0 - uncovered / expl.counts.size,
-        },
+        "coverage": coverage(expl.counts, params.window, params.stride),
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
     }

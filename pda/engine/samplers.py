@@ -15,11 +15,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..defaults import SAMPLERS
 from ..errors import InvalidParameterError
 from .device import to_device
 from .stats import SamplerStats
-
-SAMPLERS = ("conditional", "marginal", "constant")
 
 
 class Sampler(Protocol):

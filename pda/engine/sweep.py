@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
+from ..defaults import DEFAULT_TRAIN_SIZE
 from ..errors import InvalidParameterError
 from .device import autocast, prefers_channels_last
 from .geometry import window_positions, windows_to_pixels
@@ -33,9 +34,6 @@ WindowReadout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
 
 BLOCK_WINDOWS = 64
-#: Laplace correction defaults: N as in the authors' code (training-set size); K defaults
-#: to the number of model outputs and is passed by the caller.
-DEFAULT_TRAIN_SIZE = 100_000
 
 
 @dataclass
@@ -65,14 +63,6 @@ def weight_of_evidence(
     full = laplace(p_full.double(), train_size, num_classes)
     without = laplace(p_without.double(), train_size, num_classes)
     return log2_odds(full) - log2_odds(without)
-
-
-def passes_per_window(sampler: Sampler, samples: int) -> int:
-    return 1 if sampler.deterministic else samples
-
-
-def count_passes(n_windows: int, sampler: Sampler, samples: int) -> int:
-    return n_windows * passes_per_window(sampler, samples)
 
 
 def run_sweep(
@@ -118,7 +108,7 @@ def run_sweep(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     positions = window_positions(H, W, window, stride, device=dev)  # (n_w, 2)
     ids = _selected(window_ids, len(positions))  # (n,) sorted, on the CPU
-    S = passes_per_window(sampler, samples)
+    S = 1 if sampler.deterministic else samples
     total = len(ids) * S
     n_base = batch_size if fixed_batch else 1
     with amp:

@@ -26,13 +26,26 @@ from typing import Any
 
 import redis
 
-PREFIX = "pda:"
+from .keys import PREFIX
+
 #: a finished job's record outlives its files by this long, so late readers get a
 #: clear "expired" (410) instead of "unknown" (404)
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 STATUSES = ("queued", "running", "finished", "failed", "canceled")
 TERMINAL = ("finished", "failed", "canceled")
 SWEEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def is_full(exc: BaseException) -> bool:
+    """Redis refused a write because it reached ``maxmemory`` (policy noeviction)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("OOM"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: Redis away for a moment, or full until results expire."""
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError) \
+        or is_full(exc)
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -72,8 +85,27 @@ class JobStore:
             return None
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        self.r.hset(self._job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Set fields of an existing record; False (nothing written) if it is gone."""
+        return self._hset_existing(self._job(job_id), fields)
+
+    def _hset_existing(self, key: str, fields: dict[str, Any],
+                       zadd: tuple[str, str] | None = None) -> bool:
+        """HSET only if ``key`` still exists: a worker's write must never re-create a
+        partial record, without a TTL, for a job whose record Redis lost (a restart
+        without persistence, a flush). Optionally refreshes ``zadd`` = (zset, member)."""
+        mapping = {k: json.dumps(v) for k, v in fields.items()}
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            if not pipe.exists(key):
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping=mapping)
+            if zadd is not None:
+                pipe.zadd(zadd[0], {zadd[1]: time.time()}, xx=True)
+            return True
+
+        return self.r.transaction(write, key, value_from_callable=True)
 
     def field(self, job_id: str, name: str) -> Any:
         v = self.r.hget(self._job(job_id), name)
@@ -127,14 +159,12 @@ class JobStore:
     def heartbeat(self, job_id: str) -> None:
         self.r.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
 
-    def set_progress(self, job_id: str, done: int, total: int) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(self._job(job_id), mapping={
-            "progress_done": json.dumps(done), "progress_total": json.dumps(total),
-            "heartbeat_at": json.dumps(time.time()),
-        })
-        pipe.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
-        pipe.execute()
+    def set_progress(self, job_id: str, done: int, total: int) -> bool:
+        """Progress and a heartbeat; False if the record is gone (nothing written)."""
+        return self._hset_existing(
+            self._job(job_id),
+            {"progress_done": done, "progress_total": total, "heartbeat_at": time.time()},
+            zadd=(f"{PREFIX}running", job_id))
 
     def finish(self, job_id: str, files: dict[str, bytes], attempt: int | None = None,
                **fields: Any) -> bool:
@@ -158,7 +188,7 @@ class JobStore:
                     pipe.multi()
                     pipe.hset(f"{key}:files", mapping=files)
                     pipe.expire(f"{key}:files", self.result_ttl)
-                    pipe.expire(f"{key}:image", self.result_ttl)
+                    pipe.delete(f"{key}:image")  # the results keep a display copy
                     pipe.hset(key, mapping={k: json.dumps(v) for k, v in {
                         "status": "finished", "finished_at": now_iso(),
                         "expires_at": now_iso(expires), "files": sorted(files),
@@ -170,18 +200,28 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def end(self, job_id: str, status: str, **fields: Any) -> None:
-        """Failed or canceled: drop image and files, keep the record as a tombstone."""
+    def end(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Failed or canceled: drop image and files, keep the record as a tombstone.
+
+        A record Redis has lost is not re-created (False): a tombstone without its
+        creation fields would answer for a job nobody can see."""
         key = self._job(job_id)
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={k: json.dumps(v) for k, v in {
+        mapping = {k: json.dumps(v) for k, v in {
             "status": status, "finished_at": now_iso(),
-            "expires_at": now_iso(time.time() + self.result_ttl), **fields}.items()})
-        pipe.delete(f"{key}:files", f"{key}:image")
-        pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
-        pipe.zrem(f"{PREFIX}running", job_id)
-        pipe.zrem(f"{PREFIX}queued", job_id)
-        pipe.execute()
+            "expires_at": now_iso(time.time() + self.result_ttl), **fields}.items()}
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            exists = pipe.exists(key)
+            pipe.multi()
+            if exists:
+                pipe.hset(key, mapping=mapping)
+                pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
+            pipe.delete(f"{key}:files", f"{key}:image")
+            pipe.zrem(f"{PREFIX}running", job_id)
+            pipe.zrem(f"{PREFIX}queued", job_id)
+            return bool(exists)
+
+        return self.r.transaction(write, key, value_from_callable=True)
 
     def requeued(self, job_id: str, attempt: int) -> bool:
         """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended."""
@@ -201,6 +241,13 @@ class JobStore:
 
     def unqueue(self, job_id: str) -> None:
         self.r.zrem(f"{PREFIX}queued", job_id)
+
+    def unindex(self, job_id: str) -> None:
+        """Forget a job in the running and queued indexes (its record is gone)."""
+        pipe = self.r.pipeline()
+        pipe.zrem(f"{PREFIX}running", job_id)
+        pipe.zrem(f"{PREFIX}queued", job_id)
+        pipe.execute()
 
     def claim_repair(self, job_id: str, attempt: int, ttl: int = 3600) -> bool:
         """True for exactly one caller per (job, attempt): who may re-enqueue it."""

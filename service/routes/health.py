@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from rq import Worker
 
 from ..deps import StateDep
 from ..metrics import metrics_response
 
 router = APIRouter(tags=["health"])
-#: a worker counts as alive when its RQ heartbeat is this recent
-WORKER_FRESH_SECONDS = 120
 
 
 @router.get("/livez")
@@ -24,25 +19,24 @@ def livez() -> dict:
 
 @router.get("/readyz")
 def readyz(state: StateDep) -> JSONResponse:
-    """Ready when Redis answers and at least one worker is alive; 503 otherwise."""
+    """Ready when this pod can accept and serve requests: the app started and Redis answers.
+
+    Workers do not gate readiness (busy, idle, or scaled to zero, the API still queues
+    jobs and serves results); how many are alive is reported in the body."""
     checks: dict[str, object] = {}
+    workers: dict[str, object] = {}
     try:
         state.conn.ping()
         checks["redis"] = "ok"
-        workers = Worker.all(queue=state.queue)
-        now = time.time()
-        alive = [w for w in workers if w.last_heartbeat is None
-                 or now - w.last_heartbeat.timestamp() < WORKER_FRESH_SECONDS]
-        checks["workers"] = len(alive)
+        workers = state.registry.summary()
+        checks["workers"] = workers["alive"]
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
-        checks["workers"] = 0
-    ready = checks["redis"] == "ok" and checks["workers"] > 0
-    body = {"status": "ready" if ready else "not ready", "checks": checks,
+    ready = checks["redis"] == "ok"
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "workers": workers,
             "mode": "embedded" if state.embedded else "redis"}
     if not ready:
-        return JSONResponse(body, status_code=503, media_type="application/problem+json"
-                            if False else "application/json", headers={"Retry-After": "5"})
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse(body)
 
 

@@ -2,38 +2,43 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import torch
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from pda import catalog
 from pda.engine.explain import predict
-from pda.images import open_image, preprocess
-from pda.models.registry import get_model, list_models
+from pda.engine.inputs import preprocess
+from pda.errors import UnknownModelError
+from pda.images import open_image
+from pda.models.registry import get_model
 
-from ..deps import OwnerDep, SettingsDep, StateDep
+from ..deps import OwnerDep, StateDep
 from ..problems import Problem
-from ..schemas import ModelPublic, PredictionPublic
+from ..schemas import ModelDetail, ModelPublic, PredictionPublic
 from ..uploads import read_upload
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models", response_model=list[ModelPublic])
-def list_models_route(settings: SettingsDep, owner: OwnerDep):
-    """The models this installation can serve (available = weights present)."""
-    return list_models(settings)
+def list_models_route(state: StateDep, owner: OwnerDep):
+    """The models this installation can serve (available = weights installed)."""
+    return catalog.list_models(state.settings, state.conn, local_is_truth=state.embedded)
 
 
-@router.get("/models/{name}", response_model=ModelPublic)
-def get_model_route(name: str, settings: SettingsDep, owner: OwnerDep):
-    """One model's metadata."""
-    for m in list_models(settings):
-        if m["name"] == name:
-            return m
-    raise Problem(404, "Unknown model", f"no model named {name!r}; see /v1/models",
-                  type_="/problems/unknown-model")
+@router.get("/models/{name}", response_model=ModelDetail)
+def get_model_route(name: str, state: StateDep, owner: OwnerDep):
+    """One model's metadata, with its layers (names, channels, output sizes)."""
+    try:
+        return catalog.model_info(name, state.settings, state.conn,
+                                  local_is_truth=state.embedded)
+    except UnknownModelError as exc:
+        raise Problem(404, "Unknown model", f"{exc}; see /v1/models",
+                      type_="/problems/unknown-model") from exc
 
 
 @router.post("/predictions", response_model=PredictionPublic,
@@ -49,8 +54,9 @@ async def create_prediction(request: Request, state: StateDep, owner: OwnerDep):
 def _predict(state, data: bytes, raw: dict) -> dict:
     settings = state.settings
     name = str(raw.get("model") or settings.default_model)
-    top_raw = str(raw.get("top", "5"))
-    if not top_raw.isdigit() or not 1 <= int(top_raw) <= 20:
+    top_raw = str(raw.get("top", "5")).strip()
+    # ASCII digits only: '²'.isdigit() is True, and int('²') raises
+    if not re.fullmatch(r"[0-9]{1,3}", top_raw) or not 1 <= int(top_raw) <= 20:
         raise Problem(422, "Invalid parameters", "top: must be an integer from 1 to 20",
                       type_="/problems/invalid-parameter",
                       errors=[{"field": "top", "message": "must be 1..20"}])

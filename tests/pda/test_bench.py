@@ -15,18 +15,14 @@ import torch
 
 from pda.bench import format_table, run_bench
 from pda.cli import main as cli_main
+from pda.defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW
 from pda.engine.device import auto_batch_size
-from pda.engine.explain import (
-    DEFAULT_SAMPLES,
-    DEFAULT_STRIDE,
-    DEFAULT_WINDOW,
-    ExplainParams,
-    explain,
-)
+from pda.engine.explain import explain
 from pda.engine.geometry import count_windows, window_positions
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import run_sweep
 from pda.errors import InvalidParameterError
+from pda.params import ExplainParams
 
 from .toys import ConvNet, random_stats, wrap
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pda.engine.explain import ExplainParams, explain
+from pda.engine.explain import explain
 from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import laplace, relevance_maps, run_sweep
+from pda.params import ExplainParams
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pda.engine.inputs import preprocess, to_uint8
 from pda.errors import ImageTooLargeError, InvalidImageError
-from pda.images import crop_box_for, open_image, preprocess, to_pil
+from pda.images import crop_box_for, open_image
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -73,20 +74,13 @@ def test_image_already_at_input_size_is_used_bit_for_bit() -> None:
     assert box == (0, 0, 224, 224)
     expected = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
     assert torch.equal(x, expected)
-    assert np.array_equal(np.asarray(to_pil(x)), np.asarray(img))
+    assert np.array_equal(to_uint8(x), np.asarray(img))
 
 
 def test_small_image_is_upscaled() -> None:
     x, box = preprocess(noise(30, 20), (224, 224))
     assert box == (5, 0, 25, 20)
     assert x.shape == (3, 224, 224) and 0.0 <= x.min() and x.max() <= 1.0
-
-
-def test_to_pil_rejects_wrong_shape_and_clamps() -> None:
-    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
-        to_pil(torch.zeros(1, 3, 4, 4))
-    img = to_pil(torch.full((3, 2, 2), 2.0))
-    assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255)
 
 
 # --- decoding -----------------------------------------------------------------------

@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from pda.catalog import list_models
+from pda.engine.inputs import preprocess
 from pda.errors import ModelLoadError, UnknownLayerError, UnknownModelError
-from pda.images import open_image, preprocess
+from pda.images import open_image
 from pda.models.registry import (
     BUILTINS,
     IMAGENET_MEAN,
@@ -21,7 +23,6 @@ from pda.models.registry import (
     LITE_STD,
     clear_model_cache,
     get_model,
-    list_models,
     load_model,
 )
 from pda.settings import Settings

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pda.engine.explain import ExplainParams, explain
+from pda.engine.explain import explain
+from pda.engine.inputs import preprocess
 from pda.engine.stats import get_stats
-from pda.images import open_image, preprocess
+from pda.images import open_image
 from pda.models.registry import get_model
+from pda.params import ExplainParams
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby .. lynx in ImageNet

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import warnings
@@ -21,7 +20,7 @@ import redis
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
 
-from ..servers import RedisServer, free_port
+from ..servers import RedisServer, worker_loaded
 from .conftest import CAT, ROOT, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -166,7 +165,7 @@ def test_redis_restarted_or_hung_under_a_running_api(own_redis, start_server, st
     server = start_server(settings, PDA_REDIS_TIMEOUT_SECONDS="1")
     start_worker(settings)
     http = server.http
-    wait_until("ready", lambda: http.get("/readyz").status_code == 200, timeout=120)
+    wait_until("a loaded worker", lambda: worker_loaded(http), timeout=120)
     store = JobStore(connect(settings))
     job = post(server, BIG)["id"]
     wait_until("running", lambda: store.get(job)["progress_done"] > 0, timeout=120)
@@ -210,7 +209,7 @@ def test_redis_restarted_or_hung_under_a_running_api(own_redis, start_server, st
     redis.Redis.from_url(own_redis.url).flushall()
     lost = time.time()
     assert http.get(f"/v1/explanations/{job}").status_code == 404
-    wait_until("ready after data loss", lambda: http.get("/readyz").status_code == 200,
+    wait_until("the worker listed again after data loss", lambda: worker_loaded(http),
                timeout=30)
     relisted = time.time() - lost
     fresh = post(server, {**TINY, "seed": "6"})["id"]

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ..servers import Server
+from ..servers import Server, worker_loaded
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = ROOT / "examples" / "chelsea.png"
@@ -67,7 +67,7 @@ def ui_server(log: Path, **env_extra: str) -> Server:
     env.update({"PDA_LOG_LEVEL": "warning",
                 "PDA_HEARTBEAT_FILE": str(log.parent / f"hb-{uuid.uuid4().hex[:6]}"),
                 **env_extra})
-    return Server(env, log, ready="/readyz")
+    return Server(env, log, ready=worker_loaded)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
-from pda.engine.explain import PAPER, ExplainParams
+from pda.defaults import PAPER
+from pda.params import ExplainParams
 from pda.settings import Settings
 from service.routes.ui import STATIC_DIR
 

@@ -1,0 +1,40 @@
+"""Named defaults, in one place (rq's ``defaults.py``): every module imports them from here.
+
+Algorithm defaults (what an explanation computes when the caller says nothing) and the
+lists of allowed names. Deployment configuration lives in :mod:`pda.settings`.
+"""
+
+from __future__ import annotations
+
+#: the samplers (pda.md section 3), in the order the docs list them
+SAMPLERS = ("conditional", "marginal", "constant")
+#: samplers whose every sample is the same: one forward pass per window
+DETERMINISTIC_SAMPLERS = ("constant",)
+#: readouts other than a module name (pda.md section 4)
+OUTPUT_LAYERS = ("output", "logits")
+#: how a photo is fitted to the model input (pda.images.Placement)
+FITS = ("crop", "pad", "squash")
+
+#: the service default, sized so one job finishes in about half a minute on a 2-core CPU
+#: (docs/performance.md)
+DEFAULT_SAMPLER = "conditional"
+DEFAULT_WINDOW = 16
+DEFAULT_STRIDE = 8
+DEFAULT_SAMPLES = 4
+DEFAULT_PADDING = 2
+DEFAULT_TARGET = "top3"
+DEFAULT_LAYER = "output"
+DEFAULT_SEED = 0
+#: the whole photo is explained by default (its overlay covers all of it); crop is the
+#: classic centre crop that leaves the margins unexplained (marked on the overlay)
+DEFAULT_FIT = "squash"
+#: Laplace correction N, as in the authors' code (their training-set size); K defaults to
+#: the model's number of classes (pda.md section 1)
+DEFAULT_TRAIN_SIZE = 100_000
+#: the paper's settings (Zintgraf et al. 2017, section 4): ``preset="paper"``
+PAPER = {"window": 10, "padding": 2, "samples": 10, "stride": 1}
+PRESETS = {"default": {}, "paper": PAPER}
+#: classes in a prediction (the job resource, /v1/predictions)
+PREDICTION_TOP = 5
+#: most targets one explanation may have
+MAX_TARGETS = 20

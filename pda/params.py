@@ -1,0 +1,181 @@
+"""The parameters of one explanation: one model from which the CLI flags, the HTTP form,
+the JSON body and the OpenAPI schema are all derived, plus presets, targets and the one
+function that counts forward passes.
+
+No torch here: the API validates with this module alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .defaults import (
+    DEFAULT_FIT,
+    DEFAULT_LAYER,
+    DEFAULT_PADDING,
+    DEFAULT_SAMPLER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_STRIDE,
+    DEFAULT_TARGET,
+    DEFAULT_TRAIN_SIZE,
+    DEFAULT_WINDOW,
+    DETERMINISTIC_SAMPLERS,
+    MAX_TARGETS,
+    OUTPUT_LAYERS,
+    PRESETS,
+)
+from .errors import InvalidParameterError, UnknownLayerError
+
+
+class ExplainParams(BaseModel):
+    """Parameters of one explanation (the CLI flags and the API's form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampler: Literal["conditional", "marginal", "constant"] = Field(
+        DEFAULT_SAMPLER, description="what replaces a window: conditional (the paper's), "
+        "marginal or constant")
+    window: int = Field(DEFAULT_WINDOW, ge=1, le=512, description="window side k in pixels")
+    padding: int = Field(DEFAULT_PADDING, ge=0, le=32, description="conditional ring width")
+    samples: int = Field(DEFAULT_SAMPLES, ge=1, le=1000, description="samples S per window "
+                         "(the constant sampler draws one: it is deterministic)")
+    stride: int = Field(DEFAULT_STRIDE, ge=1, le=512, description="window step in pixels")
+    fill: tuple[float, float, float] | None = Field(
+        None, description="constant sampler colour R,G,B in [0, 1]; default: reference mean"
+    )
+    target: str = Field(DEFAULT_TARGET, description="topK, or comma-separated class/channel "
+                        "indices")
+    layer: str = Field(DEFAULT_LAYER, description="output, logits, or a module name "
+                       "(`pda models NAME` lists them)")
+    seed: int = Field(DEFAULT_SEED, ge=0, le=2**31 - 1, description="random seed")
+    train_size: int = Field(
+        DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
+        description="Laplace correction N (training-set size)",
+    )
+    fit: Literal["crop", "pad", "squash"] = Field(
+        DEFAULT_FIT, description="how the photo fits the model input: crop (centre crop), pad "
+        "(whole photo, letterboxed) or squash (whole photo, stretched)")
+
+    @field_validator("fill")
+    @classmethod
+    def _fill_in_range(cls, v: tuple[float, float, float] | None):
+        if v is not None and not all(0.0 <= c <= 1.0 for c in v):
+            raise ValueError("fill values must lie in [0, 1]")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target_syntax(cls, v: str) -> str:
+        parse_target(v)
+        return v.strip().lower()
+
+    @field_validator("layer")
+    @classmethod
+    def _layer_syntax(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", v):
+            raise ValueError("layer must be output, logits or a module name like _blocks.3")
+        return v
+
+    @model_validator(mode="after")
+    def _one_sample_when_deterministic(self) -> ExplainParams:
+        # the constant sampler's samples are all the same: the sweep makes one pass per
+        # window, so the record says so (and identical jobs deduplicate)
+        if self.sampler in DETERMINISTIC_SAMPLERS and self.samples != 1:
+            self.samples = 1
+        return self
+
+    @property
+    def hidden(self) -> bool:
+        """True when ``layer`` names a module (targets are its channels)."""
+        return self.layer not in OUTPUT_LAYERS
+
+
+def with_preset(values: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    """Fill in a preset's settings (``paper``); explicit values win."""
+    if preset in (None, ""):
+        return values
+    if preset not in PRESETS:
+        raise InvalidParameterError(
+            f"unknown preset {preset!r}; use {' or '.join(PRESETS)}", field="preset")
+    return {**PRESETS[preset], **values}
+
+
+def parse_target(spec: str) -> tuple[str, int | list[int]]:
+    """``top3`` -> ("top", 3); ``281,285`` -> ("indices", [281, 285])."""
+    s = spec.strip().lower()
+    if m := re.fullmatch(r"top([0-9]{1,3})", s):
+        k = int(m.group(1))
+        if not 1 <= k <= MAX_TARGETS:
+            raise InvalidParameterError(
+                f"target {spec!r}: topK needs 1 <= K <= {MAX_TARGETS}", field="target")
+        return "top", k
+    if re.fullmatch(r"[0-9]{1,9}(\s*,\s*[0-9]{1,9})*", s):
+        idx = [int(t) for t in s.split(",")]
+        if len(idx) > MAX_TARGETS:
+            raise InvalidParameterError(f"at most {MAX_TARGETS} target indices", field="target")
+        if len(set(idx)) != len(idx):
+            raise InvalidParameterError(f"target {spec!r} repeats an index", field="target")
+        return "indices", idx
+    raise InvalidParameterError(
+        f"target {spec!r} is neither topK (e.g. top3) nor indices (e.g. 281,285)", field="target"
+    )
+
+
+def passes_per_window(sampler: str, samples: int) -> int:
+    """Forward passes one window costs: S samples, or one for a deterministic sampler."""
+    return 1 if sampler in DETERMINISTIC_SAMPLERS else samples
+
+
+def count_windows(height: int, width: int, window: int, stride: int) -> int:
+    """Window positions of a sweep (windows sit fully inside the image)."""
+    if window > height or window > width:
+        return 0
+    return ((height - window) // stride + 1) * ((width - window) // stride + 1)
+
+
+def plan(params: ExplainParams, input_size: tuple[int, int]) -> dict[str, int]:
+    """Windows and forward passes a job needs, the unmodified image's pass included: the
+    one count that caps, ETAs, progress and the result document all use."""
+    H, W = input_size
+    if params.window > H or params.window > W:
+        raise InvalidParameterError(
+            f"window {params.window} exceeds the image size {H}x{W} (the model's input)",
+            field="window")
+    n_w = count_windows(H, W, params.window, params.stride)
+    return {"windows": n_w,
+            "forward_passes": n_w * passes_per_window(params.sampler, params.samples) + 1}
+
+
+def check_against_model(params: ExplainParams, info: dict[str, Any]) -> None:
+    """Check what the model's metadata can tell before any work: the window fits its input,
+    the layer exists, and the targets are classes or channels it has. Facts the metadata
+    does not know (None) are left to the worker."""
+    name = info["name"]
+    if info.get("input_size"):
+        plan(params, tuple(info["input_size"]))
+    kind, spec = parse_target(params.target)
+    if params.hidden:
+        layers = info.get("layers")
+        if layers is None:
+            return  # a model file no worker has described yet
+        layer = next((x for x in layers if x["name"] == params.layer), None)
+        if layer is None:
+            few = ", ".join(x["name"] for x in layers[:4]) + (", ..." if len(layers) > 4 else "")
+            hint = f"it has {len(layers)} layers, e.g. {few}" if layers else "it has none"
+            raise UnknownLayerError(
+                f"model {name!r} has no layer {params.layer!r}; {hint} "
+                f"(`pda models {name}` or GET /v1/models/{name} lists them)")
+        bound, what = layer["channels"], f"layer {params.layer!r} has {layer['channels']} channels"
+    else:
+        bound, what = info.get("num_classes"), f"{name} has {info.get('num_classes')} classes"
+    if bound is None:
+        return
+    bad = [t for t in spec if t >= bound] if kind == "indices" else []
+    if bad:
+        noun = "channel" if params.hidden else "class"
+        raise InvalidParameterError(
+            f"target {noun} {bad[0]} does not exist: {what} (0..{bound - 1})", field="target")
