@@ -181,9 +181,15 @@ def cmd_fit_sampler(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pda.settings import get_settings
     from service.main import serve
 
-    return serve(host=args.host, port=args.port)
+    worker = None
+    if not get_settings().redis_url:  # embedded mode: an in-process queue and worker
+        from worker.runner import start_embedded_worker
+
+        worker = start_embedded_worker
+    return serve(host=args.host, port=args.port, worker=worker)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

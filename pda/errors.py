@@ -61,3 +61,20 @@ class SamplerStatsError(PDAError, ValueError):
 
 class Canceled(Exception):
     """Raised from a progress callback to stop a sweep (not a caller error)."""
+
+
+class Refused(Exception):
+    """A request the service turns down for now (capacity, conflicts); the HTTP layer
+    maps each kind to its status and Retry-After."""
+
+
+class QueueFullError(Refused):
+    """The global queue cap is reached (PDA_MAX_QUEUE_LENGTH)."""
+
+
+class TooManyQueuedError(Refused):
+    """This caller has PDA_MAX_QUEUED_PER_KEY jobs waiting."""
+
+
+class IdempotencyConflictError(Refused):
+    """An Idempotency-Key reused for a different request."""

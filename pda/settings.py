@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     max_queue_length: int = Field(1000, ge=1, description="global queued-jobs cap (503)")
     max_queued_per_key: int = Field(50, ge=1, description="queued jobs per API key (429)")
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute")
+    predict_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="how long POST /v1/predictions waits for a worker "
+        "before answering 503 with Retry-After"
+    )
     redis_timeout_seconds: float = Field(
         5.0, gt=0, description="socket timeout of the API's and the job store's Redis calls"
     )

@@ -27,6 +27,7 @@ class AppState:
     queue: Queue
     embedded: bool
     registry: WorkerRegistry
+    predict_queue: Queue
 
 
 def get_state(request: Request) -> AppState:

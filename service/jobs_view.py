@@ -6,6 +6,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+from pda.jobs.record import JobRecord, JobStatus
+
 from .problems import Problem
 
 
@@ -20,27 +22,24 @@ NO_WORKER_NOTE = ("no worker is alive: the job waits in the queue and starts as 
                   "worker does (with KEDA scale-from-zero, when one has been started)")
 
 
-def job_public(rec: dict[str, Any], workers_alive: int | None = None) -> dict[str, Any]:
+def job_public(rec: JobRecord, workers_alive: int | None = None) -> dict[str, Any]:
     """The public job resource; ``workers_alive`` (when known) adds a note and drops the ETA
     while the job waits with no worker alive to run it."""
-    job_id = rec["id"]
-    base = f"/v1/explanations/{job_id}"
-    done = int(rec.get("progress_done") or 0)
-    total = int(rec.get("progress_total") or rec.get("planned_passes") or 0)
-    status = rec["status"]
-    if status == "finished":
-        done = total = int(rec.get("forward_passes") or total)
+    base = f"/v1/explanations/{rec.id}"
+    done = rec.progress_done
+    total = rec.progress_total or rec.planned_passes
+    if rec.status == JobStatus.FINISHED:
+        done = total = rec.forward_passes or total
     eta = None
-    started = _ts(rec.get("started_at"))
-    if status == "running" and started and done > 0:
-        elapsed = time.time() - started
-        eta = round(elapsed / done * (total - done), 1)
+    started = _ts(rec.started_at)
+    if rec.status == JobStatus.RUNNING and started and done > 0:
+        eta = round((time.time() - started) / done * (total - done), 1)
     note = None
-    if status in ("queued", "running") and workers_alive == 0:
+    if rec.status.active and workers_alive == 0:
         eta, note = None, NO_WORKER_NOTE
     links: dict[str, Any] = {"self": base}
-    if status == "finished":
-        targets = [t["target"] for t in rec.get("targets") or []]
+    if rec.status == JobStatus.FINISHED:
+        targets = [t["target"] for t in rec.targets or []]
         links.update({
             "relevance": f"{base}/relevance",
             "relevance_npy": f"{base}/relevance.npy",
@@ -48,51 +47,41 @@ def job_public(rec: dict[str, Any], workers_alive: int | None = None) -> dict[st
             "overlays": {str(t): f"{base}/overlay.png?target={t}" for t in targets},
         })
     return {
-        "id": job_id,
-        "status": status,
-        "model": rec["model"],
-        "params": rec["params"],
+        "id": rec.id, "status": rec.status.value, "model": rec.model, "params": rec.params,
         "progress": {"done": done, "total": total,
                      "fraction": round(done / total, 4) if total else 0.0},
-        "eta_seconds": eta,
-        "note": note,
-        "created_at": rec["created_at"],
-        "started_at": rec.get("started_at"),
-        "finished_at": rec.get("finished_at"),
-        "expires_at": rec.get("expires_at"),
-        "attempt": int(rec.get("attempt") or 1),
-        "image": rec.get("image") or {},
-        "prediction": rec.get("prediction"),
-        "targets": rec.get("targets"),
-        "error": rec.get("error"),
-        "links": links,
+        "eta_seconds": eta, "note": note,
+        "created_at": rec.created_at, "started_at": rec.started_at,
+        "finished_at": rec.finished_at, "expires_at": rec.expires_at,
+        "attempt": rec.attempt, "image": rec.image, "prediction": rec.prediction,
+        "targets": rec.targets, "error": rec.error, "links": links,
     }
 
 
-def retry_after(rec: dict[str, Any]) -> str:
+def retry_after(rec: JobRecord) -> str:
     """A polite polling interval: short while running, longer while queued."""
-    return "1" if rec["status"] == "running" else "2"
+    return "1" if rec.status == JobStatus.RUNNING else "2"
 
 
-def require_results(rec: dict[str, Any]) -> None:
+def require_results(rec: JobRecord) -> None:
     """409 while the job is not finished; 410 once its results have expired."""
-    status = rec["status"]
-    if status in ("queued", "running"):
-        raise Problem(409, "Not finished", f"job {rec['id']} is {status}; poll "
-                      f"/v1/explanations/{rec['id']} until it is finished",
+    status = rec.status
+    if status.active:
+        raise Problem(409, "Not finished", f"job {rec.id} is {status.value}; poll "
+                      f"/v1/explanations/{rec.id} until it is finished",
                       type_="/problems/not-finished", headers={"Retry-After": retry_after(rec)})
-    if status == "failed":
-        raise Problem(409, "Job failed", f"job {rec['id']} failed and has no results: "
-                      f"{(rec.get('error') or {}).get('detail', '')}", type_="/problems/job-failed")
-    if status == "canceled":
-        raise Problem(410, "Results deleted", f"job {rec['id']} was canceled; its results are "
+    if status == JobStatus.FAILED:
+        raise Problem(409, "Job failed", f"job {rec.id} failed and has no results: "
+                      f"{(rec.error or {}).get('detail', '')}", type_="/problems/job-failed")
+    if status == JobStatus.CANCELED:
+        raise Problem(410, "Results deleted", f"job {rec.id} was canceled; its results are "
                       "deleted", type_="/problems/gone")
-    expires = _ts(rec.get("expires_at"))
+    expires = _ts(rec.expires_at)
     if expires is not None and expires <= time.time():
         raise expired(rec)
 
 
-def expired(rec: dict[str, Any]) -> Problem:
-    return Problem(410, "Results expired", f"the results of job {rec['id']} expired at "
-                   f"{rec.get('expires_at')} (PDA_RESULT_TTL_SECONDS); submit it again",
+def expired(rec: JobRecord) -> Problem:
+    return Problem(410, "Results expired", f"the results of job {rec.id} expired at "
+                   f"{rec.expires_at} (PDA_RESULT_TTL_SECONDS); submit it again",
                    type_="/problems/gone")

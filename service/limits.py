@@ -4,8 +4,7 @@
   ``Content-Length`` is over the cap, and stops a chunked or streamed body the moment it
   passes the cap, so no request can make the API buffer more than the cap.
 - :func:`check_rate`: requests per caller per minute (``PDA_RATE_LIMIT_PER_MINUTE``), 429.
-- :func:`admit_job`: the global queue cap (``PDA_MAX_QUEUE_LENGTH``, 503) and the
-  per-caller queued-jobs cap (``PDA_MAX_QUEUED_PER_KEY``, 429).
+(The queue caps are the job life cycle's admission: :func:`pda.jobs.lifecycle.admit`.)
 
 All counting is in Redis, so several API replicas share one budget. A caller is its API
 key (the owner id); with no ``PDA_API_KEYS`` it is the client's address.
@@ -21,6 +20,7 @@ from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pda.jobs import keys
 from pda.jobs.store import is_full
 from pda.settings import Settings
 
@@ -28,10 +28,6 @@ from .problems import Problem, problem_response
 
 #: room for multipart boundaries, part headers and the form fields beside the image
 ENVELOPE_BYTES = 64 * 1024
-#: Retry-After when the whole queue is full: about what a worker needs to take a few jobs
-QUEUE_FULL_RETRY_AFTER = 10
-#: Retry-After when one caller has too many jobs waiting
-QUOTA_RETRY_AFTER = 5
 WINDOW = 60  # seconds: the rate limit is per minute
 
 
@@ -125,11 +121,10 @@ def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> 
     now = time.time() if now is None else now
     minute = int(now // WINDOW)
     elapsed = now - minute * WINDOW
-    key = f"pda:rate:{caller}:"
     pipe = conn.pipeline(transaction=False)
-    pipe.incr(key + str(minute))
-    pipe.expire(key + str(minute), 2 * WINDOW)
-    pipe.get(key + str(minute - 1))
+    pipe.incr(keys.rate(caller, minute))
+    pipe.expire(keys.rate(caller, minute), 2 * WINDOW)
+    pipe.get(keys.rate(caller, minute - 1))
     try:
         current, _, previous = pipe.execute()
     except Exception as exc:
@@ -139,7 +134,7 @@ def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> 
     previous = int(previous or 0)
     if previous * (WINDOW - elapsed) / WINDOW + current <= limit:
         return
-    conn.decr(key + str(minute))
+    conn.decr(keys.rate(caller, minute))
     wait = _rate_wait(limit, current, previous, elapsed)
     raise Problem(429, "Too many requests", f"over the limit of {limit} requests a minute "
                   f"for this API key (PDA_RATE_LIMIT_PER_MINUTE); retry in {wait} s",
@@ -156,21 +151,3 @@ def _rate_wait(limit: int, current: int, previous: int, elapsed: float) -> int:
         accepted = current - 1
         t = WINDOW - elapsed + (WINDOW * (1 - (limit - 1) / accepted) if accepted else 0)
     return max(1, min(WINDOW, math.ceil(t)))
-
-
-def admit_job(state: Any, caller: str, job_id: str) -> None:
-    """Reserve a place for a new job, or refuse: 503 when the queue is full for everyone,
-    429 when this caller already has ``PDA_MAX_QUEUED_PER_KEY`` jobs waiting."""
-    settings = state.settings
-    depth = state.queue.count
-    if depth >= settings.max_queue_length:
-        raise Problem(503, "Queue full", f"{depth} jobs are waiting, the limit is "
-                      f"{settings.max_queue_length} (PDA_MAX_QUEUE_LENGTH); retry later",
-                      type_="/problems/queue-full",
-                      headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)})
-    cap = settings.max_queued_per_key
-    if state.store.reserve(caller, job_id, cap) is None:
-        raise Problem(429, "Too many queued jobs", f"this API key already has {cap} jobs "
-                      "waiting (PDA_MAX_QUEUED_PER_KEY); wait for one to start, or cancel one",
-                      type_="/problems/too-many-queued-jobs",
-                      headers={"Retry-After": str(QUOTA_RETRY_AFTER)})

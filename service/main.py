@@ -8,18 +8,20 @@ one in-process worker thread, so one command serves a working API on a laptop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from pda.jobs.queue import connect, get_queue
+from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 
 from . import docs, limits, memory, metrics, problems
 from .deps import AppState
-from .routes import explanations, health, models, ui
+from .routes import explanations, health, models, predictions, ui
 
 log = logging.getLogger("pda.api")
 
@@ -30,8 +32,11 @@ Submit an image with `POST /v1/explanations`, poll the job at its `Location`, th
 `/relevance` (JSON grids) or `/overlay.png`. Errors are RFC 9457 problem documents."""
 
 
-def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> FastAPI:
-    """The API. ``start_worker`` defaults to True in embedded mode (no PDA_REDIS_URL)."""
+def create_app(settings: Settings | None = None, *, start_worker: bool | None = None,
+               worker: Callable[[Settings], Any] | None = None) -> FastAPI:
+    """The API. In embedded mode (no PDA_REDIS_URL) ``pda serve`` passes ``worker``, the
+    in-process worker's starter (it may load torch; this package never imports it);
+    ``start_worker=False`` leaves it out (tests)."""
     settings = settings or get_settings()
     memory.configure()
     embedded = not settings.redis_url
@@ -39,15 +44,14 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     state = AppState(settings=settings, conn=conn,
                      store=JobStore(conn, settings.result_ttl_seconds),
                      queue=get_queue(settings, conn), embedded=embedded,
-                     registry=WorkerRegistry(conn, settings.worker_fresh_seconds))
-    run_worker = embedded if start_worker is None else start_worker
+                     registry=WorkerRegistry(conn, settings.worker_fresh_seconds),
+                     predict_queue=predict_queue(settings, conn))
+    run_worker = worker is not None and (embedded if start_worker is None else start_worker)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if run_worker:
-            from worker.runner import start_embedded_worker
-
-            app.state.worker_thread = start_embedded_worker(settings)
+            app.state.worker_thread = worker(settings)
         yield
 
     app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
@@ -58,13 +62,16 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     metrics.install(app)
     app.include_router(explanations.router)
     app.include_router(models.router)
+    app.include_router(predictions.router)
     app.include_router(health.router)
     ui.install(app)
     docs.install(app)
     return app
 
 
-def serve(host: str | None = None, port: int | None = None) -> int:
+def serve(host: str | None = None, port: int | None = None,
+          worker: Callable[[Settings], Any] | None = None) -> int:
+    """Run the API with uvicorn; ``worker`` starts the embedded worker (no Redis URL)."""
     import uvicorn
 
     settings = get_settings()
@@ -74,6 +81,6 @@ def serve(host: str | None = None, port: int | None = None) -> int:
     port = port or settings.port
     if not settings.redis_url:
         log.info("no PDA_REDIS_URL: embedded queue and in-process worker")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level,
-                proxy_headers=True, timeout_graceful_shutdown=10)
+    uvicorn.run(create_app(settings, worker=worker), host=host, port=port,
+                log_level=settings.log_level, proxy_headers=True, timeout_graceful_shutdown=10)
     return 0

@@ -13,12 +13,16 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pda.errors import (
+    IdempotencyConflictError,
     ImageTooLargeError,
     ImageTooSmallError,
     InvalidImageError,
     ModelLoadError,
     ModelNotInstalledError,
     PDAError,
+    QueueFullError,
+    Refused,
+    TooManyQueuedError,
     UnknownModelError,
 )
 from pda.jobs.store import is_full
@@ -26,6 +30,13 @@ from pda.jobs.store import is_full
 log = logging.getLogger("pda.api")
 #: seconds a caller waits before retrying a submit to a full store
 STORE_FULL_RETRY_AFTER = 60
+#: refusal -> (status, title, problem type, Retry-After seconds or 0). The queue-full wait
+#: is about what a worker needs to take a few jobs.
+REFUSALS: dict[type[Refused], tuple[int, str, str, int]] = {
+    QueueFullError: (503, "Queue full", "/problems/queue-full", 10),
+    TooManyQueuedError: (429, "Too many queued jobs", "/problems/too-many-queued-jobs", 5),
+    IdempotencyConflictError: (409, "Idempotency-Key reused", "/problems/idempotency", 0),
+}
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -103,6 +114,13 @@ def install(app: FastAPI) -> None:
     async def _problem(request: Request, exc: Problem):
         return problem_response(exc.status, exc.title, exc.detail, type_=exc.type,
                                 instance=request.url.path, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused):
+        status, title, type_, retry = REFUSALS[type(exc)]
+        return problem_response(status, title, str(exc), type_=type_,
+                                instance=request.url.path,
+                                headers={"Retry-After": str(retry)} if retry else None)
 
     @app.exception_handler(PDAError)
     async def _pda(request: Request, exc: PDAError):

@@ -25,11 +25,12 @@ from rq import SimpleWorker, worker_registration
 from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
-from pda.jobs.queue import connect, get_queue
+from pda.jobs import lifecycle
+from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
-from worker import tasks as jobs
+from worker import tasks
 from worker.announce import announce_builtins, announce_model
 
 log = logging.getLogger("pda.worker")
@@ -39,7 +40,7 @@ class PDAWorker(SimpleWorker):
     """SimpleWorker whose SIGTERM also stops the running sweep at a batch boundary."""
 
     def request_stop(self, signum, frame):  # noqa: ANN001 (RQ's signature)
-        jobs.shutdown_requested.set()
+        tasks.shutdown_requested.set()
         super().request_stop(signum, frame)
 
 
@@ -98,8 +99,8 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str,
                 log.warning("cannot touch heartbeat file %s: %s", path, exc)
             try:
                 registry.beat(name, worker_info(settings, device, started))
-                jobs.reap_abandoned(settings, store)
-                jobs.requeue_lost(settings, store)
+                lifecycle.reap_abandoned(settings, store)
+                lifecycle.requeue_lost(settings, store)
                 if worker is not None:
                     reregister(worker, store.r)
             except Exception as exc:  # Redis away: the worker loop reports it, keep beating
@@ -115,7 +116,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str,
 
 def worker_info(settings: Settings, device: str, started: float) -> dict:
     """What a worker says about itself in each beat (shown by /readyz and the metrics)."""
-    job = jobs.current_job
+    job = tasks.current_job
     state = "busy" if job else "idle" if preloaded.is_set() else "loading"
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
             "state": state, "job": job, "started_at": started,
@@ -155,7 +156,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
         print(f"pda: error: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
-    worker = PDAWorker([get_queue(settings, conn)], connection=conn, name=name)
+    worker = PDAWorker(queues(settings, conn), connection=conn, name=name)
     beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name, worker),
                             daemon=True)
     beat.start()  # alive (and "loading") from here on
@@ -171,6 +172,12 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
     return 0
 
 
+def queues(settings: Settings, conn: redis.Redis) -> list:
+    """What a worker listens to, in priority order: predictions (short, a caller is
+    waiting) before explanation attempts."""
+    return [predict_queue(settings, conn), get_queue(settings, conn)]
+
+
 def start_embedded_worker(settings: Settings) -> threading.Thread:
     """The in-process worker of embedded mode (``pda serve`` with no PDA_REDIS_URL)."""
     conn = connect(settings)
@@ -181,7 +188,7 @@ def start_embedded_worker(settings: Settings) -> threading.Thread:
         threading.Thread(target=maintenance_loop, args=(settings, stop, name),
                          daemon=True).start()
         preload(settings, conn)
-        worker = EmbeddedWorker([get_queue(settings, conn)], connection=conn, name=name)
+        worker = EmbeddedWorker(queues(settings, conn), connection=conn, name=name)
         worker.work(logging_level=settings.log_level.upper())
 
     thread = threading.Thread(target=run, name="pda-embedded-worker", daemon=True)

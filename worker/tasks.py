@@ -17,16 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq.job import Job
 
 from pda.artifacts import stored_files
 from pda.engine.device import auto_batch_size, resolve_device
-from pda.engine.explain import explain, result_document
+from pda.engine.explain import explain, predict, result_document
 from pda.engine.inputs import preprocess, to_uint8
 from pda.engine.stats import get_stats
-from pda.errors import Canceled, PDAError
+from pda.errors import Canceled, ModelNotInstalledError, PDAError
 from pda.images import open_image, original_size
-from pda.jobs.queue import connect, enqueue_attempt, get_queue, rq_job_id
+from pda.jobs import lifecycle, predictions
+from pda.jobs.queue import connect
+from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
 from pda.params import ExplainParams
@@ -41,8 +42,6 @@ shutdown_requested = threading.Event()
 current_job: str | None = None
 #: Redis errors a worker rides out (a restart, a failover) rather than failing the job
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-#: RQ statuses of a message that will never (again) call :func:`run_explanation`
-RQ_SPENT = (b"finished", b"failed", b"stopped", b"canceled")
 
 
 class Requeue(Exception):
@@ -81,9 +80,6 @@ def run_explanation(job_id: str, attempt: int) -> str:
     if not store.mark_running(job_id, worker_name, attempt):
         current = store.fields(job_id, "status", "attempt")
         return f"skipped (the job is {current[0]} at attempt {current[1]}; this is {attempt})"
-    model_name = record["model"]
-    queue = get_queue(settings, store.r)
-    passes = record.get("planned_passes", 0)
     started = time.perf_counter()
     stop_beat = threading.Event()
     beat = threading.Thread(target=_heartbeat, daemon=True,
@@ -93,41 +89,8 @@ def run_explanation(job_id: str, attempt: int) -> str:
     current_job = job_id
     try:
         files, summary = _explain(store, settings, job_id, record, attempt)
-    except Canceled:
-        log.info("job %s canceled while running", job_id)
-        store.count("canceled", model_name)
-        return "canceled"
-    except Superseded:
-        log.warning("job %s attempt %d was rerun elsewhere; dropping this one", job_id, attempt)
-        return "superseded"
-    except RecordLost:
-        log.warning("job %s: its record is gone from Redis (data lost: a restart without "
-                    "persistence, or a flush); stopped the sweep and wrote nothing, so no "
-                    "partial record is left behind", job_id)
-        _persist(store.unindex, job_id)
-        return "lost"
-    except Requeue:
-        if _persist(store.requeued, job_id, attempt + 1):
-            _persist(enqueue_attempt, queue, settings, job_id, attempt + 1, passes,
-                     at_front=True)
-        log.warning("job %s requeued by a warm shutdown", job_id)
-        return "requeued"
-    except PDAError as exc:  # the caller's mistake found late (e.g. a model file that breaks)
-        log.warning("job %s failed: %s", job_id, exc)
-        _persist(store.end, job_id, "failed", error=_problem(exc, 422))
-        store.count("failed", model_name)
-        return "failed"
-    except Exception as exc:  # transient or internal: retry, then fail with a clear message
-        log.exception("job %s attempt %s crashed", job_id, attempt)
-        if attempt <= settings.job_retries:
-            if _persist(store.requeued, job_id, attempt + 1):
-                _persist(enqueue_attempt, queue, settings, job_id, attempt + 1, passes)
-            return "retrying"
-        _persist(store.end, job_id, "failed", error={
-            "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-            "detail": f"the explanation failed after {attempt} attempts: {_one_line(exc)}"})
-        store.count("failed", model_name)
-        return "failed"
+    except Exception as exc:
+        return _stopped(store, settings, record, attempt, exc)
     finally:
         stop_beat.set()
         current_job = None
@@ -135,8 +98,69 @@ def run_explanation(job_id: str, attempt: int) -> str:
     # canceled during the last batch, or rerun elsewhere meanwhile
     if not _persist(store.finish, job_id, files, attempt, **summary):
         return "canceled"
-    store.count("finished", model_name, passes=summary["forward_passes"], seconds=seconds)
+    store.count(JobStatus.FINISHED, record.model, passes=summary["forward_passes"],
+                seconds=seconds)
     return "finished"
+
+
+def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
+             exc: Exception) -> str:
+    """What an attempt that did not finish leaves behind, by why it stopped."""
+    job_id, model = record.id, record.model
+    if isinstance(exc, Canceled):
+        log.info("job %s canceled while running", job_id)
+        store.count(JobStatus.CANCELED, model)
+        return "canceled"
+    if isinstance(exc, Superseded):
+        log.warning("job %s attempt %d was rerun elsewhere; dropping this one", job_id, attempt)
+        return "superseded"
+    if isinstance(exc, RecordLost):
+        log.warning("job %s: its record is gone from Redis (data lost: a restart without "
+                    "persistence, or a flush); stopped the sweep and wrote nothing, so no "
+                    "partial record is left behind", job_id)
+        _persist(store.unindex, job_id)
+        return "lost"
+    if isinstance(exc, Requeue):
+        _persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes,
+                 at_front=True)
+        log.warning("job %s requeued by a warm shutdown", job_id)
+        return "requeued"
+    if isinstance(exc, PDAError):  # the caller's mistake found late (a broken model file)
+        log.warning("job %s failed: %s", job_id, exc)
+        _persist(lifecycle.fail, store, job_id, model, _problem(exc, 422))
+        return "failed"
+    # transient or internal: retry, then fail with a clear message
+    log.error("job %s attempt %s crashed", job_id, attempt, exc_info=exc)
+    if attempt <= settings.job_retries:
+        _persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes)
+        return "retrying"
+    _persist(lifecycle.fail, store, job_id, model, {
+        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
+        "detail": f"the explanation failed after {attempt} attempts: {_one_line(exc)}"})
+    return "failed"
+
+
+def run_prediction(pred_id: str) -> str:
+    """Answer one /v1/predictions request (the API process is waiting for it)."""
+    settings = get_settings()
+    conn = _store(settings).r
+    loaded = predictions.load(conn, pred_id)
+    if loaded is None:
+        return "gone"  # the caller gave up; its request expired
+    request, data = loaded
+    try:
+        model = get_model(request["model"], resolve_device(settings.device), settings,
+                          allow_paths=False)
+        announce_model(conn, model)
+        image = open_image(data, max_pixels=settings.max_image_pixels,
+                           fit_to=model.input_size)
+        x, _ = preprocess(image, model.input_size, request["fit"])
+        body = {"model": model.name, "input_size": list(model.input_size),
+                "prediction": predict(model, x.to(model.device), top=request["top"])}
+    except PDAError as exc:  # found only here: a model file that does not load, ...
+        body = {"error": _problem(exc, 422)}
+    predictions.answer(conn, pred_id, body)
+    return "answered"
 
 
 def _persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
@@ -175,12 +199,12 @@ def _heartbeat(store: JobStore, job_id: str, stop: threading.Event, every: float
 
 
 def _explain(
-    store: JobStore, settings: Settings, job_id: str, record: dict[str, Any], attempt: int
+    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     device = resolve_device(settings.device)
-    model = get_model(record["model"], device, settings)
+    model = get_model(record.model, device, settings)
     announce_model(store.r, model)
-    params = ExplainParams(**record["params"])
+    params = ExplainParams(**record.params)
     image_bytes = store.image(job_id)
     if image_bytes is None:
         raise PDAError("the uploaded image has expired from the store")
@@ -227,61 +251,14 @@ def _explain(
         "targets": [{"target": t, "label": lab} for t, lab in
                     zip(expl.targets, expl.labels, strict=True)],
         "unit": expl.unit, "coverage": doc["coverage"],
-        "image": {**record.get("image", {}), "crop_box": list(crop)},
+        "image": {**record.image, "crop_box": list(crop)},
     }
     return files, summary
 
 
 def _problem(exc: PDAError, status: int) -> dict[str, Any]:
+    if isinstance(exc, ModelNotInstalledError):
+        return {"type": "/problems/model-not-installed", "title": "Model not installed",
+                "status": status, "detail": str(exc)}
     return {"type": "/problems/invalid-job", "title": "The job cannot be run",
             "status": status, "detail": str(exc)}
-
-
-def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
-    """Requeue (or fail) running jobs whose worker stopped heartbeating (SIGKILL, OOM)."""
-    out = []
-    for job_id in store.claim_stale(settings.stale_job_seconds):
-        rec = store.get(job_id)
-        if rec is None or rec["status"] != "running":
-            continue
-        attempt = int(rec.get("attempt") or 1)
-        if attempt <= settings.job_retries:
-            if store.requeued(job_id, attempt + 1):
-                enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
-                                rec.get("planned_passes", 0), at_front=True)
-                log.warning("job %s abandoned by %s; requeued as attempt %d",
-                            job_id, rec.get("worker"), attempt + 1)
-        else:
-            store.end(job_id, "failed", error={
-                "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
-                "detail": f"the worker running this job stopped {attempt} times; giving up"})
-            store.count("failed", rec.get("model", "?"))
-        out.append(job_id)
-    return out
-
-
-def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
-    """Re-enqueue queued jobs whose queue message is gone.
-
-    A message can be lost while the record survives: Redis restarted from an
-    append-only file that missed the last second, a crash between storing a job and
-    enqueueing it, or a worker that took the message and died (or lost Redis) before
-    claiming the job. The record is the truth, so the job is queued again as its next
-    attempt (a late duplicate of the old message is then skipped).
-    """
-    out = []
-    for job_id in store.queued_since(settings.stale_job_seconds):
-        rec = store.get(job_id)
-        if rec is None or rec["status"] != "queued":
-            store.unqueue(job_id)  # ended or expired: not a candidate any more
-            continue
-        attempt = int(rec.get("attempt") or 1)
-        status = store.r.hget(Job.key_for(rq_job_id(job_id, attempt)), "status")
-        if status is not None and status not in RQ_SPENT:
-            continue  # waiting in the queue, or being picked up
-        if store.claim_repair(job_id, attempt) and store.requeued(job_id, attempt + 1):
-            enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1,
-                            rec.get("planned_passes", 0), at_front=True)
-            log.warning("job %s lost its queue message (attempt %d); requeued", job_id, attempt)
-            out.append(job_id)
-    return out

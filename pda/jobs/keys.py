@@ -22,3 +22,32 @@ def image(job_id: str) -> str:
 def files(job_id: str) -> str:
     """Hash: the job's result files."""
     return f"{job(job_id)}:files"
+
+
+def repair(job_id: str, attempt: int) -> str:
+    """String: who re-enqueues a job whose queue message was lost (one caller wins)."""
+    return f"{PREFIX}repair:{job_id}:{attempt}"
+
+
+def open_jobs(caller: str) -> str:
+    """Zset: a caller's not-yet-ended job ids (the per-key queued cap)."""
+    return f"{PREFIX}open:{caller}"
+
+
+def dedup(kind: str, owner: str, key: str) -> str:
+    """String: ``digest`` (identical request) or ``idem`` (Idempotency-Key) -> job id."""
+    return f"{PREFIX}{kind}:{owner}:{key}"
+
+
+def rate(caller: str, minute: int) -> str:
+    """Counter: a caller's requests in one minute (the rate limit)."""
+    return f"{PREFIX}rate:{caller}:{minute}"
+
+
+#: zset: running job id -> last heartbeat
+RUNNING = f"{PREFIX}running"
+#: zset: queued job id -> when it was queued
+QUEUED = f"{PREFIX}queued"
+#: hashes: cluster-wide counters read by /metrics
+METRICS_JOBS = f"{PREFIX}metrics:jobs"
+METRICS_SWEEP = f"{PREFIX}metrics:sweep"

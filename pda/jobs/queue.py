@@ -39,7 +39,13 @@ def connect(settings: Settings) -> redis.Redis:
 
 
 def get_queue(settings: Settings, conn: redis.Redis) -> Queue:
+    """The explanation queue (RQ list ``rq:queue:`` + PDA_QUEUE_NAME)."""
     return Queue(settings.queue_name, connection=conn)
+
+
+def predict_queue(settings: Settings, conn: redis.Redis) -> Queue:
+    """The short, high-priority queue of /v1/predictions: workers take it first."""
+    return Queue(f"{settings.queue_name}-predict", connection=conn)
 
 
 def job_timeout(settings: Settings, forward_passes: int) -> int:

@@ -1,13 +1,14 @@
-"""Jobs and their results in Redis: the one record the API and the workers share.
+"""Jobs and their results in Redis: reads and writes of the one record API and workers share.
 
 RQ only carries "run job X, attempt N" messages; the truth about a job (status,
 progress, prediction, error, files) lives here, so a crashed worker, a retried message
-or a canceled job can never make the status lie.
+or a canceled job can never make the status lie. Which writes happen when is decided in
+:mod:`.lifecycle`; compare-and-set writes go through redis-py's ``transaction()`` helper.
 
-Keys (prefix ``pda:``):
-- ``job:{id}``        hash: the job record (JSON-encoded values)
-- ``job:{id}:image``  the uploaded image bytes
-- ``job:{id}:files``  hash: result files (result.json, overlay-*.png, ...)
+Keys (prefix ``pda:``, names from :mod:`.keys`):
+- ``job:{id}``        hash: the job record (:class:`.record.JobRecord`, JSON values)
+- ``job:{id}:image``  the uploaded image bytes, until the job ends
+- ``job:{id}:files``  hash: result files (:data:`pda.document.STORED`)
 - ``running``         zset: running job id -> last heartbeat (for the reaper)
 - ``queued``          zset: queued job id -> when it was queued (to find lost messages)
 - ``open:{caller}``   zset: a caller's not-yet-ended job ids (the per-key queued cap);
@@ -26,13 +27,12 @@ from typing import Any
 
 import redis
 
-from .keys import PREFIX
+from . import keys
+from .record import TERMINAL, JobRecord, JobStatus, encode
 
 #: a finished job's record outlives its files by this long, so late readers get a
 #: clear "expired" (410) instead of "unknown" (404)
 TOMBSTONE_SECONDS = 7 * 24 * 3600
-STATUSES = ("queued", "running", "finished", "failed", "canceled")
-TERMINAL = ("finished", "failed", "canceled")
 SWEEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -63,38 +63,43 @@ class JobStore:
         self.r = conn
         self.result_ttl = result_ttl
 
-    # -- keys --------------------------------------------------------------------------
-    @staticmethod
-    def _job(job_id: str) -> str:
-        return f"{PREFIX}job:{job_id}"
-
     # -- records -----------------------------------------------------------------------
-    def create(self, record: dict[str, Any], image: bytes, live_seconds: int) -> None:
+    def create(self, record: JobRecord | dict[str, Any], image: bytes, live_seconds: int
+               ) -> None:
         """Store a new job and its image; both live ``live_seconds`` until it finishes."""
-        key = self._job(record["id"])
+        record = JobRecord.model_validate(record) if isinstance(record, dict) else record
+        key = keys.job(record.id)
         pipe = self.r.pipeline()
-        pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.items()})
+        pipe.hset(key, mapping=record.encode())
         pipe.expire(key, live_seconds + TOMBSTONE_SECONDS)
-        pipe.set(f"{key}:image", image, ex=live_seconds)
-        pipe.zadd(f"{PREFIX}queued", {record["id"]: time.time()})
+        pipe.set(keys.image(record.id), image, ex=live_seconds)
+        pipe.zadd(keys.QUEUED, {record.id: time.time()})
         pipe.execute()
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.r.hgetall(self._job(job_id))
-        if not raw:
-            return None
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.r.hgetall(keys.job(job_id))
+        return JobRecord.decode(raw) if raw else None
 
     def update(self, job_id: str, **fields: Any) -> bool:
         """Set fields of an existing record; False (nothing written) if it is gone."""
-        return self._hset_existing(self._job(job_id), fields)
+        return self._hset_existing(keys.job(job_id), fields)
+
+    def fields(self, job_id: str, *names: str) -> list[Any]:
+        return [None if v is None else json.loads(v)
+                for v in self.r.hmget(keys.job(job_id), names)]
+
+    def field(self, job_id: str, name: str) -> Any:
+        return self.fields(job_id, name)[0]
+
+    def image(self, job_id: str) -> bytes | None:
+        return self.r.get(keys.image(job_id))
 
     def _hset_existing(self, key: str, fields: dict[str, Any],
                        zadd: tuple[str, str] | None = None) -> bool:
         """HSET only if ``key`` still exists: a worker's write must never re-create a
         partial record, without a TTL, for a job whose record Redis lost (a restart
         without persistence, a flush). Optionally refreshes ``zadd`` = (zset, member)."""
-        mapping = {k: json.dumps(v) for k, v in fields.items()}
+        mapping = encode(fields)
 
         def write(pipe: redis.client.Pipeline) -> bool:
             if not pipe.exists(key):
@@ -107,108 +112,80 @@ class JobStore:
 
         return self.r.transaction(write, key, value_from_callable=True)
 
-    def field(self, job_id: str, name: str) -> Any:
-        v = self.r.hget(self._job(job_id), name)
-        return None if v is None else json.loads(v)
-
-    def fields(self, job_id: str, *names: str) -> list[Any]:
-        return [None if v is None else json.loads(v)
-                for v in self.r.hmget(self._job(job_id), names)]
-
-    def image(self, job_id: str) -> bytes | None:
-        return self.r.get(f"{self._job(job_id)}:image")
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def _transition(self, job_id: str, from_status: tuple[str, ...], attempt: int,
-                    fields: dict[str, Any], *, running: bool) -> bool:
-        """Set ``fields`` if the job is in ``from_status`` at ``attempt``; True if done.
+    # -- compare-and-set transitions (called by lifecycle) ----------------------------------
+    def transition(self, job_id: str, allowed: tuple[JobStatus, ...], attempt: int | None,
+                   fields: dict[str, Any], then=None) -> bool:
+        """Set ``fields`` if the job is in ``allowed`` at ``attempt`` (None: any); True if
+        done. ``then(pipe)`` queues more writes in the same transaction.
 
         Optimistic locking on the record makes every hand-over atomic: of two workers
-        holding messages for the same attempt only one starts it, and a requeue never
-        revives a job that was canceled or taken over meanwhile.
-        """
-        key = self._job(job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    status, att = pipe.hmget(key, "status", "attempt")
-                    if (status is None or json.loads(status) not in from_status
-                            or json.loads(att or "1") != attempt):
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
-                    if running:
-                        pipe.zadd(f"{PREFIX}running", {job_id: time.time()})
-                        pipe.zrem(f"{PREFIX}queued", job_id)
-                    else:
-                        pipe.zrem(f"{PREFIX}running", job_id)
-                        pipe.zadd(f"{PREFIX}queued", {job_id: time.time()})
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        holding messages for the same attempt only one starts it, a requeue never
+        revives a job that was canceled or taken over meanwhile, and a DELETE landing
+        just before a result is stored wins."""
+        key = keys.job(job_id)
+        mapping = encode(fields)
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            status, att = pipe.hmget(key, "status", "attempt")
+            if status is None or json.loads(status) not in allowed or (
+                    attempt is not None and json.loads(att or "1") != attempt):
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping=mapping)
+            if then is not None:
+                then(pipe)
+            return True
+
+        return self.r.transaction(write, key, value_from_callable=True)
 
     def mark_running(self, job_id: str, worker: str, attempt: int) -> bool:
         """Claim a queued job for ``attempt``; False if it is not (any more) that attempt."""
-        return self._transition(job_id, ("queued",), attempt, {
-            "status": "running", "started_at": now_iso(), "worker": worker,
-            "heartbeat_at": time.time()}, running=True)
+        def index(pipe: redis.client.Pipeline) -> None:
+            pipe.zadd(keys.RUNNING, {job_id: time.time()})
+            pipe.zrem(keys.QUEUED, job_id)
+
+        return self.transition(job_id, (JobStatus.QUEUED,), attempt, {
+            "status": JobStatus.RUNNING, "started_at": now_iso(), "worker": worker,
+            "heartbeat_at": time.time()}, then=index)
+
+    def requeued(self, job_id: str, attempt: int) -> bool:
+        """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended."""
+        def index(pipe: redis.client.Pipeline) -> None:
+            pipe.zrem(keys.RUNNING, job_id)
+            pipe.zadd(keys.QUEUED, {job_id: time.time()})
+
+        return self.transition(job_id, (JobStatus.RUNNING, JobStatus.QUEUED), attempt - 1, {
+            "status": JobStatus.QUEUED, "attempt": attempt, "progress_done": 0,
+            "started_at": None, "worker": None}, then=index)
+
+    def finish(self, job_id: str, files: dict[str, bytes], attempt: int | None = None,
+               **fields: Any) -> bool:
+        """Store the results and mark the job finished, unless it was canceled meanwhile
+        or a newer attempt took it over (this worker was taken for dead)."""
+        expires = time.time() + self.result_ttl
+        return self.transition(job_id, (JobStatus.RUNNING,), attempt, {
+            "status": JobStatus.FINISHED, "finished_at": now_iso(),
+            "expires_at": now_iso(expires), "files": sorted(files), **fields},
+            then=lambda pipe: self.store_results(pipe, job_id, files))
 
     def heartbeat(self, job_id: str) -> None:
-        self.r.zadd(f"{PREFIX}running", {job_id: time.time()}, xx=True)
+        self.r.zadd(keys.RUNNING, {job_id: time.time()}, xx=True)
 
     def set_progress(self, job_id: str, done: int, total: int) -> bool:
         """Progress and a heartbeat; False if the record is gone (nothing written)."""
         return self._hset_existing(
-            self._job(job_id),
+            keys.job(job_id),
             {"progress_done": done, "progress_total": total, "heartbeat_at": time.time()},
-            zadd=(f"{PREFIX}running", job_id))
+            zadd=(keys.RUNNING, job_id))
 
-    def finish(self, job_id: str, files: dict[str, bytes], attempt: int | None = None,
-               **fields: Any) -> bool:
-        """Store the results and mark the job finished, unless it was canceled meanwhile.
-
-        Optimistic locking on the record: a DELETE that lands between the last progress
-        check and here wins, and the results are not stored; so does a newer attempt
-        (this worker was taken for dead and the job rerun elsewhere).
-        """
-        key = self._job(job_id)
-        expires = time.time() + self.result_ttl
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    status, att = pipe.hmget(key, "status", "attempt")
-                    if status is None or json.loads(status) != "running" or (
-                            attempt is not None and json.loads(att or "1") != attempt):
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.hset(f"{key}:files", mapping=files)
-                    pipe.expire(f"{key}:files", self.result_ttl)
-                    pipe.delete(f"{key}:image")  # the results keep a display copy
-                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in {
-                        "status": "finished", "finished_at": now_iso(),
-                        "expires_at": now_iso(expires), "files": sorted(files),
-                        **fields}.items()})
-                    pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
-                    pipe.zrem(f"{PREFIX}running", job_id)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
-
-    def end(self, job_id: str, status: str, **fields: Any) -> bool:
+    def end(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Failed or canceled: drop image and files, keep the record as a tombstone.
 
         A record Redis has lost is not re-created (False): a tombstone without its
         creation fields would answer for a job nobody can see."""
-        key = self._job(job_id)
-        mapping = {k: json.dumps(v) for k, v in {
-            "status": status, "finished_at": now_iso(),
-            "expires_at": now_iso(time.time() + self.result_ttl), **fields}.items()}
+        key = keys.job(job_id)
+        mapping = encode({"status": status, "finished_at": now_iso(),
+                          "expires_at": now_iso(time.time() + self.result_ttl), **fields})
 
         def write(pipe: redis.client.Pipeline) -> bool:
             exists = pipe.exists(key)
@@ -216,42 +193,46 @@ class JobStore:
             if exists:
                 pipe.hset(key, mapping=mapping)
                 pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
-            pipe.delete(f"{key}:files", f"{key}:image")
-            pipe.zrem(f"{PREFIX}running", job_id)
-            pipe.zrem(f"{PREFIX}queued", job_id)
+            pipe.delete(keys.files(job_id), keys.image(job_id))
+            pipe.zrem(keys.RUNNING, job_id)
+            pipe.zrem(keys.QUEUED, job_id)
             return bool(exists)
 
         return self.r.transaction(write, key, value_from_callable=True)
 
-    def requeued(self, job_id: str, attempt: int) -> bool:
-        """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended."""
-        return self._transition(job_id, ("running", "queued"), attempt - 1, {
-            "status": "queued", "attempt": attempt, "progress_done": 0,
-            "started_at": None, "worker": None}, running=False)
+    def store_results(self, pipe: redis.client.Pipeline, job_id: str,
+                      files: dict[str, bytes]) -> None:
+        """Queue the writes that keep a finished job's files for the result TTL."""
+        pipe.hset(keys.files(job_id), mapping=files)
+        pipe.expire(keys.files(job_id), self.result_ttl)
+        pipe.delete(keys.image(job_id))  # the results keep a display copy
+        pipe.expire(keys.job(job_id), self.result_ttl + TOMBSTONE_SECONDS)
+        pipe.zrem(keys.RUNNING, job_id)
 
+    # -- indexes of running and queued jobs -------------------------------------------------
     def claim_stale(self, older_than: float) -> list[str]:
         """Running jobs whose heartbeat stopped: each is returned to exactly one caller."""
-        ids = self.r.zrangebyscore(f"{PREFIX}running", 0, time.time() - older_than)
-        return [i.decode() for i in ids if self.r.zrem(f"{PREFIX}running", i) == 1]
+        ids = self.r.zrangebyscore(keys.RUNNING, 0, time.time() - older_than)
+        return [i.decode() for i in ids if self.r.zrem(keys.RUNNING, i) == 1]
 
     def queued_since(self, older_than: float) -> list[str]:
         """Jobs queued at least ``older_than`` seconds ago (checked for a lost message)."""
-        ids = self.r.zrangebyscore(f"{PREFIX}queued", 0, time.time() - older_than)
+        ids = self.r.zrangebyscore(keys.QUEUED, 0, time.time() - older_than)
         return [i.decode() for i in ids]
 
-    def unqueue(self, job_id: str) -> None:
-        self.r.zrem(f"{PREFIX}queued", job_id)
-
     def unindex(self, job_id: str) -> None:
-        """Forget a job in the running and queued indexes (its record is gone)."""
+        """Forget a job in the running and queued indexes (it ended, or its record is gone)."""
         pipe = self.r.pipeline()
-        pipe.zrem(f"{PREFIX}running", job_id)
-        pipe.zrem(f"{PREFIX}queued", job_id)
+        pipe.zrem(keys.RUNNING, job_id)
+        pipe.zrem(keys.QUEUED, job_id)
         pipe.execute()
 
     def claim_repair(self, job_id: str, attempt: int, ttl: int = 3600) -> bool:
         """True for exactly one caller per (job, attempt): who may re-enqueue it."""
-        return bool(self.r.set(f"{PREFIX}repair:{job_id}:{attempt}", 1, ex=ttl, nx=True))
+        return bool(self.r.set(keys.repair(job_id, attempt), 1, ex=ttl, nx=True))
+
+    def running_count(self) -> int:
+        return int(self.r.zcard(keys.RUNNING))
 
     # -- per-caller queued cap -------------------------------------------------------------
     def reserve(self, caller: str, job_id: str, cap: int, grace: float = 60.0) -> int | None:
@@ -263,33 +244,25 @@ class JobStore:
         seconds after being reserved while its record is being written. Watching the
         index makes concurrent reservations by the same caller (any API replica) exact.
         """
-        key = f"{PREFIX}open:{caller}"
+        key = keys.open_jobs(caller)
         now = time.time()
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    queued, ended = self._classify(pipe.zrange(key, 0, -1, withscores=True),
-                                                   now, grace)
-                    if len(queued) >= cap:
-                        pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    if ended:
-                        pipe.zrem(key, *ended)
-                    pipe.zadd(key, {job_id: now})
-                    pipe.expire(key, TOMBSTONE_SECONDS)
-                    pipe.execute()
-                    return len(queued)
-                except redis.WatchError:
-                    continue
 
-    def release(self, caller: str, job_id: str) -> None:
-        self.r.zrem(f"{PREFIX}open:{caller}", job_id)
+        def write(pipe: redis.client.Pipeline) -> int | None:
+            queued, ended = self._classify(pipe.zrange(key, 0, -1, withscores=True), now, grace)
+            if len(queued) >= cap:
+                return None
+            pipe.multi()
+            if ended:
+                pipe.zrem(key, *ended)
+            pipe.zadd(key, {job_id: now})
+            pipe.expire(key, TOMBSTONE_SECONDS)
+            return len(queued)
+
+        return self.r.transaction(write, key, value_from_callable=True)
 
     def queued_of(self, caller: str, grace: float = 60.0) -> list[str]:
         """The caller's jobs that count against the cap now (derived from their records)."""
-        members = self.r.zrange(f"{PREFIX}open:{caller}", 0, -1, withscores=True)
+        members = self.r.zrange(keys.open_jobs(caller), 0, -1, withscores=True)
         return self._classify(members, time.time(), grace)[0]
 
     def _classify(self, members: list[tuple[bytes, float]], now: float,
@@ -299,55 +272,51 @@ class JobStore:
             return [], []
         pipe = self.r.pipeline(transaction=False)
         for m, _ in members:
-            pipe.hget(self._job(m.decode()), "status")
+            pipe.hget(keys.job(m.decode()), "status")
         queued, ended = [], []
         for (m, since), status in zip(members, pipe.execute(), strict=True):
             job_id = m.decode()
             if status is None:  # being created (counts), or never written (forgotten)
                 (queued if now - since < grace else ended).append(job_id)
-            elif json.loads(status) == "queued":
+            elif json.loads(status) == JobStatus.QUEUED:
                 queued.append(job_id)
             elif json.loads(status) in TERMINAL:
                 ended.append(job_id)
         return queued, ended
 
-    def running_count(self) -> int:
-        return int(self.r.zcard(f"{PREFIX}running"))
-
     # -- files -------------------------------------------------------------------------
     def file(self, job_id: str, name: str) -> bytes | None:
-        return self.r.hget(f"{self._job(job_id)}:files", name)
+        return self.r.hget(keys.files(job_id), name)
 
     # -- dedup -------------------------------------------------------------------------
     def lookup(self, kind: str, owner: str, key: str) -> str | None:
-        v = self.r.get(f"{PREFIX}{kind}:{owner}:{key}")
+        v = self.r.get(keys.dedup(kind, owner, key))
         return v.decode() if v else None
 
     def remember(self, kind: str, owner: str, key: str, job_id: str, ttl: int) -> bool:
         """Point ``kind:owner:key`` at ``job_id`` unless already set; True if set now."""
-        return bool(self.r.set(f"{PREFIX}{kind}:{owner}:{key}", job_id, ex=ttl, nx=True))
+        return bool(self.r.set(keys.dedup(kind, owner, key), job_id, ex=ttl, nx=True))
 
     def forget(self, kind: str, owner: str, key: str) -> None:
-        self.r.delete(f"{PREFIX}{kind}:{owner}:{key}")
+        self.r.delete(keys.dedup(kind, owner, key))
 
     # -- metrics -----------------------------------------------------------------------
     def count(self, outcome: str, model: str, passes: int = 0, seconds: float = 0.0) -> None:
         pipe = self.r.pipeline()
-        pipe.hincrby(f"{PREFIX}metrics:jobs", f"{outcome}|{model}", 1)
+        pipe.hincrby(keys.METRICS_JOBS, f"{outcome}|{model}", 1)
         if passes:
-            pipe.hincrby(f"{PREFIX}metrics:sweep", "passes", passes)
-            pipe.hincrbyfloat(f"{PREFIX}metrics:sweep", "passes_seconds", seconds)
-        if outcome == "finished":
-            pipe.hincrbyfloat(f"{PREFIX}metrics:sweep", "sum", seconds)
-            pipe.hincrby(f"{PREFIX}metrics:sweep", "count", 1)
+            pipe.hincrby(keys.METRICS_SWEEP, "passes", passes)
+            pipe.hincrbyfloat(keys.METRICS_SWEEP, "passes_seconds", seconds)
+        if outcome == JobStatus.FINISHED:
+            pipe.hincrbyfloat(keys.METRICS_SWEEP, "sum", seconds)
+            pipe.hincrby(keys.METRICS_SWEEP, "count", 1)
             for b in SWEEP_BUCKETS:
                 if seconds <= b:
-                    pipe.hincrby(f"{PREFIX}metrics:sweep", f"le_{b}", 1)
-            pipe.hset(f"{PREFIX}metrics:sweep", "last_rate", passes / max(seconds, 1e-9))
+                    pipe.hincrby(keys.METRICS_SWEEP, f"le_{b}", 1)
+            pipe.hset(keys.METRICS_SWEEP, "last_rate", passes / max(seconds, 1e-9))
         pipe.execute()
 
     def metrics(self) -> tuple[dict[str, int], dict[str, float]]:
-        jobs = {k.decode(): int(v) for k, v in self.r.hgetall(f"{PREFIX}metrics:jobs").items()}
-        sweep = {k.decode(): float(v) for k, v in
-                 self.r.hgetall(f"{PREFIX}metrics:sweep").items()}
+        jobs = {k.decode(): int(v) for k, v in self.r.hgetall(keys.METRICS_JOBS).items()}
+        sweep = {k.decode(): float(v) for k, v in self.r.hgetall(keys.METRICS_SWEEP).items()}
         return jobs, sweep

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
-from contextlib import suppress
 from typing import Any, Literal
 
 import numpy as np
-import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -20,14 +17,17 @@ from pydantic import ValidationError
 from pda import catalog
 from pda import document as docs
 from pda.errors import ModelLoadError, ModelNotInstalledError
-from pda.jobs.queue import enqueue_attempt, job_timeout, rq_job_id
-from pda.jobs.store import JobStore, new_job_id, now_iso
+from pda.jobs import lifecycle
+from pda.jobs.lifecycle import Submission
+from pda.jobs.record import JobRecord
+from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.render import render_overlay
 
+from .. import forms
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import expired, job_public, require_results, retry_after
-from ..limits import admit_job, caller_of
+from ..limits import caller_of
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, field_errors
 from ..schemas import ExplanationPublic
@@ -39,49 +39,16 @@ UPLOAD_EXAMPLE = (
     "curl -F image=@examples/chelsea.png -F window=16 -F stride=8 -F samples=4 "
     "http://127.0.0.1:8000/v1/explanations"
 )
-REQUEST_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object", "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary"},
-                    "model": {"type": "string", "default": "efficientnet_lite0"},
-                    "preset": {"type": "string", "enum": ["default", "paper"]},
-                    "sampler": {"type": "string",
-                                "enum": ["conditional", "marginal", "constant"]},
-                    "window": {"type": "integer", "minimum": 1},
-                    "padding": {"type": "integer", "minimum": 0},
-                    "samples": {"type": "integer", "minimum": 1},
-                    "stride": {"type": "integer", "minimum": 1},
-                    "fill": {"type": "string", "example": "0.5,0.5,0.5"},
-                    "target": {"type": "string", "example": "top3"},
-                    "layer": {"type": "string", "example": "output"},
-                    "seed": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-        "application/json": {
-            "schema": {
-                "type": "object", "required": ["image_base64"],
-                "properties": {"image_base64": {"type": "string", "format": "byte"},
-                               "params": {"type": "object"}},
-            },
-            "example": {"image_base64": "iVBORw0KGgo...", "params": {"window": 16, "stride": 8}},
-        },
-    },
-}
 
 
 #: what new_job_id() makes (22 URL-safe characters), with room to change it
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _get_job(store: JobStore, job_id: str, owner: str) -> dict[str, Any]:
+def _get_job(store: JobStore, job_id: str, owner: str) -> JobRecord:
     rec = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     # another caller's job is "not found": ids must not leak whether they exist
-    if rec is None or rec.get("owner") != owner:
+    if rec is None or rec.owner != owner:
         raise Problem(404, "Unknown job", f"no explanation job {job_id!r} (unknown, deleted "
                       "long ago, or not yours)", type_="/problems/unknown-job")
     return rec
@@ -120,14 +87,14 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
 
 
-def _accepted(rec: dict[str, Any], status: int = 202) -> JSONResponse:
+def _accepted(rec: JobRecord, status: int = 202) -> JSONResponse:
     body = job_public(rec)
     return JSONResponse(body, status_code=status, headers={
         "Location": body["links"]["self"], "Retry-After": retry_after(rec)})
 
 
 @router.post("", status_code=202, response_model=ExplanationPublic,
-             openapi_extra={"requestBody": REQUEST_BODY,
+             openapi_extra={"requestBody": forms.explanation_body(),
                             "x-codeSamples": [{"lang": "curl", "source": UPLOAD_EXAMPLE}]},
              responses={202: {"description": "accepted; poll the Location"},
                         413: {"description": "upload too large"},
@@ -152,62 +119,15 @@ async def create_explanation(
 
 def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], filename: str,
             idem_key: str | None) -> JSONResponse:
-    store, settings = state.store, state.settings
     params, model_name, info = _validate(state, data, raw)
-    canonical = json.dumps({"model": model_name, "params": params.model_dump()}, sort_keys=True)
-    digest = hashlib.sha256(data + b"\0" + canonical.encode()).hexdigest()
-
-    if idem_key:
-        prior = store.lookup("idem", owner, idem_key)
-        if prior:
-            rec = store.get(prior)
-            if rec is not None:
-                if rec.get("digest") != digest:
-                    raise Problem(409, "Idempotency-Key reused", "this Idempotency-Key was "
-                                  "used for a different request", type_="/problems/idempotency")
-                return _accepted(rec)
-    prior = store.lookup("digest", owner, digest)
-    if prior:
-        rec = store.get(prior)
-        if rec is not None and rec["status"] in ("queued", "running", "finished") and not (
-                rec["status"] == "finished" and rec.get("expires_at", "") <= now_iso()):
-            if idem_key:
-                store.remember("idem", owner, idem_key, prior, settings.result_ttl_seconds)
-            return _accepted(rec)
-        store.forget("digest", owner, digest)
-
-    # only a job that will be created counts: answers from the cache above create nothing
-    job_id = new_job_id()
-    admit_job(state, caller, job_id)
-    rec = {
-        "id": job_id, "status": "queued", "owner": owner, "model": model_name,
-        "params": params.model_dump(mode="json"), "digest": digest,
-        "created_at": now_iso(), "attempt": 1, "planned_passes": info["forward_passes"],
-        "progress_done": 0, "progress_total": info["forward_passes"],
-        "image": {**info["image"], "filename": filename[:200], "bytes": len(data)},
-    }
-    live = settings.result_ttl_seconds + job_timeout(settings, info["forward_passes"])
-    try:
-        store.create(rec, data, live)
-        if idem_key and not store.remember("idem", owner, idem_key, job_id,
-                                           settings.result_ttl_seconds):
-            # a concurrent retry with the same key won the race: answer with its job
-            other = store.lookup("idem", owner, idem_key)
-            store.end(job_id, "canceled")
-            return _accepted(store.get(other) if other else rec)
-        store.remember("digest", owner, digest, job_id, settings.result_ttl_seconds)
-        enqueue_attempt(state.queue, settings, job_id, 1, info["forward_passes"])
-    except redis.RedisError:
-        # Redis went away half-way: the caller gets a 503 and retries, so leave nothing
-        # that would run or answer for this attempt (if Redis is back for it; if not, the
-        # workers re-enqueue the orphan and it runs once, unseen)
-        with suppress(redis.RedisError):
-            store.end(job_id, "canceled", error={"detail": "not accepted: store unavailable"})
-            store.forget("digest", owner, digest)
-            if idem_key and store.lookup("idem", owner, idem_key) == job_id:
-                store.forget("idem", owner, idem_key)
-        raise
-    JOBS_SUBMITTED.labels(model=model_name).inc()
+    sub = Submission(owner=owner, caller=caller, model=model_name, params=params, image=data,
+                     plan={"windows": info["windows"],
+                           "forward_passes": info["forward_passes"]},
+                     image_meta={**info["image"], "filename": filename[:200]},
+                     idempotency_key=idem_key)
+    rec, created = lifecycle.submit(state.store, state.queue, state.settings, sub)
+    if created:
+        JOBS_SUBMITTED.labels(model=model_name).inc()
     return _accepted(rec)
 
 
@@ -216,21 +136,21 @@ def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Res
     """The job: status, progress with ETA, prediction once known, links when finished."""
     rec = _get_job(state.store, job_id, owner)
     alive = None
-    if rec["status"] in ("queued", "running"):
+    if rec.status.active:
         response.headers["Retry-After"] = retry_after(rec)
         alive = state.registry.alive_count()
     return job_public(rec, alive)
 
 
-def _file(store: JobStore, rec: dict[str, Any], name: str) -> bytes:
+def _file(store: JobStore, rec: JobRecord, name: str) -> bytes:
     require_results(rec)
-    data = store.file(rec["id"], name)
+    data = store.file(rec.id, name)
     if data is None:
         raise expired(rec)
     return data
 
 
-def _results(store: JobStore, rec: dict[str, Any]) -> tuple[dict, np.ndarray, np.ndarray]:
+def _results(store: JobStore, rec: JobRecord) -> tuple[dict, np.ndarray, np.ndarray]:
     """The stored document and grids of a finished job (rendered into what is served)."""
     document = json.loads(_file(store, rec, docs.DOCUMENT))
     relevance, counts = docs.unpack_grids(_file(store, rec, docs.GRIDS))
@@ -270,7 +190,7 @@ def get_overlay(
     store = state.store
     rec = _get_job(store, job_id, owner)
     require_results(rec)
-    targets = [t["target"] for t in rec.get("targets") or []]
+    targets = [t["target"] for t in rec.targets or []]
     chosen = targets[0] if target is None and targets else target
     if chosen not in targets:
         raise Problem(404, "Unknown target", f"job {job_id} has no overlay for target {target}; "
@@ -304,18 +224,5 @@ def get_input(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
 @router.delete("/{job_id}", response_model=ExplanationPublic)
 def delete_explanation(job_id: str, state: StateDep, owner: OwnerDep):
     """Cancel the job (a running sweep stops within one batch) and delete its results."""
-    store = state.store
-    rec = _get_job(store, job_id, owner)
-    if rec["status"] != "canceled":
-        store.end(job_id, "canceled", canceled_at=now_iso())
-        store.forget("digest", owner, rec.get("digest", ""))
-        if rec["status"] == "queued":  # a running job is counted by its worker
-            store.count("canceled", rec["model"])
-        try:  # drop the queued message too; the job function would skip it anyway
-            job = state.queue.fetch_job(rq_job_id(job_id, int(rec.get("attempt") or 1)))
-            if job is not None and rec["status"] == "queued":
-                job.cancel()
-        except Exception:
-            pass
-    return job_public(store.get(job_id) or rec)
-
+    rec = _get_job(state.store, job_id, owner)
+    return job_public(lifecycle.cancel(state.store, state.queue, rec))

@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "pda.apiKey";
-const FIELDS = ["sampler", "window", "stride", "samples", "target", "layer", "seed",
+const FIELDS = ["sampler", "fit", "window", "stride", "samples", "target", "layer", "seed",
   "padding", "fill"];
 let models = [];
 let poll = null; // {id, timer}: the job being followed
@@ -89,8 +89,9 @@ async function loadModels() {
   const select = $("model");
   select.replaceChildren();
   for (const m of models) {
-    const opt = new Option(m.available ? m.name : `${m.name} (weights missing)`, m.name);
-    opt.disabled = !m.available;
+    const missing = m.available === false; // null: not known until a worker reports
+    const opt = new Option(missing ? `${m.name} (weights missing)` : m.name, m.name);
+    opt.disabled = missing;
     opt.title = m.description;
     opt.selected = m.default;
     select.append(opt);
@@ -112,10 +113,11 @@ function defaults() {
   return values;
 }
 
-// forward passes, as the server counts them (worker/pda/explain.py plan): windows sit at
+// forward passes, as the server counts them (pda/params.py plan): windows sit at
 // 0, s, 2s, ... <= H - k on each axis; S samples each (1 for constant); +1 for the image
 function updatePasses() {
   const model = models.find((m) => m.name === $("model").value) || models.find((m) => m.default);
+  if (model) $("layers-link").href = `v1/models/${encodeURIComponent(model.name)}`;
   const size = (model && model.input_size) || null;
   const k = +$("window").value, s = +$("stride").value, S = +$("samples").value;
   const out = $("passes");
@@ -253,11 +255,14 @@ async function showResult(job) {
   $("input").src = input.url;
   $("input").parentElement.hidden = false;
   drawMaps(doc, input.bitmap);
+  const warning = doc.coverage && doc.coverage.warning;
+  $("coverage-warning").textContent = warning ? `Warning: ${warning}` : "";
+  $("coverage-warning").hidden = !warning;
   showDownloads(job, doc);
   $("relevance").hidden = false;
 }
 
-// matplotlib "seismic", as in worker/pda/render.py: 0 dark blue .. 0.5 white .. 1 dark red
+// matplotlib "seismic", as in pda/render.py: 0 dark blue .. 0.5 white .. 1 dark red
 const STOPS = [[0, 0, 0.3], [0, 0, 1], [1, 1, 1], [1, 0, 0], [0.5, 0, 0]];
 
 function seismic(t) {

@@ -156,3 +156,22 @@ def _fresh_settings_cache():
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def worker_client(settings: Settings, start_worker) -> Iterator[TestClient]:
+    """The API in-process (TestClient) with one real ``pda worker`` process behind it,
+    loaded and idle: for what a worker computes while the caller waits (predictions)."""
+    from pda.jobs.workers import WorkerRegistry
+    from service.main import create_app
+
+    worker = start_worker(settings)
+    registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
+    deadline = time.time() + 180
+    while not any(w.get("state") == "idle" for w in registry.alive()):
+        assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
+        assert time.time() < deadline, "the worker did not load its model"
+        time.sleep(0.2)
+    with TestClient(create_app(settings, start_worker=False),
+                    raise_server_exceptions=False) as c:
+        yield c

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -191,9 +194,11 @@ def test_models_list_and_lookup(client):
     assert_problem(client.get("/v1/models/nope"), 404)
 
 
-def test_predictions_return_top_k_synchronously(client):
+@pytest.mark.slow
+def test_predictions_return_top_k_synchronously(worker_client):
+    client = worker_client  # the prediction is computed by a worker, as the API waits
     r = client.post("/v1/predictions", files={"image": ("c.png", PNG, "image/png")},
-                    data={"top": "3"})
+                    data={"top": "3", "fit": "crop"})
     assert r.status_code == 200, r.text
     pred = r.json()["prediction"]
     assert len(pred) == 3 and pred[0]["label"] == "Egyptian cat"
@@ -265,3 +270,23 @@ def test_the_tests_run_on_a_redis_of_their_own(redis_conn):
     assert redis_conn.info("server")["tcp_port"] != 6379
     folder = redis_conn.config_get("dir")["dir"]
     assert folder.startswith(tempfile.gettempdir()), folder
+
+
+def test_predictions_without_a_live_worker_answer_503_with_retry_after(client):
+    r = client.post("/v1/predictions", files={"image": ("c.png", PNG, "image/png")})
+    body = assert_problem(r, 503, "no worker is alive")
+    assert body["type"] == "/problems/no-worker" and int(r.headers["retry-after"]) > 0
+    # the request stays queued until it expires, so a scaler sees demand for a worker
+    assert client.app.state.pda.predict_queue.count == 1
+
+
+def test_the_api_process_never_imports_torch():
+    # the front door validates against metadata; models run in workers only
+    code = ("import sys; import service.main; from service.main import create_app; "
+            "from pda.settings import Settings; create_app(Settings(redis_url="
+            "'redis://127.0.0.1:1/0')); print(sorted(m for m in sys.modules if m == 'torch' "
+            "or m.startswith(('torch.', 'torchvision', 'pda.engine', 'pda.models'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -220,9 +220,10 @@ def test_redis_restarted_or_hung_under_a_running_api(own_redis, start_server, st
 
 
 def test_a_job_whose_queue_message_was_lost_is_queued_again(settings, client, monkeypatch):
+    from pda.jobs.lifecycle import requeue_lost
     from pda.jobs.queue import rq_job_id
     from pda.settings import get_settings
-    from worker import tasks as jobs
+    from worker.tasks import run_explanation
 
     r = client.post("/v1/explanations", files={"image": ("x.png", PNG, "image/png")},
                     data=TINY)
@@ -236,17 +237,17 @@ def test_a_job_whose_queue_message_was_lost_is_queued_again(settings, client, mo
     monkeypatch.setenv("PDA_STALE_JOB_SECONDS", "0.01")
     get_settings.cache_clear()
     time.sleep(0.05)
-    assert jobs.requeue_lost(get_settings(), state.store) == [job_id]
-    assert jobs.requeue_lost(get_settings(), state.store) == []  # once, not per worker
+    assert requeue_lost(get_settings(), state.store) == [job_id]
+    assert requeue_lost(get_settings(), state.store) == []  # once, not per worker
     rec = state.store.get(job_id)
     assert rec["status"] == "queued" and rec["attempt"] == 2
     assert state.queue.job_ids == [rq_job_id(job_id, 2)]
     # a late copy of the old message would not run it a second time
-    assert jobs.run_explanation(job_id, 1).startswith("skipped")
+    assert run_explanation(job_id, 1).startswith("skipped")
     # nor would a message taken by a worker that died before claiming the job
     state.queue.fetch_job(rq_job_id(job_id, 2)).set_status("failed")
     time.sleep(0.05)
-    assert jobs.requeue_lost(get_settings(), state.store) == [job_id]
+    assert requeue_lost(get_settings(), state.store) == [job_id]
     assert state.store.get(job_id)["attempt"] == 3
 
 

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
+from pda.catalog import builtin_metadata
 from pda.defaults import PAPER
 from pda.params import ExplainParams
 from pda.settings import Settings
@@ -43,9 +44,10 @@ def test_viewer_defaults_and_paper_preset_match_the_engine():
     for name in ("window", "stride", "samples", "padding", "target", "layer", "seed"):
         assert page.attrs[name]["value"] == str(getattr(defaults, name)), name
     assert page.attrs["sampler"]["data-default"] == defaults.sampler
+    assert page.attrs["fit"]["data-default"] == defaults.fit
     assert json.loads(page.attrs["paper"]["data-preset"]) == PAPER
-    for name in ("image", "model", "sampler", "window", "stride", "samples", "target", "layer",
-                 "seed", "padding", "fill", "apikey"):
+    for name in ("image", "model", "sampler", "fit", "window", "stride", "samples", "target",
+                 "layer", "seed", "padding", "fill", "apikey"):
         assert f'<label for="{name}">' in (STATIC_DIR / "index.html").read_text(), name
 
 
@@ -96,3 +98,15 @@ def test_unknown_static_file_is_a_problem_document(client):
     r = client.get("/static/nope.js")
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_the_viewer_shows_the_coverage_warning_and_real_layer_names():
+    html = (STATIC_DIR / "index.html").read_text()
+    js = (STATIC_DIR / "viewer.js").read_text()
+    page = _Inputs()
+    page.feed(html)
+    assert "hidden" in page.attrs["coverage-warning"]
+    assert "doc.coverage.warning" in js and '$("coverage-warning").hidden = !warning' in js
+    hint = re.search(r'id="layer-hint"[^>]*>([^<]*)', html)[1]
+    names = {x["name"] for x in builtin_metadata("efficientnet_lite0")["layers"]}
+    assert [w for w in re.findall(r"_?[a-z]+\.[0-9]+", hint) if w in names], hint

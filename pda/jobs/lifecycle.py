@@ -1,0 +1,220 @@
+"""A job's life, in one place: submit (dedup, idempotency, admission), the transitions a
+worker makes, cancel, and the repairs (abandoned jobs, lost queue messages).
+
+::
+
+    submit ──> queued ──start──> running ──finish──> finished
+                 ^  ^               │ └──fail────> failed
+                 │  └───requeue─────┘ (warm shutdown, crash, abandoned: attempt + 1)
+                 └── requeue_lost (its queue message vanished)
+    queued/running ──cancel──> canceled
+
+The store's compare-and-set writes make each arrow atomic; the record is the truth and
+RQ messages only say "run attempt N of job X".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from ..errors import IdempotencyConflictError, QueueFullError, TooManyQueuedError
+from ..params import ExplainParams
+from ..settings import Settings
+from .queue import enqueue_attempt, get_queue, job_timeout, rq_job_id
+from .record import JobRecord, JobStatus
+from .store import JobStore, new_job_id, now_iso
+
+log = logging.getLogger("pda.jobs")
+#: RQ statuses of a message that will never (again) run its attempt
+RQ_SPENT = (b"finished", b"failed", b"stopped", b"canceled")
+
+
+@dataclass
+class Submission:
+    """A validated request for an explanation."""
+
+    owner: str  # whose job it is (API key hash, or "public")
+    caller: str  # whom the per-caller limits count (the owner, or the client address)
+    model: str
+    params: ExplainParams
+    image: bytes
+    plan: dict[str, int]  # windows and forward passes (pda.params.plan)
+    image_meta: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """Identical requests (same image, model and parameters) have the same digest."""
+        canonical = json.dumps({"model": self.model, "params": self.params.model_dump()},
+                               sort_keys=True)
+        return hashlib.sha256(self.image + b"\0" + canonical.encode()).hexdigest()
+
+
+def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
+           ) -> tuple[JobRecord, bool]:
+    """The job for ``sub``: (record, created). An Idempotency-Key already used for this
+    request, or an identical request still queued, running or finished, returns that
+    job; otherwise a new one is admitted, stored and enqueued."""
+    digest = sub.digest
+    prior = _prior(store, settings, sub, digest)
+    if prior is not None:
+        return prior, False
+    # only a job that will be created counts: answers from the cache above create nothing
+    job_id = new_job_id()
+    admit(store, queue, settings, sub.caller, job_id)
+    passes = sub.plan["forward_passes"]
+    rec = JobRecord(
+        id=job_id, status=JobStatus.QUEUED, owner=sub.owner, model=sub.model,
+        params=sub.params.model_dump(mode="json"), digest=digest, created_at=now_iso(),
+        attempt=1, planned_passes=passes, progress_done=0, progress_total=passes,
+        image={**sub.image_meta, "bytes": len(sub.image)},
+    )
+    live = settings.result_ttl_seconds + job_timeout(settings, passes)
+    try:
+        store.create(rec, sub.image, live)
+        key = sub.idempotency_key
+        if key and not store.remember("idem", sub.owner, key, job_id,
+                                      settings.result_ttl_seconds):
+            # a concurrent retry with the same key won the race: answer with its job
+            other = store.lookup("idem", sub.owner, key)
+            store.end(job_id, JobStatus.CANCELED)
+            return (store.get(other) if other else None) or rec, False
+        store.remember("digest", sub.owner, digest, job_id, settings.result_ttl_seconds)
+        enqueue_attempt(queue, settings, job_id, 1, passes)
+    except redis.RedisError:
+        # Redis went away half-way: the caller gets a 503 and retries, so leave nothing
+        # that would run or answer for this attempt (if Redis is back for it; if not, the
+        # workers re-enqueue the orphan and it runs once, unseen)
+        with suppress(redis.RedisError):
+            store.end(job_id, JobStatus.CANCELED,
+                      error={"detail": "not accepted: store unavailable"})
+            store.forget("digest", sub.owner, digest)
+            if key and store.lookup("idem", sub.owner, key) == job_id:
+                store.forget("idem", sub.owner, key)
+        raise
+    return rec, True
+
+
+def _prior(store: JobStore, settings: Settings, sub: Submission, digest: str
+           ) -> JobRecord | None:
+    """The existing job this request names (Idempotency-Key) or repeats (digest)."""
+    key = sub.idempotency_key
+    if key and (prior_id := store.lookup("idem", sub.owner, key)):
+        rec = store.get(prior_id)
+        if rec is not None:
+            if rec.digest != digest:
+                raise IdempotencyConflictError(
+                    "this Idempotency-Key was used for a different request")
+            return rec
+    prior_id = store.lookup("digest", sub.owner, digest)
+    if prior_id:
+        rec = store.get(prior_id)
+        if rec is not None and rec.status in (JobStatus.QUEUED, JobStatus.RUNNING,
+                                              JobStatus.FINISHED) and not (
+                rec.status == JobStatus.FINISHED and (rec.expires_at or "") <= now_iso()):
+            if key:
+                store.remember("idem", sub.owner, key, prior_id, settings.result_ttl_seconds)
+            return rec
+        store.forget("digest", sub.owner, digest)
+    return None
+
+
+def admit(store: JobStore, queue: Queue, settings: Settings, caller: str, job_id: str) -> None:
+    """Reserve a place for a new job, or refuse: the queue is full for everyone
+    (PDA_MAX_QUEUE_LENGTH), or this caller has PDA_MAX_QUEUED_PER_KEY jobs waiting."""
+    depth = queue.count
+    if depth >= settings.max_queue_length:
+        raise QueueFullError(f"{depth} jobs are waiting, the limit is "
+                             f"{settings.max_queue_length} (PDA_MAX_QUEUE_LENGTH); retry later")
+    cap = settings.max_queued_per_key
+    if store.reserve(caller, job_id, cap) is None:
+        raise TooManyQueuedError(f"this API key already has {cap} jobs waiting "
+                                 "(PDA_MAX_QUEUED_PER_KEY); wait for one to start, or cancel "
+                                 "one")
+
+
+def cancel(store: JobStore, queue: Queue, rec: JobRecord) -> JobRecord:
+    """Cancel (a running sweep notices within one batch) and delete the results."""
+    if rec.status != JobStatus.CANCELED:
+        store.end(rec.id, JobStatus.CANCELED, canceled_at=now_iso())
+        store.forget("digest", rec.owner, rec.digest)
+        if rec.status == JobStatus.QUEUED:  # a running job is counted by its worker
+            store.count(JobStatus.CANCELED, rec.model)
+            with suppress(Exception):  # the job function would skip it anyway
+                job = queue.fetch_job(rq_job_id(rec.id, rec.attempt))
+                if job is not None:
+                    job.cancel()
+    return store.get(rec.id) or rec
+
+
+def requeue(store: JobStore, settings: Settings, job_id: str, attempt: int, passes: int,
+            *, at_front: bool = False) -> bool:
+    """Give attempt ``attempt`` back as ``attempt + 1`` and enqueue it; False if the job
+    is not at that attempt any more (ended, or taken over)."""
+    if not store.requeued(job_id, attempt + 1):
+        return False
+    enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1, passes,
+                    at_front=at_front)
+    return True
+
+
+def fail(store: JobStore, rec_or_id: JobRecord | str, model: str, error: dict[str, Any]
+         ) -> None:
+    """End a job as failed with ``error`` (a problem document), counting it."""
+    job_id = rec_or_id if isinstance(rec_or_id, str) else rec_or_id.id
+    store.end(job_id, JobStatus.FAILED, error=error)
+    store.count(JobStatus.FAILED, model)
+
+
+def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
+    """Requeue (or fail) running jobs whose worker stopped heartbeating (SIGKILL, OOM)."""
+    out = []
+    for job_id in store.claim_stale(settings.stale_job_seconds):
+        rec = store.get(job_id)
+        if rec is None or rec.status != JobStatus.RUNNING:
+            continue
+        if rec.attempt <= settings.job_retries:
+            if requeue(store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True):
+                log.warning("job %s abandoned by %s; requeued as attempt %d",
+                            job_id, rec.worker, rec.attempt + 1)
+        else:
+            fail(store, rec, rec.model or "?", {
+                "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
+                "detail": f"the worker running this job stopped {rec.attempt} times; giving up"})
+        out.append(job_id)
+    return out
+
+
+def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
+    """Re-enqueue queued jobs whose queue message is gone.
+
+    A message can be lost while the record survives: Redis restarted from an
+    append-only file that missed the last second, a crash between storing a job and
+    enqueueing it, or a worker that took the message and died (or lost Redis) before
+    claiming the job. The record is the truth, so the job is queued again as its next
+    attempt (a late duplicate of the old message is then skipped).
+    """
+    out = []
+    for job_id in store.queued_since(settings.stale_job_seconds):
+        rec = store.get(job_id)
+        if rec is None or rec.status != JobStatus.QUEUED:
+            store.unindex(job_id)  # ended or expired: not a candidate any more
+            continue
+        status = store.r.hget(Job.key_for(rq_job_id(job_id, rec.attempt)), "status")
+        if status is not None and status not in RQ_SPENT:
+            continue  # waiting in the queue, or being picked up
+        if store.claim_repair(job_id, rec.attempt) and requeue(
+                store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True):
+            log.warning("job %s lost its queue message (attempt %d); requeued",
+                        job_id, rec.attempt)
+            out.append(job_id)
+    return out

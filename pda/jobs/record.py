@@ -1,0 +1,83 @@
+"""A job's record: its states (:class:`JobStatus`) and its typed fields (:class:`JobRecord`).
+
+The record in Redis (a hash, one JSON-encoded value per field) is the truth about a job;
+RQ only carries "run attempt N of job X" messages. :mod:`.lifecycle` moves a record
+between states; :mod:`.store` reads and writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: it may still produce a result."""
+        return self in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+TERMINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class JobRecord(BaseModel):
+    """Every field a job's record may hold; set as the job moves through its life."""
+
+    model_config = ConfigDict(extra="ignore")  # fields of a newer version are skipped
+
+    id: str
+    status: JobStatus
+    owner: str
+    model: str = ""
+    params: dict[str, Any] = {}
+    digest: str = ""
+    created_at: str = ""
+    attempt: int = 1
+    planned_passes: int = 0
+    progress_done: int = 0
+    progress_total: int = 0
+    image: dict[str, Any] = {}
+    # running
+    started_at: str | None = None
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    prediction: list[dict[str, Any]] | None = None
+    # ended
+    finished_at: str | None = None
+    canceled_at: str | None = None
+    expires_at: str | None = None
+    error: dict[str, Any] | None = None
+    files: list[str] | None = None
+    targets: list[dict[str, Any]] | None = None
+    unit: str | None = None
+    coverage: dict[str, Any] | None = None
+    forward_passes: int | None = None
+    seconds: float | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        """``record["status"]``: read access by field name, as for the plain hash."""
+        return getattr(self, name)
+
+    @classmethod
+    def decode(cls, raw: dict[bytes, bytes]) -> JobRecord:
+        """From a Redis hash of JSON-encoded values."""
+        return cls.model_validate({k.decode(): json.loads(v) for k, v in raw.items()})
+
+    def encode(self) -> dict[str, str]:
+        """To a Redis hash of JSON-encoded values (fields left unset are not written)."""
+        return encode(self.model_dump(mode="json", exclude_unset=True))
+
+
+def encode(fields: dict[str, Any]) -> dict[str, str]:
+    """Field values as the record stores them: one JSON document each."""
+    return {k: json.dumps(v) for k, v in fields.items()}

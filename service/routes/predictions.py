@@ -1,0 +1,91 @@
+"""``/v1/predictions``: synchronous top-k for one image, computed by a worker."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from pda import catalog
+from pda.defaults import DEFAULT_FIT, FITS, MAX_TARGETS, PREDICTION_TOP
+from pda.errors import ModelNotInstalledError
+from pda.jobs import predictions
+from pda.jobs.store import new_job_id
+
+from ..deps import OwnerDep, StateDep
+from ..problems import Problem
+from ..schemas import PredictionPublic
+from ..uploads import decode_upload, read_upload
+
+router = APIRouter(prefix="/v1", tags=["models"])
+#: Retry-After when no worker is alive (a scaler has to start one) or none answered
+NO_WORKER_RETRY_AFTER = 30
+BUSY_RETRY_AFTER = 5
+
+
+@router.post("/predictions", response_model=PredictionPublic,
+             responses={503: {"description": "no worker answered in time; see Retry-After"}},
+             openapi_extra={"x-codeSamples": [{"lang": "curl", "source":
+                            "curl -F image=@examples/chelsea.png "
+                            "http://127.0.0.1:8000/v1/predictions"}]})
+async def create_prediction(request: Request, state: StateDep, owner: OwnerDep):
+    """Synchronous top-k classes for one image (multipart 'image' or JSON image_base64),
+    computed by a worker while the request waits (PDA_PREDICT_TIMEOUT_SECONDS)."""
+    data, raw, _ = await read_upload(request, state.settings)
+    return await run_in_threadpool(_predict, state, data, raw)
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(422, "Invalid parameters", f"{field}: {message}",
+                   type_="/problems/invalid-parameter",
+                   errors=[{"field": field, "message": message}])
+
+
+def _request(state, raw: dict[str, Any]) -> dict[str, Any]:
+    settings = state.settings
+    top_raw = str(raw.get("top", PREDICTION_TOP)).strip()
+    # ASCII digits only: '²'.isdigit() is True, and int('²') raises
+    if not re.fullmatch(r"[0-9]{1,3}", top_raw) or not 1 <= int(top_raw) <= MAX_TARGETS:
+        raise _invalid("top", f"must be an integer from 1 to {MAX_TARGETS}")
+    fit = str(raw.get("fit") or DEFAULT_FIT)
+    if fit not in FITS:
+        raise _invalid("fit", f"must be one of {', '.join(FITS)}")
+    info = catalog.model_info(str(raw.get("model") or settings.default_model), settings,
+                              state.conn, local_is_truth=state.embedded)
+    if info.get("available") is False and info["source"] == "builtin":
+        raise ModelNotInstalledError(f"model {info['name']!r} is known but its weights are "
+                                     f"not installed: {info['install']}")
+    return {"model": info["name"], "top": int(top_raw), "fit": fit,
+            "input_size": info.get("input_size")}
+
+
+def _predict(state, data: bytes, raw: dict[str, Any]) -> dict[str, Any]:
+    settings = state.settings
+    req = _request(state, raw)
+    decode_upload(data, settings, req["input_size"])
+    pred_id = new_job_id()
+    timeout = settings.predict_timeout_seconds
+    start = time.perf_counter()
+    predictions.submit(state.conn, state.predict_queue, pred_id, req, data, timeout)
+    if state.registry.alive_count() == 0:
+        # the queued request stays until it expires, so a scaler sees the demand
+        raise Problem(503, "No worker", "no worker is alive to compute the prediction; one "
+                      "may be starting (scale from zero): retry shortly",
+                      type_="/problems/no-worker",
+                      headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
+    try:
+        body = predictions.wait(state.conn, pred_id, timeout)
+    except predictions.NoAnswer:
+        predictions.withdraw(state.conn, state.predict_queue, pred_id)
+        raise Problem(503, "No worker in time", f"no worker answered within {timeout:g} s "
+                      "(PDA_PREDICT_TIMEOUT_SECONDS): all are busy or starting; retry shortly",
+                      type_="/problems/no-worker",
+                      headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+    if "error" in body:
+        err = body["error"]
+        raise Problem(err["status"], err["title"], err["detail"], type_=err["type"])
+    body["seconds"] = round(time.perf_counter() - start, 4)
+    return body
