@@ -6,11 +6,11 @@ lists of allowed names. Deployment configuration lives in :mod:`pda.settings`.
 
 from __future__ import annotations
 
-#: the samplers (pda.md section 3), in the order the docs list them
+#: the samplers (docs/algorithm.md §3), in the order the docs list them
 SAMPLERS = ("conditional", "marginal", "constant")
 #: samplers whose every sample is the same: one forward pass per window
 DETERMINISTIC_SAMPLERS = ("constant",)
-#: readouts other than a module name (pda.md section 4)
+#: readouts other than a module name (docs/algorithm.md §4)
 OUTPUT_LAYERS = ("output", "logits")
 #: how a photo is fitted to the model input (pda.images.Placement)
 FITS = ("crop", "pad", "squash")
@@ -29,7 +29,7 @@ DEFAULT_SEED = 0
 #: classic centre crop that leaves the margins unexplained (marked on the overlay)
 DEFAULT_FIT = "squash"
 #: Laplace correction N, as in the authors' code (their training-set size); K defaults to
-#: the model's number of classes (pda.md section 1)
+#: the model's number of classes (docs/algorithm.md §1)
 DEFAULT_TRAIN_SIZE = 100_000
 #: the paper's settings (Zintgraf et al. 2017, section 4): ``preset="paper"``
 PAPER = {"window": 10, "padding": 2, "samples": 10, "stride": 1}

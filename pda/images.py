@@ -1,7 +1,7 @@
 """Image loading and preprocessing: untrusted bytes in, a model-sized pixel tensor out.
 
 Everything here works in **pixel space**: RGB in [0, 1], after resize/crop and before any
-model's normalisation, so the samplers' statistics serve every model (see pda.md §3).
+model's normalisation, so the samplers' statistics serve every model (see docs/algorithm.md §3).
 
 Shapes: H x W = the model's input size; arrays are (H, W, 3) uint8. Nothing here imports
 torch: the API decodes and checks uploads with this module alone.

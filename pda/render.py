@@ -1,7 +1,7 @@
 """Overlays: relevance over a greyscale copy of the input, with a colour bar.
 
 Red = evidence for, blue = against, white = 0, on a symmetric scale [-m, m] with
-m = max |relevance| (matplotlib's "seismic" map, as the authors use; pda.md section 6).
+m = max |relevance| (matplotlib's "seismic" map, as the authors use; docs/algorithm.md §6).
 Written with Pillow alone so the worker needs no plotting library.
 """
 

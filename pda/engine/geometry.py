@@ -4,7 +4,7 @@ Shapes: C channels, H x W image, k window side, s stride, n_w windows, T targets
 Windows sit fully inside the image at rows 0, s, 2s, ... <= H - k (and likewise for
 columns), the convention of Captum's ``Occlusion`` and of ``torch.nn.functional.fold``.
 Pixels no window covers (the bottom/right edge when s does not divide H - k) get a
-relevance of 0 and a count of 0, and are reported as uncovered (pda.md section 2).
+relevance of 0 and a count of 0, and are reported as uncovered (docs/algorithm.md §2).
 """
 
 from __future__ import annotations

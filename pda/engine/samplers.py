@@ -1,4 +1,4 @@
-"""What replaces a window: conditional, marginal and constant samplers (pda.md section 3).
+"""What replaces a window: conditional, marginal and constant samplers (docs/algorithm.md §3).
 
 Every sampler works in pixel space (RGB in [0, 1]) on one image ``x`` (C, H, W) and a
 fixed list of window corners (n_w, 2). ``sample(ids, S, generator)`` returns the values
@@ -86,7 +86,7 @@ class MarginalSampler:
 class ConditionalSampler:
     """Gaussian over the l x l patch, inner k x k conditioned on the observed ring.
 
-    Conditioning (pda.md section 3, paper eq. for p(x_w | x_hat_w)):
+    Conditioning (docs/algorithm.md §3, paper eq. for p(x_w | x_hat_w)):
         mean = mu_i + S_io S_oo^-1 (x_o - mu_o),  cov = S_ii - S_io S_oo^-1 S_oi.
     Assumption 2 (statistics independent of position) means the matrices and the
     Cholesky factor are computed once per *geometry*: the interior one, and one per

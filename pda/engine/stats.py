@@ -1,7 +1,7 @@
 """Sampler statistics: a reference image set, its mean colour and Gaussian patch fits.
 
 All statistics live in pixel space (RGB in [0, 1]) so one file serves every model
-(pda.md section 3). A statistics file (``.npz``) holds:
+(docs/algorithm.md §3). A statistics file (``.npz``) holds:
 
 - ``images``: (R, 256, 256, 3) uint8, the reference set (shorter side resized to 256,
   centre crop), used by the marginal sampler and to fit Gaussians;

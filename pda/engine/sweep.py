@@ -6,7 +6,7 @@ T targets (classes or channels), B forward batch size.
 ``readout(batch)`` maps pixel-space images (B, C, H, W) to the quantities explained
 (B, T): class probabilities (output layer), logits, or a hidden unit's mean activation.
 The sweep replaces each window by S samples, averages the S readouts **first**
-(pda.md section 1), then turns the average into relevance per window and spreads it over
+(docs/algorithm.md §1), then turns the average into relevance per window and spreads it over
 the window's pixels (section 2).
 
 Randomness is drawn per block of ``BLOCK_WINDOWS`` windows from a generator seeded by
@@ -48,7 +48,7 @@ class Sweep:
 
 
 def laplace(p: torch.Tensor, train_size: int, num_classes: int) -> torch.Tensor:
-    """p <- (p N + 1) / (N + K): keeps log-odds finite (pda.md section 1)."""
+    """p <- (p N + 1) / (N + K): keeps log-odds finite (docs/algorithm.md §1)."""
     return (p * train_size + 1) / (train_size + num_classes)
 
 
