@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
+from . import keys
 from .errors import ModelLoadError, UnknownModelError
-from .jobs.keys import PREFIX
 from .settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -191,8 +191,7 @@ def _model_files(settings: Settings) -> list[Path]:
 
 # --- published by workers -----------------------------------------------------------------
 
-def published_key(name: str) -> str:
-    return f"{PREFIX}model:{name}"
+published_key = keys.model
 
 
 def publish(conn: redis.Redis, doc: dict[str, Any], ttl: int = PUBLISHED_TTL_SECONDS) -> None:

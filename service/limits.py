@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pda.jobs import keys
+from pda import keys
 from pda.jobs.store import is_full
 from pda.settings import Settings
 

@@ -79,9 +79,9 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
         image={**sub.image_meta, "bytes": len(sub.image)},
     )
     live = settings.result_ttl_seconds + job_timeout(settings, passes)
+    key = sub.idempotency_key
     try:
         store.create(rec, sub.image, live)
-        key = sub.idempotency_key
         if key and not store.remember("idem", sub.owner, key, job_id,
                                       settings.result_ttl_seconds):
             # a concurrent retry with the same key won the race: answer with its job

@@ -22,14 +22,13 @@ from typing import Any
 import redis
 from rq import Queue
 
-from .keys import PREFIX
+from .. import keys
 
 #: requests and answers expire this long after the caller's deadline
 LINGER_SECONDS = 60
 
 
-def request_key(pred_id: str) -> str:
-    return f"{PREFIX}pred:{pred_id}"
+request_key = keys.prediction
 
 
 def image_key(pred_id: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from . import keys
+from .. import keys
 from .record import TERMINAL, JobRecord, JobStatus, encode
 
 #: a finished job's record outlives its files by this long, so late readers get a

@@ -21,15 +21,12 @@ from typing import Any
 
 import redis
 
-from .keys import PREFIX
+from .. import keys
+from ..keys import WORKERS
 
-WORKERS = f"{PREFIX}workers"
 #: beats older than this are dropped from the index (a worker that died long ago)
 FORGET_SECONDS = 3600
-
-
-def info_key(name: str) -> str:
-    return f"{PREFIX}worker:{name}"
+info_key = keys.worker
 
 
 class WorkerRegistry:

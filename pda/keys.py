@@ -1,5 +1,7 @@
 """Every Redis key name the service uses, from one place (rq's ``Job.key_for`` style).
 
+Shared by the job store, the worker registry, predictions and the model catalogue.
+
 All keys start with ``pda:`` so one Redis can be shared with other applications; RQ's
 own keys (``rq:...``) carry only "run attempt N of job X" messages.
 """
@@ -51,3 +53,24 @@ QUEUED = f"{PREFIX}queued"
 #: hashes: cluster-wide counters read by /metrics
 METRICS_JOBS = f"{PREFIX}metrics:jobs"
 METRICS_SWEEP = f"{PREFIX}metrics:sweep"
+
+
+# --- workers, predictions and model metadata -------------------------------------------
+
+#: zset: worker name -> time of its last heartbeat (pda.jobs.workers)
+WORKERS = f"{PREFIX}workers"
+
+
+def worker(name: str) -> str:
+    """String: what a worker last said about itself (JSON)."""
+    return f"{PREFIX}worker:{name}"
+
+
+def prediction(pred_id: str) -> str:
+    """String: a /v1/predictions request (JSON); ``:image`` and ``:answer`` beside it."""
+    return f"{PREFIX}pred:{pred_id}"
+
+
+def model(name: str) -> str:
+    """String: a model's metadata as a worker published it (pda.catalog)."""
+    return f"{PREFIX}model:{name}"
