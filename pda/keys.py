@@ -74,3 +74,20 @@ def prediction(pred_id: str) -> str:
 def model(name: str) -> str:
     """String: a model's metadata as a worker published it (pda.catalog)."""
     return f"{PREFIX}model:{name}"
+
+
+# --- chunks of a split job (pda.jobs.chunks) ----------------------------------------------
+
+def chunks(job_id: str) -> str:
+    """Hash: chunk -> JSON {status, attempt, range, passes, worker}."""
+    return f"{job(job_id)}:chunks"
+
+
+def chunk_progress(job_id: str) -> str:
+    """Hash: chunk -> forward passes done by its current attempt."""
+    return f"{job(job_id)}:progress"
+
+
+def partials(job_id: str) -> str:
+    """Hash: chunk -> its partial sums (npz bytes)."""
+    return f"{job(job_id)}:partials"

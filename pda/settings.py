@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     max_queue_length: int = Field(1000, ge=1, description="global queued-jobs cap (503)")
     max_queued_per_key: int = Field(50, ge=1, description="queued jobs per API key (429)")
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute")
+    chunk_passes: int = Field(
+        20_000, ge=0, description="split a job into chunks (whole window blocks) of about "
+        "this many forward passes, which any worker may run; 0 = never split"
+    )
+    chunks_in_flight: int = Field(
+        8, ge=1, description="queued chunks per split job: it appends the next when one "
+        "ends, so chunks of different jobs take turns"
+    )
     predict_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="how long POST /v1/predictions waits for a worker "
         "before answering 503 with Retry-After"

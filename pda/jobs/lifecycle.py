@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,11 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from .. import keys
 from ..errors import IdempotencyConflictError, QueueFullError, TooManyQueuedError
 from ..params import ExplainParams
 from ..settings import Settings
+from .chunks import MERGE, Chunks, member, parse_member, rq_chunk_id
 from .queue import enqueue_attempt, get_queue, job_timeout, rq_job_id
 from .record import JobRecord, JobStatus
 from .store import JobStore, new_job_id, now_iso
@@ -176,9 +179,15 @@ def fail(store: JobStore, rec_or_id: JobRecord | str, model: str, error: dict[st
 
 
 def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
-    """Requeue (or fail) running jobs whose worker stopped heartbeating (SIGKILL, OOM)."""
+    """Requeue (or fail) running jobs, chunks and merges whose worker stopped
+    heartbeating (SIGKILL, OOM): a dead worker's chunk is rerun alone."""
     out = []
-    for job_id in store.claim_stale(settings.stale_job_seconds):
+    for stale in store.claim_stale(settings.stale_job_seconds):
+        job_id, part = parse_member(stale)
+        if part is not None:
+            _reap_part(settings, store, job_id, part)
+            out.append(stale)
+            continue
         rec = store.get(job_id)
         if rec is None or rec.status != JobStatus.RUNNING:
             continue
@@ -194,6 +203,30 @@ def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
     return out
 
 
+def _reap_part(settings: Settings, store: JobStore, job_id: str, part: str) -> None:
+    rec = store.get(job_id)
+    if rec is None or rec.status != JobStatus.RUNNING:
+        return
+    chunks = Chunks(store, settings)
+    if part == MERGE:
+        store.r.zadd(keys.RUNNING, {member(job_id, MERGE): time.time()})
+        chunks.enqueue_merge(job_id)
+        log.warning("job %s: its merge was abandoned; enqueued again", job_id)
+        return
+    entry = chunks.states(job_id).get(int(part))
+    if entry is None:
+        return
+    if entry["attempt"] <= settings.job_retries:
+        if chunks.requeue(job_id, int(part), entry["attempt"]):
+            log.warning("job %s: chunk %s abandoned by %s; rerun alone as attempt %d",
+                        job_id, part, entry.get("worker"), entry["attempt"] + 1)
+    else:
+        fail(store, rec, rec.model, {
+            "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
+            "detail": f"the workers running chunk {part} of this job stopped "
+                      f"{entry['attempt']} times; giving up"})
+
+
 def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
     """Re-enqueue queued jobs whose queue message is gone.
 
@@ -204,7 +237,12 @@ def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
     attempt (a late duplicate of the old message is then skipped).
     """
     out = []
-    for job_id in store.queued_since(settings.stale_job_seconds):
+    for queued in store.queued_since(settings.stale_job_seconds):
+        job_id, part = parse_member(queued)
+        if part is not None:
+            if _requeue_lost_chunk(settings, store, job_id, int(part)):
+                out.append(queued)
+            continue
         rec = store.get(job_id)
         if rec is None or rec.status != JobStatus.QUEUED:
             store.unindex(job_id)  # ended or expired: not a candidate any more
@@ -218,3 +256,21 @@ def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
                         job_id, rec.attempt)
             out.append(job_id)
     return out
+
+
+def _requeue_lost_chunk(settings: Settings, store: JobStore, job_id: str, part: int) -> bool:
+    chunks = Chunks(store, settings)
+    entry = chunks.states(job_id).get(part)
+    rec = store.get(job_id)
+    if entry is None or rec is None or rec.status != JobStatus.RUNNING or \
+            entry["status"] != "queued":
+        store.r.zrem(keys.QUEUED, member(job_id, part))
+        return False
+    status = store.r.hget(Job.key_for(rq_chunk_id(job_id, part, entry["attempt"])), "status")
+    if status is not None and status not in RQ_SPENT:
+        return False  # waiting in the queue, or being picked up
+    if store.claim_repair(member(job_id, part), entry["attempt"]) and chunks.requeue(
+            job_id, part, entry["attempt"]):
+        log.warning("job %s: chunk %d lost its queue message; requeued", job_id, part)
+        return True
+    return False

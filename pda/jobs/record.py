@@ -63,6 +63,10 @@ class JobRecord(BaseModel):
     coverage: dict[str, Any] | None = None
     forward_passes: int | None = None
     seconds: float | None = None
+    # split jobs (pda.jobs.chunks): the plan the chunks share, and their count
+    chunks_total: int | None = None
+    chunks_done: int = 0
+    labels: list[str] | None = None
 
     def __getitem__(self, name: str) -> Any:
         """``record["status"]``: read access by field name, as for the plain hash."""

@@ -48,6 +48,11 @@ def is_transient(exc: BaseException) -> bool:
         or is_full(exc)
 
 
+def chunk_keys(job_id: str) -> tuple[str, ...]:
+    """A split job's working keys, dropped when it ends (pda.jobs.chunks)."""
+    return keys.chunks(job_id), keys.chunk_progress(job_id), keys.partials(job_id)
+
+
 def now_iso(ts: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).isoformat(
         timespec="milliseconds").replace("+00:00", "Z")
@@ -193,7 +198,7 @@ class JobStore:
             if exists:
                 pipe.hset(key, mapping=mapping)
                 pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
-            pipe.delete(keys.files(job_id), keys.image(job_id))
+            pipe.delete(keys.files(job_id), keys.image(job_id), *chunk_keys(job_id))
             pipe.zrem(keys.RUNNING, job_id)
             pipe.zrem(keys.QUEUED, job_id)
             return bool(exists)
@@ -205,7 +210,7 @@ class JobStore:
         """Queue the writes that keep a finished job's files for the result TTL."""
         pipe.hset(keys.files(job_id), mapping=files)
         pipe.expire(keys.files(job_id), self.result_ttl)
-        pipe.delete(keys.image(job_id))  # the results keep a display copy
+        pipe.delete(keys.image(job_id), *chunk_keys(job_id))  # the results keep a photo copy
         pipe.expire(keys.job(job_id), self.result_ttl + TOMBSTONE_SECONDS)
         pipe.zrem(keys.RUNNING, job_id)
 
