@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import InvalidParameterError, UnknownLayerError
 from .device import auto_batch_size, check_precision, prefers_channels_last
+from .drilldown import check_drilldown, explain_drilldown, plan_drilldown
 from .geometry import check_window, count_windows, window_positions
 from .samplers import SAMPLERS, make_sampler
 from .stats import SamplerStats
@@ -53,6 +54,20 @@ class ExplainParams(BaseModel):
         DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
         description="Laplace correction N (training-set size)",
     )
+    drilldown: float | None = Field(
+        None, ge=0.0, le=1.0, description="approximate (opt-in): sweep a coarse grid, then "
+        "the fine stride only in this top fraction of cells by |relevance|; 1 = exact",
+    )
+    coarse_stride: int | None = Field(
+        None, ge=1, le=512, description="drill-down's coarse stride, a multiple of stride "
+        "(default 4 x stride)",
+    )
+
+    @model_validator(mode="after")
+    def _drilldown_geometry(self) -> ExplainParams:
+        if self.drilldown is not None:
+            check_drilldown(self.stride, self.coarse_stride or 4 * self.stride, self.drilldown)
+        return self
 
     @field_validator("fill")
     @classmethod
@@ -168,6 +183,10 @@ def plan(model: Any, params: ExplainParams) -> dict[str, int]:
     check_window(H, W, params.window, params.stride)
     n_w = count_windows(H, W, params.window, params.stride)
     per = 1 if params.sampler == "constant" else params.samples
+    if params.drilldown is not None:  # an upper bound: refinement depends on the coarse map
+        return {"windows": n_w, "forward_passes": plan_drilldown(
+            H, W, params.window, params.stride, params.coarse_stride or 4 * params.stride,
+            params.drilldown, per)}
     return {"windows": n_w, "forward_passes": n_w * per + 1}
 
 
@@ -256,15 +275,23 @@ def explain(
         params.sampler, x, params.window, positions, stats,
         padding=params.padding, fill=params.fill,
     )
-    sweep = run_sweep(
-        readout, x, sampler, window=params.window, stride=params.stride,
-        samples=params.samples, batch_size=batch_size, seed=params.seed, progress=progress,
-        precision=precision, fixed_batch=compile,
-    )
-    rel, counts = relevance_maps(
-        sweep, H, W, params.window, params.stride, log_odds=log_odds,
-        train_size=params.train_size, num_classes=num_classes,
-    )
+    extra: dict[str, Any] = {}
+    if params.drilldown is not None:
+        rel, counts, passes, extra["approximation"] = explain_drilldown(
+            readout, x, sampler, params, log_odds=log_odds, num_classes=num_classes,
+            batch_size=batch_size, progress=progress, precision=precision,
+            fixed_batch=compile)
+    else:
+        sweep = run_sweep(
+            readout, x, sampler, window=params.window, stride=params.stride,
+            samples=params.samples, batch_size=batch_size, seed=params.seed, progress=progress,
+            precision=precision, fixed_batch=compile,
+        )
+        rel, counts = relevance_maps(
+            sweep, H, W, params.window, params.stride, log_odds=log_odds,
+            train_size=params.train_size, num_classes=num_classes,
+        )
+        passes = sweep.forward_passes + 1
     return Explanation(
         prediction=prediction,
         targets=targets,
@@ -272,9 +299,10 @@ def explain(
         unit=unit,
         relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(),
-        forward_passes=sweep.forward_passes + 1,
+        forward_passes=passes,
         seconds=time.perf_counter() - start,
-        extra={"planned_passes": count_passes(len(positions), sampler, params.samples)},
+        extra={"planned_passes": count_passes(len(positions), sampler, params.samples),
+               **extra},
     )
 
 
@@ -315,4 +343,6 @@ def result_document(
             "covered_fraction": 1.0 - uncovered / expl.counts.size,
         },
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
+        **({"approximation": expl.extra["approximation"]}
+           if "approximation" in expl.extra else {}),
     }
