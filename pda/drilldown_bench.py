@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .engine.drillcheck import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
 from .engine.drilldown import DEFAULT_MARGIN, drilldown
 from .engine.geometry import window_positions, windows_to_pixels
 from .engine.samplers import make_sampler
@@ -138,6 +139,13 @@ def compare_one(table: dict[str, Any], samples: int, config: dict[str, Any],
         })
     exact_passes = n_w * samples + 1
     first = rows[0]
+    noise = None
+    if samples >= 2 and table["samples"].shape[1] >= 2 * (samples // 2):
+        # the exact method's own reproducibility: two exact maps from disjoint samples
+        h = samples // 2
+        halves = [{**table, "samples": table["samples"][:, i * h:(i + 1) * h]} for i in (0, 1)]
+        maps = [windows_to_pixels(TableScores(t, h).scores(), H, W, k, s)[0] for t in halves]
+        noise = min(ssim(maps[0], maps[1]).tolist())
     ci_hits = [lo <= tr <= hi for r in rows for (lo, hi), tr in
                zip(r["est_ci95"], r["true_ssim"], strict=True)]
     est_err = [abs(e - tr) for r in rows for e, tr in
@@ -148,6 +156,7 @@ def compare_one(table: dict[str, Any], samples: int, config: dict[str, Any],
         "saving": exact_passes / first["passes"],
         "saving_without_check": exact_passes / (first["passes"] - first["check_passes"]),
         "true_ssim_min": min(first["true_ssim"]), "true_ssim": first["true_ssim"],
+        "exact_vs_exact_ssim_half_samples": noise,
         "true_max_abs_diff_rel": max(first["true_max_abs_diff"]),
         "est_ssim_min": min(first["est_ssim"]),
         "est_max_abs_diff_rel": max(first["est_max_abs_diff"]),
@@ -155,6 +164,33 @@ def compare_one(table: dict[str, Any], samples: int, config: dict[str, Any],
                       "mean_abs_error": sum(est_err) / len(est_err),
                       "max_abs_error": max(est_err)},
     }
+
+
+def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
+    """The finished chunks of an unfinished ``exact`` run, as the exact table of the image's
+    top rows: the windows of the first complete grid rows, an image (r-1)*s + k pixels tall.
+
+    On a busy machine this allows a comparison before the whole sweep is done; windows
+    in those rows have their full-sweep samples, so nothing else changes.
+    """
+    from .images import open_image, preprocess
+    from .models.registry import get_model
+
+    parts = sorted((CACHE / _key(image, a)).glob("*.pt"))
+    if not parts:
+        return None
+    per = torch.cat([torch.load(p) for p in parts])  # (n, S, T)
+    model = get_model(a.model, torch.device("cpu"))
+    x, _ = preprocess(open_image(image), model.input_size)
+    H, W = x.shape[1:]
+    gw = (W - a.window) // a.stride + 1
+    rows = len(per) // gw
+    probs = torch.softmax(model(x[None]).float(), 1)[0]
+    targets = probs.topk(TOP).indices
+    return {"base": probs[targets].double(), "targets": targets,
+            "samples": per[: rows * gw], "num_classes": model.num_classes,
+            "height": (rows - 1) * a.stride + a.window, "width": W, "window": a.window,
+            "stride": a.stride, "seed": a.seed, "image": image}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -175,10 +211,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interpolations", nargs="+", default=["linear"])
     p.add_argument("--margins", type=int, nargs="+", default=[DEFAULT_MARGIN])
     p.add_argument("--criteria", nargs="+", default=["magnitude"])
-    p.add_argument("--tile", type=int, default=8)
-    p.add_argument("--draws", type=int, default=6)
-    p.add_argument("--targeted", type=int, default=2)
+    p.add_argument("--tiles", type=int, nargs="+", default=[DEFAULT_TILE])
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS)
+    p.add_argument("--targeted", type=int, default=DEFAULT_TARGETED)
+    p.add_argument("--shares", type=float, nargs="+", default=[DEFAULT_UNIFORM_SHARE])
     p.add_argument("--seeds", type=int, default=5, help="estimator seeds per configuration")
+    p.add_argument("--partial", action="store_true",
+                   help="compare on the finished rows of an unfinished exact run")
     p.add_argument("--out", help="write the comparison as JSON here")
     return p.parse_args(argv)
 
@@ -191,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     for image in a.images:
-        table = exact_table(image, a)
+        done = (CACHE / f"{_key(image, a)}.pt").exists()
+        table = exact_table(image, a) if done or not a.partial else partial_table(image, a)
+        if table is None:
+            continue
+        print(f"{image}: {table['height']}x{table['width']} px", flush=True)
         for config in configs(a):
             r = compare_one(table, a.use_samples or a.samples, config, range(a.seeds))
             results.append(r)
@@ -209,11 +252,12 @@ def configs(a: argparse.Namespace) -> list[dict[str, Any]]:
             for interp in a.interpolations:
                 for margin in a.margins:
                     for criterion in a.criteria:
-                        out.append({
+                        out += [{
                             "coarse_stride": factor * a.stride, "fraction": fraction,
                             "interpolation": interp, "margin": margin, "criterion": criterion,
-                            "check": {"tile": a.tile, "draws": a.draws,
-                                      "targeted": a.targeted}})
+                            "check": {"tile": tile, "draws": a.draws, "targeted": a.targeted,
+                                      "uniform_share": share}}
+                            for tile in a.tiles for share in a.shares]
     return out
 
 
@@ -221,9 +265,11 @@ def _line(r: dict[str, Any]) -> str:
     e = r["estimator"]
     return (f"{r['image']:<13} c{r['coarse_stride']:<3} r{r['fraction']:<5} "
             f"{r['interpolation'][:3]} m{r['margin']} {r['criterion'][:3]} "
+            f"t{r['check']['tile']} u{r['check']['uniform_share']} "
             f"saving {r['saving']:5.2f}x ({r['saving_without_check']:5.2f}x w/o check) "
             f"SSIM true {r['true_ssim_min']:.3f} est {r['est_ssim_min']:.3f} "
             f"maxdiff true {r['true_max_abs_diff_rel']:.3f} est {r['est_max_abs_diff_rel']:.3f} "
+            f"| exact-vs-exact(S/2) {r['exact_vs_exact_ssim_half_samples'] or float('nan'):.3f} "
             f"| est |err| mean {e['mean_abs_error']:.3f} max {e['max_abs_error']:.3f} "
             f"CI cover {e['ci95_coverage']:.2f}")
 

@@ -9,8 +9,9 @@ on its 11 x 11 support, i.e. every fine window covering those pixels (the tile's
 
 - **known**: every footprint window was swept (coarse or refined): the maps agree there,
   local SSIM is 1 and the difference 0, at no cost;
-- **targeted**: the ``targeted`` unknown tiles whose windows were interpolated across the
-  widest spread of coarse scores; swept in full, so their part is exact;
+- **targeted**: the ``targeted`` unknown tiles (supports apart) whose windows were
+  interpolated across the widest spread of coarse scores; swept in full, so their part
+  is exact;
 - **sampled**: ``draws`` tiles drawn with replacement from the remaining unknown ones,
   with probability p_i proportional to the same risk mixed with a uniform share
   (defensive importance sampling, Hesterberg 1995: p_i >= share / N, so no tile is
@@ -35,10 +36,10 @@ import torch.nn.functional as F
 from .geometry import grid_shape, windows_to_pixels
 from .ssim import MARGIN, SIDE, data_range, ssim_map
 
-DEFAULT_TILE = 8
-DEFAULT_DRAWS = 6
+DEFAULT_TILE = 1
+DEFAULT_DRAWS = 8
 DEFAULT_TARGETED = 2
-DEFAULT_UNIFORM_SHARE = 0.25
+DEFAULT_UNIFORM_SHARE = 0.5
 METHOD = ("tiles of the SSIM map: known tiles exact, the riskiest swept, the rest estimated "
           "from tiles drawn by risk (Hansen-Hurwitz); Gaussian 11x11 SSIM, sigma 1.5, "
           "data range 2 max|map|")
@@ -95,9 +96,11 @@ def estimate_error(
     order = torch.argsort(-risk_tile.reshape(-1)[unknown_ids], stable=True)  # riskiest first
     nc_t = len(cspan)
     unknown = [(int(t) // nc_t, int(t) % nc_t) for t in unknown_ids[order]]
-    top, rest = unknown[:targeted], unknown[targeted:]
-    p = _draw_probabilities(risk_tile.reshape(-1)[unknown_ids[order]][targeted:].double(),
-                            uniform_share)
+    top = _spaced(unknown, targeted, rspan, cspan)
+    chosen = set(top)
+    rest = [t for t in unknown if t not in chosen]  # riskiest first
+    risk_rest = torch.tensor([float(risk_tile[t]) for t in rest], dtype=torch.float64)
+    p = _draw_probabilities(risk_rest, uniform_share)
     gen = torch.Generator().manual_seed(seed * 7919 + 104729)
     drawn = torch.multinomial(p, draws, replacement=True, generator=gen) if len(rest) else \
         torch.zeros(0, dtype=torch.long)  # (n,) with replacement
@@ -117,6 +120,20 @@ def estimate_error(
     doc["tiles"].update(total=n_tiles, known=n_tiles - len(unknown), side=tile)
     doc.update(sample_windows=len(ids), method=METHOD)
     return doc, len(ids)
+
+
+def _spaced(ranked: list[Span], n: int, rspan: list[Span], cspan: list[Span]) -> list[Span]:
+    """The first ``n`` tiles of ``ranked`` whose supports do not overlap (spread out)."""
+    out: list[Span] = []
+    for t in ranked:
+        if len(out) == n:
+            break
+        (a, b), (c, d) = rspan[t[0]], cspan[t[1]]
+        if all(a >= rspan[u[0]][1] + SIDE - 1 or rspan[u[0]][0] >= b + SIDE - 1
+               or c >= cspan[u[1]][1] + SIDE - 1 or cspan[u[1]][0] >= d + SIDE - 1
+               for u in out):
+            out.append(t)
+    return out
 
 
 def _draw_probabilities(risk: torch.Tensor, uniform_share: float) -> torch.Tensor:

@@ -194,25 +194,28 @@ def test_estimate_is_exact_when_every_uncertain_tile_is_swept():
 
 
 def test_estimated_ssim_is_within_tolerance_of_the_true_ssim():
-    """Over 20 estimator seeds the estimate stays within 0.02 of the truth, and the 95%
-    interval holds it at least 80% of the time (a small sample: 6 draws, 2 targeted)."""
+    """Paper geometry (224 px, window 10, stride 1) on a synthetic window-score grid: over
+    12 estimator seeds the default check (8 pixel draws, 2 targeted, about 6% of the exact
+    sweep) lands within 0.02 of the true SSIM on average and 0.08 at worst, and its 95%
+    interval holds the truth at least 3 times in 4 (heavy-tailed local deficits: a few
+    pixels near strong edges and the image border carry most of the SSIM loss)."""
     H = W = 224
     k, s = 10, 1
     gh, gw = grid_shape(H, W, k, s)
     truth = _smooth_scores(gh, gw, 1)
     exact, _ = windows_to_pixels(truth, H, W, k, s)
     errs, hits = [], 0
-    for seed in range(20):
+    for seed in range(12):
         d = drilldown(_table_fn(truth), H, W, k, s, coarse_stride=4, fraction=0.1, seed=seed)
         approx, _ = windows_to_pixels(d.scores, H, W, k, s)
         true = float(ssim(approx, exact).min())
         errs.append(abs(d.error["ssim"] - true))
         lo, hi = d.error["ssim_ci95"]
         hits += lo <= true <= hi
-        assert d.check_windows < 0.15 * gh * gw
-    assert 0.8 < true < 0.99  # an approximation worth checking
-    assert max(errs) < 0.02
-    assert hits >= 16
+        assert d.check_windows < 0.08 * gh * gw
+    assert 0.9 < true < 0.99  # an approximation worth checking
+    assert sum(errs) / len(errs) < 0.02 and max(errs) < 0.08
+    assert hits >= 9
 
 
 def test_coarse_sweep_alone_is_exact_when_window_scores_vary_linearly():
@@ -307,3 +310,26 @@ def test_estimate_error_needs_no_windows_when_all_tiles_are_known():
                             torch.ones(gh * gw, dtype=torch.bool),
                             torch.zeros(gh * gw, dtype=torch.float64), H, W, 4, 1)
     assert n == 0 and doc["ssim"] == 1.0 and doc["tiles"]["known"] == doc["tiles"]["total"]
+
+
+@pytest.mark.slow
+def test_real_model_drilldown_refining_everything_equals_the_exact_map():
+    """efficientnet_lite0 on chelsea.png at a coarse geometry (49 windows x 2 samples)."""
+    from pathlib import Path
+
+    from pda.engine.stats import get_stats
+    from pda.images import open_image, preprocess
+    from pda.models.registry import get_model
+
+    model = get_model("efficientnet_lite0")
+    root = Path(__file__).resolve().parents[2]
+    x, _ = preprocess(open_image(root / "examples/chelsea.png"), model.input_size)
+    base = dict(sampler="conditional", window=56, stride=28, samples=2, target="top2")
+    exact = explain(model, x, ExplainParams(**base), get_stats(), batch_size=32)
+    drill = explain(model, x, ExplainParams(**base, drilldown=1.0, coarse_stride=56),
+                    get_stats(), batch_size=32)
+    peak = np.abs(exact.relevance).max()
+    assert peak > 0.01
+    # float32 forward passes in other batch compositions: equal to 1e-4 of the peak
+    assert np.abs(drill.relevance - exact.relevance).max() <= 1e-4 * peak
+    assert drill.extra["approximation"]["windows"]["coarse"] == 4 * 4  # 0, 2, 4, 6
