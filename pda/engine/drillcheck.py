@@ -102,8 +102,8 @@ def estimate_error(
     risk_rest = torch.tensor([float(risk_tile[t]) for t in rest], dtype=torch.float64)
     p = _draw_probabilities(risk_rest, uniform_share)
     gen = torch.Generator().manual_seed(seed * 7919 + 104729)
-    drawn = torch.multinomial(p, draws, replacement=True, generator=gen) if len(rest) else \
-        torch.zeros(0, dtype=torch.long)  # (n,) with replacement
+    drawn = torch.multinomial(p, draws, replacement=True, generator=gen) \
+        if len(rest) and draws > 0 else torch.zeros(0, dtype=torch.long)  # (n,) with replacement
     need = torch.zeros(gh, gw, dtype=torch.bool)
     for i, j in top + [rest[d] for d in drawn.tolist()]:
         (r0, r1), (c0, c1) = rwin[i], cwin[j]
@@ -123,17 +123,19 @@ def estimate_error(
 
 
 def _spaced(ranked: list[Span], n: int, rspan: list[Span], cspan: list[Span]) -> list[Span]:
-    """The first ``n`` tiles of ``ranked`` whose supports do not overlap (spread out)."""
+    """The first ``n`` tiles of ``ranked`` whose supports do not overlap (spread out), then
+    the next ranked ones if fewer than ``n`` are apart."""
     out: list[Span] = []
     for t in ranked:
         if len(out) == n:
-            break
+            return out
         (a, b), (c, d) = rspan[t[0]], cspan[t[1]]
         if all(a >= rspan[u[0]][1] + SIDE - 1 or rspan[u[0]][0] >= b + SIDE - 1
                or c >= cspan[u[1]][1] + SIDE - 1 or cspan[u[1]][0] >= d + SIDE - 1
                for u in out):
             out.append(t)
-    return out
+    taken = set(out)
+    return out + [t for t in ranked if t not in taken][: n - len(out)]
 
 
 def _draw_probabilities(risk: torch.Tensor, uniform_share: float) -> torch.Tensor:
