@@ -152,9 +152,9 @@ def interpolate(coarse: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, gh
 
 
 def _normalised(coarse: torch.Tensor) -> torch.Tensor:
-    """|scores| / each target's max |score|: (nr, nc, T) -> (nr, nc, T) in [0, 1]."""
+    """Scores / each target's max |score|: (nr, nc, T) -> (nr, nc, T) in [-1, 1]."""
     peak = coarse.abs().flatten(0, 1).amax(0).clamp(min=1e-300)  # (T,)
-    return coarse.abs() / peak
+    return coarse / peak
 
 
 def cell_importance(coarse: torch.Tensor, criterion: str = "magnitude") -> torch.Tensor:
@@ -162,12 +162,12 @@ def cell_importance(coarse: torch.Tensor, criterion: str = "magnitude") -> torch
 
     ``magnitude``: the largest normalised |score| at a corner (the issue's "top |relevance|");
     ``variation``: the largest spread between corners (where interpolation is least sure).
+    Both take the most demanding target.
     """
-    a = _normalised(coarse) if criterion == "magnitude" else coarse / coarse.abs().flatten(
-        0, 1).amax(0).clamp(min=1e-300)
+    a = _normalised(coarse)
     corners = torch.stack([a[:-1, :-1], a[:-1, 1:], a[1:, :-1], a[1:, 1:]])  # (4,nr-1,nc-1,T)
     if criterion == "magnitude":
-        return corners.amax(0).amax(-1)
+        return corners.abs().amax(0).amax(-1)
     if criterion == "variation":
         return (corners.amax(0) - corners.amin(0)).amax(-1)
     raise InvalidParameterError(f"unknown criterion {criterion!r}; use {' or '.join(CRITERIA)}")

@@ -9,8 +9,10 @@ import torch
 from pda.engine.drillcheck import estimate_error
 from pda.engine.drilldown import (
     axis_nodes,
+    cell_importance,
     drilldown,
     interpolate,
+    refine_cells,
 )
 from pda.engine.explain import ExplainParams, explain, plan, result_document
 from pda.engine.geometry import grid_shape, windows_to_pixels
@@ -246,6 +248,28 @@ def test_interpolation_is_exact_at_the_coarse_nodes_and_between_for_a_plane():
     assert torch.allclose(fine, plane(i, j))
     nearest = interpolate(coarse, rows, cols, 11, 7, "nearest")[..., 0]
     assert nearest[1, 1] == plane(0, 0) and nearest[3, 3] == plane(4, 4)
+
+
+def test_refinement_takes_the_top_cells_and_their_neighbourhood():
+    imp = torch.zeros(6, 6, dtype=torch.float64)
+    imp[2, 3], imp[5, 0] = 1.0, 0.5
+    ring = refine_cells(imp, fraction=9 / 36, margin=1)
+    want = torch.zeros(6, 6, dtype=torch.bool)
+    want[1:4, 2:5] = True  # the strong cell and the 8 around it
+    assert torch.equal(ring, want)
+    assert refine_cells(imp, fraction=2 / 36, margin=0).nonzero().tolist() == [[2, 3], [5, 0]]
+    assert not refine_cells(imp, fraction=0.0, margin=1).any()
+    assert refine_cells(imp, fraction=1.0, margin=1).all()
+
+
+def test_cells_are_ranked_by_the_most_relevant_target_at_its_own_scale():
+    coarse = torch.zeros(3, 3, 2, dtype=torch.float64)  # (nr, nc, T): 2 x 2 cells
+    coarse[0, 0, 0] = 10.0  # target 0: strong top-left
+    coarse[2, 2, 1] = -0.1  # target 1: weak in absolute terms, its own maximum
+    imp = cell_importance(coarse)
+    assert imp[0, 0] == 1.0 and imp[1, 1] == 1.0 and imp[0, 1] == 0.0
+    spread = cell_importance(coarse, "variation")
+    assert spread[1, 1] == 1.0 and spread[0, 1] == 0.0
 
 
 def test_ssim_of_constant_maps_matches_the_formula():
