@@ -109,6 +109,11 @@ def check_drilldown(stride: int, coarse_stride: int, fraction: float) -> int:
     return coarse_stride // stride
 
 
+def coarse_stride_for(stride: int, coarse_stride: int | None) -> int:
+    """The coarse stride asked for, or the default DEFAULT_FACTOR x stride."""
+    return coarse_stride or DEFAULT_FACTOR * stride
+
+
 def axis_nodes(n: int, m: int) -> torch.Tensor:
     """Coarse node indices along an axis of n fine windows: 0, m, 2m, ... and n - 1."""
     nodes = torch.arange(0, n, m)
@@ -277,7 +282,11 @@ def explain_drilldown(
     forward passes and the result document's ``approximation`` section."""
     C, H, W = x.shape
     k, s = params.window, params.stride
-    coarse_stride = params.coarse_stride or DEFAULT_FACTOR * s
+    coarse_stride = coarse_stride_for(s, params.coarse_stride)
+    if H < SIDE or W < SIDE:
+        raise InvalidParameterError(
+            f"drill-down needs an input of at least {SIDE}x{SIDE} pixels to estimate its "
+            f"error (SSIM), got {H}x{W}", field="drilldown")
     per = passes_per_window(sampler, params.samples)
     fn = SweepScores(
         readout, x, sampler, window=k, stride=s, samples=params.samples, log_odds=log_odds,

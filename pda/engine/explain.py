@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import InvalidParameterError, UnknownLayerError
 from .device import auto_batch_size, check_precision, prefers_channels_last
-from .drilldown import check_drilldown, explain_drilldown, plan_drilldown
+from .drilldown import check_drilldown, coarse_stride_for, explain_drilldown, plan_drilldown
 from .geometry import check_window, count_windows, window_positions
 from .samplers import SAMPLERS, make_sampler
 from .stats import SamplerStats
@@ -66,7 +66,8 @@ class ExplainParams(BaseModel):
     @model_validator(mode="after")
     def _drilldown_geometry(self) -> ExplainParams:
         if self.drilldown is not None:
-            check_drilldown(self.stride, self.coarse_stride or 4 * self.stride, self.drilldown)
+            check_drilldown(self.stride, coarse_stride_for(self.stride, self.coarse_stride),
+                            self.drilldown)
         return self
 
     @field_validator("fill")
@@ -185,7 +186,8 @@ def plan(model: Any, params: ExplainParams) -> dict[str, int]:
     per = 1 if params.sampler == "constant" else params.samples
     if params.drilldown is not None:  # an upper bound: refinement depends on the coarse map
         return {"windows": n_w, "forward_passes": plan_drilldown(
-            H, W, params.window, params.stride, params.coarse_stride or 4 * params.stride,
+            H, W, params.window, params.stride,
+            coarse_stride_for(params.stride, params.coarse_stride),
             params.drilldown, per)}
     return {"windows": n_w, "forward_passes": n_w * per + 1}
 
