@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,28 @@ TOP = 3
 
 def _key(image: str, a: argparse.Namespace) -> str:
     return f"{Path(image).stem}-{a.model}-k{a.window}-s{a.stride}-S{a.samples}-seed{a.seed}"
+
+
+def record_samples(readout: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   sampler: Any, ids: torch.Tensor, *, window: int, stride: int,
+                   samples: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Each window's readout for each of its samples: (n, S, T), as the full sweep draws them.
+
+    run_sweep calls the readout with the unmodified image first, then with the windows
+    in id order, each window's S samples one after the other; keeping every output in
+    call order therefore gives the (window, sample) table.
+    """
+    rows: list[torch.Tensor] = []
+
+    def keep(b: torch.Tensor) -> torch.Tensor:
+        out = readout(b)  # (B, T)
+        rows.append(out.detach().double())
+        return out
+
+    run_sweep(keep, x, sampler, window=window, stride=stride, samples=samples,
+              batch_size=batch_size, seed=seed, window_ids=ids)
+    T = rows[0].shape[1]
+    return torch.cat(rows[1:]).reshape(len(ids), samples, T)  # (n, S, T) window-major
 
 
 def exact_table(image: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -66,16 +89,9 @@ def exact_table(image: str, a: argparse.Namespace) -> dict[str, Any]:
         if part.exists():
             continue
         ids = torch.arange(start, min(start + CHUNK_WINDOWS, n_w))
-        rows: list[torch.Tensor] = []
-
-        def readout(b: torch.Tensor, rows: list[torch.Tensor] = rows) -> torch.Tensor:
-            out = torch.softmax(model(b).float(), 1)[:, targets]  # (B, T)
-            rows.append(out)
-            return out
-
-        run_sweep(readout, x, sampler, window=a.window, stride=a.stride, samples=a.samples,
-                  batch_size=a.batch_size, seed=a.seed, window_ids=ids)
-        per = torch.cat(rows[1:]).reshape(len(ids), a.samples, TOP)  # (n, S, T) window-major
+        per = record_samples(lambda b: torch.softmax(model(b).float(), 1)[:, targets], x,
+                             sampler, ids, window=a.window, stride=a.stride,
+                             samples=a.samples, batch_size=a.batch_size, seed=a.seed)
         torch.save(per, part)
         done = min(start + CHUNK_WINDOWS, n_w)
         print(f"{out.stem}: {done}/{n_w} windows, {time.perf_counter() - t0:.0f} s",

@@ -357,3 +357,34 @@ def test_real_model_drilldown_refining_everything_equals_the_exact_map():
     # float32 forward passes in other batch compositions: equal to 1e-4 of the peak
     assert np.abs(drill.relevance - exact.relevance).max() <= 1e-4 * peak
     assert drill.extra["approximation"]["windows"]["coarse"] == 4 * 4  # 0, 2, 4, 6
+
+
+def test_bench_replay_from_an_exact_table_equals_a_real_drilldown():
+    """The measurements replay drill-downs from one recorded exact sweep: that must give
+    the same windows, scores and error estimate as running the drill-down itself."""
+    from pda.drilldown_bench import TableScores, record_samples
+    from pda.engine.drilldown import SweepScores
+    from pda.engine.geometry import window_positions
+    from pda.engine.samplers import make_sampler
+
+    size, k, S = 30, 4, 2
+    model = wrap(_Float64(ConvNet(classes=3)), size, classes=3)
+    x = _image(size)
+    smp = make_sampler("conditional", x, k, window_positions(size, size, k, 1), random_stats())
+    idx = torch.tensor([0, 2])
+
+    def readout(b: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(b).float(), 1)[:, idx]  # (B, T)
+
+    gh, gw = grid_shape(size, size, k, 1)
+    table = {"base": readout(x[None])[0].double(), "num_classes": 3,
+             "samples": record_samples(readout, x, smp, torch.arange(gh * gw), window=k,
+                                       stride=1, samples=S, batch_size=16, seed=4)}
+    kw = dict(coarse_stride=4, fraction=0.2, seed=1, check={"draws": 4, "targeted": 1})
+    replay = drilldown(TableScores(table, S), size, size, k, 1, **kw)
+    real = drilldown(SweepScores(readout, x, smp, window=k, stride=1, samples=S, log_odds=True,
+                                 num_classes=3, batch_size=7, seed=4), size, size, k, 1, **kw)
+    assert torch.equal(replay.computed, real.computed)
+    assert torch.allclose(replay.scores, real.scores, atol=1e-9)
+    assert replay.check_windows == real.check_windows > 0
+    assert replay.error["ssim"] == pytest.approx(real.error["ssim"], abs=1e-9)
