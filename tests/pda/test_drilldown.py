@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pda.drilldown_bench import TableScores, record_samples
 from pda.engine.drillcheck import estimate_error
 from pda.engine.drilldown import (
+    SweepScores,
     axis_nodes,
     cell_importance,
     drilldown,
@@ -15,7 +17,8 @@ from pda.engine.drilldown import (
     refine_cells,
 )
 from pda.engine.explain import ExplainParams, explain, plan, result_document
-from pda.engine.geometry import grid_shape, windows_to_pixels
+from pda.engine.geometry import grid_shape, window_positions, windows_to_pixels
+from pda.engine.samplers import make_sampler
 from pda.engine.ssim import data_range, ssim, ssim_map
 from pda.errors import InvalidParameterError
 
@@ -80,21 +83,15 @@ def test_refined_windows_cover_the_evidence_box_and_match_the_exact_map_there(sa
                 fill=(0.0, 0.0, 0.0))
     exact = explain(model, x, ExplainParams(**base), random_stats(), batch_size=32)
     # the box's windows span 9 x 8 of the 33 x 33 fine grid: at most 9 of 64 cells
-    calls: list[torch.Tensor] = []
     drill = explain(model, x, ExplainParams(**base, drilldown=0.15, coarse_stride=4),
                     random_stats(), batch_size=32)
     approx = drill.extra["approximation"]
     assert approx["windows"]["refined"] < 0.25 * approx["windows"]["total"]
     # the same drill-down by hand, to see which windows it computed
-    from pda.engine.drilldown import SweepScores
-    from pda.engine.geometry import window_positions
-    from pda.engine.samplers import make_sampler
-
     smp = make_sampler(sampler, x, k, window_positions(size, size, k, 1), random_stats(),
                        fill=(0.0, 0.0, 0.0))
 
     def readout(b: torch.Tensor) -> torch.Tensor:
-        calls.append(b)
         return torch.softmax(model(b).float(), 1)[:, :1]
 
     fn = SweepScores(readout, x, smp, window=k, stride=1, samples=3, log_odds=True,
@@ -362,11 +359,6 @@ def test_real_model_drilldown_refining_everything_equals_the_exact_map():
 def test_bench_replay_from_an_exact_table_equals_a_real_drilldown():
     """The measurements replay drill-downs from one recorded exact sweep: that must give
     the same windows, scores and error estimate as running the drill-down itself."""
-    from pda.drilldown_bench import TableScores, record_samples
-    from pda.engine.drilldown import SweepScores
-    from pda.engine.geometry import window_positions
-    from pda.engine.samplers import make_sampler
-
     size, k, S = 30, 4, 2
     model = wrap(_Float64(ConvNet(classes=3)), size, classes=3)
     x = _image(size)
