@@ -72,7 +72,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "window": args.window, "padding": args.padding,
             "samples": args.samples, "stride": args.stride, "fill": args.fill,
             "target": args.target, "layer": args.layer, "seed": args.seed,
-            "train_size": args.train_size, "fit": args.fit,
+            "train_size": args.train_size, "fit": args.fit, "drilldown": args.drilldown,
+            "coarse_stride": args.coarse_stride,
         }.items() if v is not None
     }
     try:
@@ -95,7 +96,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         device, model.input_size, model)
     precision = args.precision or settings.precision
     print(f"pda: {model.name} on {device}, {n['windows']} windows, "
-          f"{n['forward_passes']} forward passes, batch {batch}", file=sys.stderr)
+          f"{'at most ' if params.drilldown is not None else ''}{n['forward_passes']} "
+          f"forward passes, batch {batch}", file=sys.stderr)
     bar = _Progress(not args.quiet)
     try:
         expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
@@ -112,6 +114,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     stored = stored_files(expl, to_uint8(x), image, doc)
     for name, data in cli_files(stored, scale=args.scale).items():
         (out / name).write_bytes(data)
+    if approx := doc.get("approximation"):
+        err = approx["error"]
+        print(f"pda: drill-down used {approx['forward_passes']} of "
+              f"{approx['exact_forward_passes']} passes ({approx['saving']:.1f}x fewer); "
+              f"estimated SSIM {err['ssim']:.3f} (95% CI {err['ssim_ci95'][0]:.3f}.."
+              f"{err['ssim_ci95'][1]:.3f}), max |diff| >= {err['max_abs_diff']:.3g}",
+              file=sys.stderr)
     if warning := doc["coverage"].get("warning"):
         print(f"pda: warning: {warning}", file=sys.stderr)
     top = expl.prediction[0]
@@ -221,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", help="output (default), logits or a module name")
     e.add_argument("--seed", type=int, help="random seed (default 0)")
     e.add_argument("--train-size", type=int, help="Laplace correction N (default 100000)")
+    e.add_argument("--drilldown", type=float, metavar="FRACTION",
+                   help="approximate: coarse sweep, then the fine stride only in this top "
+                        "fraction of the image by |relevance| (0..1; the result reports its "
+                        "estimated error)")
+    e.add_argument("--coarse-stride", type=int, metavar="N",
+                   help="drill-down's coarse stride, a multiple of --stride (default 4x)")
     e.add_argument("--preset", choices=["default", "paper"],
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")

@@ -28,6 +28,7 @@ from .defaults import (
     OUTPUT_LAYERS,
     PRESETS,
 )
+from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
 
 
@@ -59,6 +60,15 @@ class ExplainParams(BaseModel):
     fit: Literal["crop", "pad", "squash"] = Field(
         DEFAULT_FIT, description="how the photo fits the model input: crop (centre crop), pad "
         "(whole photo, letterboxed) or squash (whole photo, stretched)")
+    drilldown: float | None = Field(
+        None, ge=0.0, le=1.0, description="approximate (opt-in): sweep a coarse grid, then "
+        "the fine stride only in this top fraction of cells by |relevance|; the result "
+        "reports its estimated error; 1 = exact",
+    )
+    coarse_stride: int | None = Field(
+        None, ge=1, le=512, description="drill-down's coarse stride, a multiple of stride "
+        "(default 4 x stride)",
+    )
 
     @field_validator("fill")
     @classmethod
@@ -79,6 +89,13 @@ class ExplainParams(BaseModel):
         if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", v):
             raise ValueError("layer must be output, logits or a module name like _blocks.3")
         return v
+
+    @model_validator(mode="after")
+    def _drilldown_geometry(self) -> ExplainParams:
+        if self.drilldown is not None:
+            check_drilldown(self.stride, coarse_stride_for(self.stride, self.coarse_stride),
+                            self.drilldown)
+        return self
 
     @model_validator(mode="after")
     def _one_sample_when_deterministic(self) -> ExplainParams:
@@ -146,8 +163,12 @@ def plan(params: ExplainParams, input_size: tuple[int, int]) -> dict[str, int]:
             f"window {params.window} exceeds the image size {H}x{W} (the model's input)",
             field="window")
     n_w = count_windows(H, W, params.window, params.stride)
-    return {"windows": n_w,
-            "forward_passes": n_w * passes_per_window(params.sampler, params.samples) + 1}
+    per = passes_per_window(params.sampler, params.samples)
+    if params.drilldown is not None:  # an upper bound: refinement depends on the coarse map
+        return {"windows": n_w, "forward_passes": plan_drilldown(
+            H, W, params.window, params.stride,
+            coarse_stride_for(params.stride, params.coarse_stride), params.drilldown, per)}
+    return {"windows": n_w, "forward_passes": n_w * per + 1}
 
 
 def check_against_model(params: ExplainParams, info: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from ..document import coverage
 from ..errors import InvalidParameterError, UnknownLayerError
 from ..params import ExplainParams, parse_target
 from .device import auto_batch_size, check_precision, prefers_channels_last
+from .drilldown import explain_drilldown
 from .geometry import check_window, window_positions
 from .samplers import make_sampler
 from .stats import SamplerStats
@@ -65,6 +66,7 @@ class Explanation:
     counts: np.ndarray  # (H, W) int32 windows covering each pixel
     forward_passes: int
     seconds: float
+    approximation: dict[str, Any] | None = None  # the drill-down's cost and error
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -167,15 +169,23 @@ def explain(
         params.sampler, x, params.window, positions, stats,
         padding=params.padding, fill=params.fill,
     )
-    sweep = run_sweep(
-        readout, x, sampler, window=params.window, stride=params.stride,
-        samples=params.samples, batch_size=batch_size, seed=params.seed, progress=progress,
-        precision=precision, fixed_batch=compile,
-    )
-    rel, counts = relevance_maps(
-        sweep, H, W, params.window, params.stride, log_odds=log_odds,
-        train_size=params.train_size, num_classes=num_classes,
-    )
+    approximation = None
+    if params.drilldown is not None:
+        rel, counts, passes, approximation = explain_drilldown(
+            readout, x, sampler, params, log_odds=log_odds, num_classes=num_classes,
+            batch_size=batch_size, progress=progress, precision=precision,
+            fixed_batch=compile)
+    else:
+        sweep = run_sweep(
+            readout, x, sampler, window=params.window, stride=params.stride,
+            samples=params.samples, batch_size=batch_size, seed=params.seed,
+            progress=progress, precision=precision, fixed_batch=compile,
+        )
+        rel, counts = relevance_maps(
+            sweep, H, W, params.window, params.stride, log_odds=log_odds,
+            train_size=params.train_size, num_classes=num_classes,
+        )
+        passes = sweep.forward_passes + 1
     return Explanation(
         prediction=prediction,
         targets=targets,
@@ -183,8 +193,9 @@ def explain(
         unit=unit,
         relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(),
-        forward_passes=sweep.forward_passes + 1,
+        forward_passes=passes,
         seconds=time.perf_counter() - start,
+        approximation=approximation,
     )
 
 
@@ -215,4 +226,5 @@ def result_document(
         ],
         "coverage": coverage(expl.counts, params.window, params.stride),
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
+        **({"approximation": expl.approximation} if expl.approximation else {}),
     }

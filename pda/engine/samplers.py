@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..defaults import SAMPLERS
+from ..defaults import DETERMINISTIC_SAMPLERS, SAMPLERS
 from ..errors import InvalidParameterError
 from .device import to_device
 from .stats import SamplerStats
@@ -40,7 +40,7 @@ def _window_index(positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
 class ConstantSampler:
     """Fill the window with one colour: occlusion (S = 1 is enough, it is deterministic)."""
 
-    deterministic = True
+    deterministic = "constant" in DETERMINISTIC_SAMPLERS
 
     def __init__(self, x: torch.Tensor, window: int, fill: torch.Tensor) -> None:
         C = x.shape[0]

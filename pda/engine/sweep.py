@@ -65,6 +65,12 @@ def weight_of_evidence(
     return log2_odds(full) - log2_odds(without)
 
 
+def passes_per_window(sampler: Sampler, samples: int) -> int:
+    """Forward passes per window: S, or one for a deterministic sampler (the count
+    :func:`pda.params.plan` makes from the sampler's name)."""
+    return 1 if sampler.deterministic else samples
+
+
 def run_sweep(
     readout: Readout,
     x: torch.Tensor,
@@ -108,7 +114,7 @@ def run_sweep(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     positions = window_positions(H, W, window, stride, device=dev)  # (n_w, 2)
     ids = _selected(window_ids, len(positions))  # (n,) sorted, on the CPU
-    S = 1 if sampler.deterministic else samples
+    S = passes_per_window(sampler, samples)
     total = len(ids) * S
     n_base = batch_size if fixed_batch else 1
     with amp:
@@ -227,11 +233,17 @@ def relevance_maps(
     False: activation difference z(x) - E[z(x')] (logits, hidden units; no log-odds,
     unlike the authors' code, their issue #5).
     """
-    base = sweep.base[None, :].expand_as(sweep.window_means)  # (n_w, T)
+    scores = window_scores(sweep, log_odds=log_odds, train_size=train_size,
+                           num_classes=num_classes)
+    return windows_to_pixels(scores, height, width, window, stride)
+
+
+def window_scores(sweep: Sweep, *, log_odds: bool, train_size: int = DEFAULT_TRAIN_SIZE,
+                  num_classes: int | None = None) -> torch.Tensor:
+    """Relevance of each swept window (n, T): weight of evidence or activation difference."""
+    base = sweep.base[None, :].expand_as(sweep.window_means)  # (n, T)
     if log_odds:
         if num_classes is None:
             raise ValueError("num_classes is needed for the Laplace correction")
-        scores = weight_of_evidence(base, sweep.window_means, train_size, num_classes)
-    else:
-        scores = base - sweep.window_means
-    return windows_to_pixels(scores, height, width, window, stride)
+        return weight_of_evidence(base, sweep.window_means, train_size, num_classes)
+    return base - sweep.window_means
