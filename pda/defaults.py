@@ -38,3 +38,12 @@ PRESETS = {"default": {}, "paper": PAPER}
 PREDICTION_TOP = 5
 #: most targets one explanation may have
 MAX_TARGETS = 20
+#: faithfulness scores (deletion/insertion, docs/faithfulness.md): on by default; the fill
+#: that replaces deleted pixels and starts insertion, the fraction of pixels per step, the
+#: random block orders of the baseline and their block side
+DEFAULT_FAITHFULNESS = True
+FAITHFULNESS_FILLS = ("blur", "grey")
+FAITHFULNESS_FILL = "blur"
+FAITHFULNESS_STEP = 0.02
+FAITHFULNESS_ORDERS = 3
+FAITHFULNESS_BLOCK = 16

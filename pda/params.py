@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .defaults import (
+    DEFAULT_FAITHFULNESS,
     DEFAULT_FIT,
     DEFAULT_LAYER,
     DEFAULT_PADDING,
@@ -60,6 +61,10 @@ class ExplainParams(BaseModel):
     fit: Literal["crop", "pad", "squash"] = Field(
         DEFAULT_FIT, description="how the photo fits the model input: crop (centre crop), pad "
         "(whole photo, letterboxed) or squash (whole photo, stretched)")
+    faithfulness: bool = Field(
+        DEFAULT_FAITHFULNESS, description="score each map by deletion/insertion AUC against "
+        "random block orders (docs/faithfulness.md); costs about 100 forward passes per "
+        "target and per random order; output and logits layers only")
     drilldown: float | None = Field(
         None, ge=0.0, le=1.0, description="approximate (opt-in): sweep a coarse grid, then "
         "the fine stride only in this top fraction of cells by |relevance|; the result "

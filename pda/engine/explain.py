@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..defaults import PREDICTION_TOP, SAMPLERS
+from ..defaults import OUTPUT_LAYERS, PREDICTION_TOP, SAMPLERS
 from ..document import coverage
 from ..errors import InvalidParameterError, UnknownLayerError
 from ..params import ExplainParams, parse_target
 from .device import auto_batch_size, check_precision, prefers_channels_last
 from .drilldown import explain_drilldown
+from .faithfulness import score_explanation
 from .geometry import check_window, window_positions
 from .samplers import make_sampler
 from .stats import SamplerStats
@@ -67,6 +68,8 @@ class Explanation:
     forward_passes: int
     seconds: float
     approximation: dict[str, Any] | None = None  # the drill-down's cost and error
+    faithfulness: list[dict[str, Any]] | None = None  # per target (docs/faithfulness.md)
+    faithfulness_passes: int = 0  # included in forward_passes
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -186,6 +189,10 @@ def explain(
             train_size=params.train_size, num_classes=num_classes,
         )
         passes = sweep.forward_passes + 1
+    scores, extra = None, 0
+    if params.faithfulness and params.layer in OUTPUT_LAYERS:  # scores class probabilities
+        scores, extra = score_explanation(model, x, rel, targets, seed=params.seed,
+                                          batch_size=batch_size)
     return Explanation(
         prediction=prediction,
         targets=targets,
@@ -193,9 +200,11 @@ def explain(
         unit=unit,
         relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(),
-        forward_passes=passes,
+        forward_passes=passes + extra,
         seconds=time.perf_counter() - start,
         approximation=approximation,
+        faithfulness=scores,
+        faithfulness_passes=extra,
     )
 
 
@@ -221,10 +230,12 @@ def result_document(
         "prediction": expl.prediction,
         "explanations": [
             {"target": t, "label": lab, "unit": expl.unit,
-             "max_abs": float(np.abs(expl.relevance[i]).max())}
+             "max_abs": float(np.abs(expl.relevance[i]).max()),
+             **({"faithfulness": expl.faithfulness[i]} if expl.faithfulness else {})}
             for i, (t, lab) in enumerate(zip(expl.targets, expl.labels, strict=True))
         ],
         "coverage": coverage(expl.counts, params.window, params.stride),
-        "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
+        "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
+                  "faithfulness_passes": expl.faithfulness_passes},
         **({"approximation": expl.approximation} if expl.approximation else {}),
     }
