@@ -73,7 +73,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "samples": args.samples, "stride": args.stride, "fill": args.fill,
             "target": args.target, "layer": args.layer, "seed": args.seed,
             "train_size": args.train_size, "fit": args.fit, "drilldown": args.drilldown,
-            "coarse_stride": args.coarse_stride,
+            "coarse_stride": args.coarse_stride, "faithfulness": args.faithfulness,
         }.items() if v is not None
     }
     try:
@@ -123,6 +123,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if warning := doc["coverage"].get("warning"):
         print(f"pda: warning: {warning}", file=sys.stderr)
+    for e in doc["explanations"]:
+        if f := e.get("faithfulness"):
+            b = f["baseline"]
+            print(f"pda: faithfulness of {e['label']}: deletion AUC {f['deletion_auc']:.3f} "
+                  f"(random blocks {b['deletion_auc']:.3f}, lower is better), insertion AUC "
+                  f"{f['insertion_auc']:.3f} (random {b['insertion_auc']:.3f}, higher is "
+                  f"better)", file=sys.stderr)
+    if expl.faithfulness_passes:
+        print(f"pda: the faithfulness scores took {expl.faithfulness_passes} of the passes "
+              "(--no-faithfulness skips them)", file=sys.stderr)
     top = expl.prediction[0]
     rate = expl.forward_passes / max(expl.seconds, 1e-9)
     print(f"pda: top-1 {top['label']} (p={top['probability']:.3f}); "
@@ -207,6 +217,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(burst=args.burst, name=args.name)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pda import evaluate as ev
+    from pda.engine.device import resolve_device
+    from pda.engine.inputs import preprocess
+    from pda.engine.stats import get_stats
+    from pda.images import open_image
+    from pda.models.registry import get_model
+    from pda.settings import get_settings
+
+    settings = get_settings()
+    configs = ev.pick_configs(args.configs.split(",") if args.configs else None)
+    folder = Path(args.directory) if args.directory else ev.REFERENCE_DIR
+    if not folder.is_dir():
+        return _fail(f"{folder} is not a folder")
+    files = ev.list_images(folder, args.images)
+    if not files:
+        return _fail(f"no images in {folder}")
+    device = resolve_device(args.device or settings.device)
+    model = get_model(args.model or settings.default_model, device, settings)
+    images = []
+    for f in files:
+        img = open_image(str(f), max_pixels=settings.max_image_pixels, fit_to=model.input_size)
+        images.append((f.name, preprocess(img, model.input_size, args.fit)[0]))
+    print(f"pda: evaluating {len(configs)} configurations on {len(images)} images of "
+          f"{folder} with {model.name}", file=sys.stderr)
+    rows = ev.run(model, images, configs, get_stats(settings.sampler_stats),
+                  target=args.target, seed=args.seed, batch_size=args.batch_size,
+                  log=lambda m: print(f"pda: {m}", file=sys.stderr))
+    table = ev.summarize(rows)
+    meta = {"model": model.name, "directory": str(folder), "target": args.target,
+            "fit": args.fit, "seed": args.seed, "images": [f.name for f in files],
+            "command": " ".join(["pda evaluate", *sys.argv[2:]])}
+    md, js = ev.write(Path(args.out), rows, table, configs, meta)
+    print(ev.markdown(table, configs))
+    print(f"pda: wrote {md} and {js}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pda.bench import main as bench_main
 
@@ -236,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimated error)")
     e.add_argument("--coarse-stride", type=int, metavar="N",
                    help="drill-down's coarse stride, a multiple of --stride (default 4x)")
+    e.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
+                   help="score each map by deletion/insertion AUC against random block "
+                   "orders (default on; about 100 passes per target and random order)")
     e.add_argument("--preset", choices=["default", "paper"],
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")
@@ -276,6 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("name", nargs="?", help="a model: print its input, classes and layers")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
+
+    v = sub.add_parser("evaluate", help="faithfulness and cost of several configurations "
+                       "over a folder of images")
+    v.add_argument("directory", nargs="?",
+                   help="folder of images (default: the shipped reference photos)")
+    v.add_argument("--model", help="built-in name or model file (default efficientnet_lite0)")
+    v.add_argument("--configs", help="comma-separated configurations (default "
+                   "default,marginal,constant,wide,drilldown; also samples16, fine)")
+    v.add_argument("--images", type=int, help="use at most this many images (sorted by name)")
+    v.add_argument("--target", default="top1", help="explained classes (default top1)")
+    v.add_argument("--fit", choices=["crop", "pad", "squash"], default="squash")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", help="auto (default), cpu or cuda")
+    v.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
+    v.add_argument("--out", default="pda-evaluate",
+                   help="folder for evaluation.md and evaluation.json (default ./pda-evaluate)")
+    v.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", help="measure raw model and sweep throughput")
     b.add_argument("--model", default="efficientnet_lite0")
