@@ -89,3 +89,10 @@ def photo_copy(img: Image.Image, max_side: int = PHOTO_MAX_SIDE) -> bytes:
     buf = io.BytesIO()
     copy.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def faithfulness_summary(f: dict[str, Any]) -> dict[str, Any]:
+    """An explanation's ``faithfulness`` without its curves (the job resource's copy)."""
+    return {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
+            "baseline": {k: f["baseline"][k] for k in ("deletion_auc", "insertion_auc")},
+            "fill": f["protocol"]["fill"], "step": f["protocol"]["step"]}

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from pda.artifacts import stored_files
+from pda.document import faithfulness_summary
 from pda.engine.device import auto_batch_size, resolve_device
 from pda.engine.explain import explain, predict, result_document
 from pda.engine.inputs import preprocess, to_uint8
@@ -248,8 +249,9 @@ def _explain(
     files = stored_files(expl, to_uint8(x), image, doc)
     summary = {
         "forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
-        "targets": [{"target": t, "label": lab} for t, lab in
-                    zip(expl.targets, expl.labels, strict=True)],
+        "targets": [{"target": e["target"], "label": e["label"],
+                     **({"faithfulness": faithfulness_summary(e["faithfulness"])}
+                        if "faithfulness" in e else {})} for e in doc["explanations"]],
         "unit": expl.unit, "coverage": doc["coverage"],
         "image": {**record.image, "crop_box": list(crop)},
     }

@@ -128,7 +128,7 @@ def test_forward_passes_are_coarse_plus_refined_plus_check_counted_exactly(sampl
     size = 30
     counting = _Counting(wrap(ConvNet(classes=3), size, classes=3))
     params = ExplainParams(sampler=sampler, window=4, stride=1, samples=2, target="top2",
-                           drilldown=0.1, coarse_stride=4)
+                           drilldown=0.1, coarse_stride=4, faithfulness=False)
     expl = explain(counting, _image(size), params, random_stats(), batch_size=16)
     a = expl.approximation
     per = 1 if sampler == "constant" else 2
@@ -305,7 +305,7 @@ def test_result_document_reports_the_approximation():
     size = 24
     model = wrap(ConvNet(classes=3), size, classes=3)
     params = ExplainParams(sampler="constant", window=4, stride=1, target="top1",
-                           drilldown=0.1)
+                           drilldown=0.1, faithfulness=False)
     expl = explain(model, _image(size), params, random_stats())
     doc = result_document(expl, model_name="toy", input_size=(size, size),
                           image_size=(size, size), crop_box=(0, 0, size, size), params=params,

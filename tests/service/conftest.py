@@ -29,7 +29,7 @@ CAT = ROOT / "examples" / "chelsea.png"
 #: set by the session fixture ``redis_conn``: an explicit PDA_TEST_REDIS_URL, or our own
 REDIS_URL = os.environ.get("PDA_TEST_REDIS_URL", "")
 #: small sweeps for tests: 7 x 7 windows of 32 px, 2 samples -> 99 forward passes
-SMALL = {"window": "32", "stride": "32", "samples": "2"}
+SMALL = {"window": "32", "stride": "32", "samples": "2", "faithfulness": "false"}
 
 
 @pytest.fixture(scope="session")

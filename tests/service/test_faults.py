@@ -26,8 +26,10 @@ from .conftest import CAT, ROOT, make_settings, wait_for
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
 #: 14 x 14 windows, constant sampler: 197 forward passes, several seconds on one CPU thread
-BIG = {"window": "16", "stride": "16", "sampler": "constant", "samples": "1"}
-TINY = {"window": "56", "stride": "56", "sampler": "constant", "samples": "1"}
+BIG = {"window": "16", "stride": "16", "sampler": "constant", "samples": "1",
+       "faithfulness": "false"}
+TINY = {"window": "56", "stride": "56", "sampler": "constant", "samples": "1",
+        "faithfulness": "false"}
 ARTIFACT = ROOT / "test-artifacts" / "faults.json"
 
 

@@ -122,3 +122,20 @@ def test_a_repeated_request_is_served_from_the_stored_result(settings, start_ser
     assert time.perf_counter() - t < 5  # no sweep was run
     body = json.loads(server.http.get(f"/v1/explanations/{first['id']}/relevance").content)
     assert body["stats"]["forward_passes"] == 99
+
+
+def test_each_explanation_carries_its_faithfulness_score(settings, start_server, start_worker):
+    server = start_server(settings)
+    start_worker(settings)
+    job = post(server, data={**SMALL, "target": "top1", "faithfulness": "true"})
+    cur = wait_for(server.http, job["id"])
+    assert cur["status"] == "finished", cur
+    # 49 windows x 2 samples + 1, then 2 + 2 x 49 x (1 target + 3 random orders) = 394
+    assert cur["progress"]["total"] == 99 + 394
+    f = cur["targets"][0]["faithfulness"]  # the job resource's summary, without curves
+    assert set(f) == {"deletion_auc", "insertion_auc", "baseline", "fill", "step"}
+    doc = server.http.get(cur["links"]["relevance"]).json()
+    full = doc["explanations"][0]["faithfulness"]
+    assert full["deletion_auc"] == f["deletion_auc"] and 0 <= f["deletion_auc"] <= 1
+    assert len(full["curves"]["deletion"]) == full["protocol"]["curve_points"] == 51
+    assert doc["stats"] == {**doc["stats"], "forward_passes": 493, "faithfulness_passes": 394}
