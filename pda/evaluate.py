@@ -78,9 +78,12 @@ def run(
     seed: int = 0,
     batch_size: int | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    on_explanation: Callable[[str, str, Any], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (configuration, image): the top target's scores, time and passes.
-    ``images`` are (name, pixel-space tensor (3, H, W)) pairs."""
+    ``images`` are (name, pixel-space tensor (3, H, W)) pairs; ``on_explanation(config,
+    image, explanation)`` sees every explanation (scripts/faithfulness_study.py keeps the
+    maps)."""
     from .engine.explain import explain
     from .params import ExplainParams
 
@@ -109,6 +112,8 @@ def run(
                 f"{row['baseline_deletion_auc']:.3f})  ins {row['insertion_auc']:.3f} (random "
                 f"{row['baseline_insertion_auc']:.3f})  {seconds:.1f} s")
             rows.append(row)
+            if on_explanation is not None:
+                on_explanation(cname, name, expl)
     return rows
 
 
