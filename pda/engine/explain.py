@@ -20,7 +20,7 @@ from ..errors import InvalidParameterError, UnknownLayerError
 from ..params import ExplainParams, parse_target
 from .device import auto_batch_size, check_precision, prefers_channels_last
 from .drilldown import explain_drilldown
-from .faithfulness import score_explanation
+from .faithfulness import passes_needed, score_explanation
 from .geometry import check_window, window_positions
 from .samplers import make_sampler
 from .stats import SamplerStats
@@ -167,6 +167,17 @@ def explain(
 
         unit, log_odds, num_classes = "activation", False, None
 
+    # the scores' passes join the job's progress total; they run after the sweep
+    scoring = params.faithfulness and params.layer in OUTPUT_LAYERS  # class probabilities
+    extra = passes_needed(H * W, len(targets)) if scoring else 0
+    last_total = [0]
+    if progress is not None and extra:
+        report = progress
+
+        def progress(done: int, total: int) -> None:
+            last_total[0] = total
+            report(done, total + extra)
+
     positions = window_positions(H, W, params.window, params.stride, device=x.device)
     sampler = make_sampler(
         params.sampler, x, params.window, positions, stats,
@@ -189,10 +200,13 @@ def explain(
             train_size=params.train_size, num_classes=num_classes,
         )
         passes = sweep.forward_passes + 1
-    scores, extra = None, 0
-    if params.faithfulness and params.layer in OUTPUT_LAYERS:  # scores class probabilities
-        scores, extra = score_explanation(model, x, rel, targets, seed=params.seed,
-                                          batch_size=batch_size)
+    scores = None
+    if scoring:
+        scores, used = score_explanation(
+            model, x, rel, targets, seed=params.seed, batch_size=batch_size,
+            progress=None if progress is None else
+            lambda d, t: report(last_total[0] + d, last_total[0] + t))
+        assert used == extra
     return Explanation(
         prediction=prediction,
         targets=targets,

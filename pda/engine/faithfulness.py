@@ -126,9 +126,11 @@ def curves(
     counts: list[int],
     *,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Deletion and insertion curves of every order: (len(orders), 2, P, T) probabilities
-    (axis 1: 0 = deletion, 1 = insertion), and the forward passes used."""
+    (axis 1: 0 = deletion, 1 = insertion), and the forward passes used; ``progress(done,
+    total)`` after every batch."""
     if batch_size < 1:
         raise InvalidParameterError(f"batch size must be at least 1, got {batch_size}")
     C, H, W = x.shape
@@ -162,6 +164,8 @@ def curves(
         for row, (o, mode, i) in enumerate(chunk):
             out[o, mode, i] = p[row]
         passes += len(chunk)
+        if progress is not None:
+            progress(passes, 2 + len(jobs))
     return out.numpy(), passes
 
 
@@ -176,6 +180,7 @@ def score(
     block: int = FAITHFULNESS_BLOCK,
     seed: int = 0,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Score the maps ``relevance`` (T, H, W) of image ``x`` (C, H, W): one ``faithfulness``
     object per target (target t is column t of ``probabilities``) and the passes used."""
@@ -191,7 +196,7 @@ def score(
     maps = [relevance_order(relevance[t]) for t in range(T)]
     randoms = [block_order(H, W, block, np.random.default_rng([seed, r])) for r in range(orders)]
     vals, passes = curves(probabilities, x, canvas, maps + randoms, counts,
-                          batch_size=batch_size)  # (T + R, 2, P, T)
+                          batch_size=batch_size, progress=progress)  # (T + R, 2, P, T)
     vals = vals.astype(np.float64)
     assert passes == passes_needed(H * W, T, step, orders)
     results = []

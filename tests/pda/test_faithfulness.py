@@ -196,3 +196,15 @@ def test_hidden_layers_carry_no_score():
     expl = explain(model, torch.rand(3, 16, 16), params, random_stats(), batch_size=8)
     assert expl.faithfulness is None and expl.faithfulness_passes == 0
     assert expl.forward_passes == 4 + 1
+
+
+def test_progress_counts_the_scores_passes_in_one_fixed_total():
+    model, x = _box_case()
+    params = ExplainParams(sampler="marginal", window=8, stride=8, samples=2, target="top1")
+    seen: list[tuple[int, int]] = []
+    expl = explain(model, x, params, random_stats(), batch_size=16,
+                   progress=lambda d, t: seen.append((d, t)))
+    # the sweep's total leaves out the unmodified image's pass (callers add it)
+    assert {t for _, t in seen} == {expl.forward_passes - 1}
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1][0] == expl.forward_passes - 1 == 16 * 2 + expl.faithfulness_passes

@@ -45,9 +45,10 @@ def test_viewer_defaults_and_paper_preset_match_the_engine():
         assert page.attrs[name]["value"] == str(getattr(defaults, name)), name
     assert page.attrs["sampler"]["data-default"] == defaults.sampler
     assert page.attrs["fit"]["data-default"] == defaults.fit
+    assert page.attrs["faithfulness"]["data-default"] == str(defaults.faithfulness).lower()
     assert json.loads(page.attrs["paper"]["data-preset"]) == PAPER
     for name in ("image", "model", "sampler", "fit", "window", "stride", "samples", "target",
-                 "layer", "seed", "padding", "fill", "apikey"):
+                 "layer", "seed", "padding", "fill", "faithfulness", "apikey"):
         assert f'<label for="{name}">' in (STATIC_DIR / "index.html").read_text(), name
 
 

@@ -38,7 +38,8 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
     page.click("#paper")
     for field, value in {"window": "10", "stride": "1", "samples": "10", "padding": "2"}.items():
         expect(page.locator(f"#{field}")).to_have_value(value)
-    expect(page.locator("#passes")).to_have_text("462,251 forward passes")  # 215 * 215 * 10 + 1
+    expect(page.locator("#passes")).to_have_text(  # 215 * 215 * 10 + 1, and the scores' 590
+        "462,841 forward passes (590 of them for the faithfulness scores)")
     page.click("#defaults")
     expect(page.locator("#window")).to_have_value("16")
 
@@ -53,11 +54,13 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
     page.fill("#window", "32")
     page.fill("#stride", "32")
     page.fill("#samples", "2")
-    expect(page.locator("#passes")).to_have_text("99 forward passes")
+    # 7 x 7 windows x 2 + 1, and 2 + 2 x 49 x (3 targets + 3 random orders) for the scores
+    expect(page.locator("#passes")).to_have_text(
+        "689 forward passes (590 of them for the faithfulness scores)")
     page.click("#submit")
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#status")).to_have_text("Finished", timeout=120_000)
-    expect(page.locator("#progress-text")).to_contain_text("99 / 99 forward passes")
+    expect(page.locator("#progress-text")).to_contain_text("689 / 689 forward passes")
 
     expect(page.locator("#prediction li").first).to_contain_text("Egyptian cat")
     expect(page.locator("#input")).to_be_visible()
@@ -65,6 +68,10 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
     expect(maps).to_have_count(3)  # top3: one map per target
     for i in range(3):
         assert maps.nth(i).evaluate(CANVAS_COLOURS) > 20
+    curves = page.locator("#maps svg.curves")  # deletion/insertion curves beside each map
+    expect(curves).to_have_count(3)
+    expect(curves.first).to_have_attribute("aria-label", re.compile(r"deletion AUC 0\.\d+"))
+    expect(curves.first.locator("polyline")).to_have_count(4)
     expect(page.locator("#ticks")).to_contain_text("0")
     expect(page.locator("#unit")).to_contain_text("bits")
 
