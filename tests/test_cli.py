@@ -44,6 +44,12 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
         assert im.size == (224, 224)
     assert np.load(out / "relevance.npy").shape == (2, 224, 224)
     assert "top-1 Egyptian cat" in err
+    f = first["faithfulness"]
+    assert f["protocol"]["fill"] == "blur" and 0 <= f["deletion_auc"] <= 1
+    assert "pda: faithfulness of Egyptian cat: deletion AUC" in err
+    # 8 x 8 windows x 1 sample + 1, and 2 + 2 x 49 x (2 targets + 3 random orders)
+    assert doc["stats"]["forward_passes"] == 65 + 492 and doc["stats"][
+        "faithfulness_passes"] == 492
 
 
 @pytest.mark.slow
@@ -118,3 +124,12 @@ def test_the_console_script_exits_nonzero_without_a_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("pda: error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["evaluate", "--configs", "default,nope"], "unknown configuration 'nope'"),
+    (["evaluate", "no-such-folder"], "no-such-folder is not a folder"),
+])
+def test_evaluate_refuses_bad_input_before_loading_a_model(args, needle, capsys):
+    code, err = run(args, capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1
