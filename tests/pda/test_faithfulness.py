@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pda.document import faithfulness_summary
 from pda.engine.explain import explain, result_document
 from pda.engine.faithfulness import (
     auc,
@@ -187,6 +188,12 @@ def test_turning_the_score_off_saves_exactly_its_passes():
     assert set(f) == {"deletion_auc", "insertion_auc", "baseline", "protocol", "curves",
                       "forward_passes"}
     assert len(f["curves"]["deletion"]) == f["protocol"]["curve_points"] == 50
+    # the job resource's copy: the scores without the curves
+    assert faithfulness_summary(f) == {
+        "deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
+        "baseline": {"deletion_auc": f["baseline"]["deletion_auc"],
+                     "insertion_auc": f["baseline"]["insertion_auc"]},
+        "fill": "blur", "step": 0.02}
 
 
 def test_hidden_layers_carry_no_score():
