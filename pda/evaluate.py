@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW
+from .defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW, DETERMINISTIC_SAMPLERS
 
 #: the configurations ``pda evaluate`` knows; each is ExplainParams fields over the defaults
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -166,7 +166,8 @@ def _settings(fields: dict[str, Any]) -> str:
     s = {"sampler": "conditional", "window": DEFAULT_WINDOW, "stride": DEFAULT_STRIDE,
          "samples": DEFAULT_SAMPLES, **fields}
     extra = f", drilldown {s['drilldown']}" if "drilldown" in s else ""
-    return f"{s['sampler']} k{s['window']} s{s['stride']} S{s['samples']}{extra}"
+    S = 1 if s["sampler"] in DETERMINISTIC_SAMPLERS else s["samples"]
+    return f"{s['sampler']} k{s['window']} s{s['stride']} S{S}{extra}"
 
 
 def write(out: Path, rows: list[dict[str, Any]], table: list[dict[str, Any]],

@@ -40,7 +40,7 @@ def test_evaluate_scores_every_configuration_on_every_image(tmp_path):
     md, js = ev.write(tmp_path, rows, table, configs, {"model": "toy"})
     text = md.read_text()
     assert "| default | conditional k16 s8 S4 | 2 |" in text
-    assert "| constant | constant k16 s8 S4 | 2 |" in text  # (the record keeps S=1)
+    assert "| constant | constant k16 s8 S1 | 2 |" in text  # one pass per window
     assert json.loads(js.read_text())["table"][1]["sweep_passes"] == 10
 
 
