@@ -254,12 +254,13 @@ def pack_partial(sweep: Sweep) -> bytes:
     return buf.getvalue()
 
 
-def merge_partials(parts: list[bytes]) -> Sweep:
-    """The chunks' partial sweeps as one sweep over the full grid, in window order."""
+def merge_partials(parts: list[bytes], n_windows: int) -> Sweep:
+    """The chunks' partial sweeps as one sweep over the full grid of ``n_windows``
+    windows, in window order; every window exactly once, or ValueError."""
     loaded = [np.load(io.BytesIO(b)) for b in parts]
     ids = np.concatenate([z["window_ids"] for z in loaded])  # (n_w,)
     order = np.argsort(ids, kind="stable")
-    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(len(ids))):
+    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(n_windows)):
         raise ValueError("the chunks' windows do not cover the grid exactly once")
     means = np.concatenate([z["window_means"] for z in loaded])[order]  # (n_w, T)
     positions = np.concatenate([z["positions"] for z in loaded])[order]  # (n_w, 2)
@@ -291,17 +292,7 @@ def explain(
     """
     setup = prepare(model, x, params, stats, batch_size=batch_size,
                     on_prediction=on_prediction, precision=precision, compile=compile)
-    # the faithfulness scores' passes join the progress total; they run after the sweep
-    C, H, W = setup.x.shape
-    scoring = params.faithfulness and params.layer in OUTPUT_LAYERS  # class probabilities
-    extra = passes_needed(H * W, len(setup.targets)) if scoring else 0
-    last_total = [0]
-    sweep_progress = progress
-    if progress is not None and extra:
-        def sweep_progress(done: int, total: int) -> None:
-            last_total[0] = total
-            progress(done, total + extra)
-
+    sweep_progress, score_progress = split_progress(progress, faithfulness_passes(setup))
     if params.drilldown is None:
         expl = conclude(setup, sweep_part(setup, progress=sweep_progress))
     else:
@@ -310,15 +301,50 @@ def explain(
             num_classes=setup.num_classes, batch_size=setup.batch_size,
             progress=sweep_progress, precision=precision, fixed_batch=setup.fixed_batch)
         expl = _explanation(setup, rel, counts, passes, None, approximation)
-    if scoring:
-        expl.faithfulness, used = score_explanation(
-            model, setup.x, torch.from_numpy(expl.relevance), setup.targets, seed=params.seed,
-            batch_size=setup.batch_size, progress=None if progress is None else
-            lambda d, t: progress(last_total[0] + d, last_total[0] + t))
-        assert used == extra
-        expl.faithfulness_passes = used
-        expl.forward_passes += used
-        expl.seconds = time.perf_counter() - setup.started
+    return add_faithfulness(model, setup, expl, progress=score_progress)
+
+
+def faithfulness_passes(setup: Setup) -> int:
+    """Forward passes :func:`add_faithfulness` makes: 0 when off or for a hidden layer
+    (a channel has no class probability to delete)."""
+    p = setup.params
+    if not (p.faithfulness and p.layer in OUTPUT_LAYERS):
+        return 0
+    C, H, W = setup.x.shape
+    return passes_needed(H * W, len(setup.targets))
+
+
+def split_progress(progress: Progress | None, extra: int
+                   ) -> tuple[Progress | None, Progress | None]:
+    """Progress callbacks for a sweep and then ``extra`` scoring passes, reported in one
+    fixed total (the sweep's own total + ``extra``)."""
+    if progress is None or not extra:
+        return progress, None
+    sweep_total = [0]
+
+    def sweep(done: int, total: int) -> None:
+        sweep_total[0] = total
+        progress(done, total + extra)
+
+    def score(done: int, _total: int) -> None:
+        progress(sweep_total[0] + done, sweep_total[0] + extra)
+
+    return sweep, score
+
+
+def add_faithfulness(model: Any, setup: Setup, expl: Explanation, *,
+                     progress: Progress | None = None) -> Explanation:
+    """Score ``expl``'s maps by deletion/insertion (docs/faithfulness.md) when its
+    parameters ask for it; the passes join ``expl.forward_passes``. Idempotent."""
+    if expl.faithfulness is not None or not faithfulness_passes(setup):
+        return expl
+    start = time.perf_counter()
+    expl.faithfulness, used = score_explanation(
+        model, setup.x, torch.from_numpy(expl.relevance), setup.targets,
+        seed=setup.params.seed, batch_size=setup.batch_size, progress=progress)
+    expl.faithfulness_passes = used
+    expl.forward_passes += used
+    expl.seconds += time.perf_counter() - start
     return expl
 
 
