@@ -327,7 +327,8 @@ def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
     if len(ranges) == 1:
         return False
     fields = {"targets": target_list(setup.targets, setup.labels),
-              "progress_done": 1, "progress_total": n_w * per + 1}
+              "progress_done": 1,
+              "progress_total": n_w * per + 1 + faithfulness_passes(setup)}
     if not persist(Chunks(store, settings).start, record.id, attempt, ranges, per, fields):
         raise Superseded(record.id)
     log.info("job %s split into %d chunks of up to %d passes", record.id, len(ranges),

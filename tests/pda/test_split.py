@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pda.engine.explain import conclude, explain, merge_partials, pack_partial, prepare, sweep_part
+from pda.engine.explain import (
+    add_faithfulness,
+    conclude,
+    explain,
+    merge_partials,
+    pack_partial,
+    prepare,
+    sweep_part,
+)
 from pda.jobs.chunks import BLOCK_WINDOWS, split
 from pda.params import ExplainParams
 from tests.pda.toys import ConvNet, random_stats, wrap
@@ -36,12 +44,15 @@ def test_chunked_map_equals_one_process_map(model, sampler, layer):
     assert len(ranges) == 5 and ranges[0] == (0, 192)  # 3 blocks of 64 windows per chunk
     parts = [pack_partial(sweep_part(setup, torch.arange(a, b))) for a, b in ranges]
     merged = conclude(setup, merge_partials(parts[::-1], n_w))  # any order of arrival
+    # the worker scores a merged map as explain() scores its own (result_files)
+    merged = add_faithfulness(model, setup, merged)
 
     peak = abs(whole.relevance).max()
     assert peak > 0
     assert abs(merged.relevance - whole.relevance).max() <= 1e-5 * peak
     assert (merged.counts == whole.counts).all()
     assert merged.forward_passes == whole.forward_passes
+    assert merged.faithfulness_passes == whole.faithfulness_passes > 0
     assert merged.targets == whole.targets
 
 

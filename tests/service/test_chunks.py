@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
 #: 18 x 18 = 324 windows, 2 samples: 648 passes; PDA_CHUNK_PASSES=128 cuts it into six
 #: chunks of one 64-window block each
-SPLIT = {"window": "16", "stride": "12", "sampler": "conditional", "samples": "2", "seed": "7"}
+SPLIT = {"window": "16", "stride": "12", "sampler": "conditional", "samples": "2", "seed": "7",
+         "faithfulness": "false"}
 CHUNKED = {"PDA_CHUNK_PASSES": "128", "PDA_CHUNKS_IN_FLIGHT": "2",
            "PDA_STALE_JOB_SECONDS": "4", "PDA_HEARTBEAT_INTERVAL_SECONDS": "1"}
 
