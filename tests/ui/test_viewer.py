@@ -59,7 +59,8 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
         "689 forward passes (590 of them for the faithfulness scores)")
     page.click("#submit")
     expect(page.locator("#error")).to_be_hidden()
-    expect(page.locator("#status")).to_have_text("Finished", timeout=120_000)
+    # 689 passes: seconds at the nominal CPU rate, minutes on a loaded shared machine
+    expect(page.locator("#status")).to_have_text("Finished", timeout=400_000)
     expect(page.locator("#progress-text")).to_contain_text("689 / 689 forward passes")
 
     expect(page.locator("#prediction li").first).to_contain_text("Egyptian cat")
