@@ -148,12 +148,12 @@ def curves(
         rank[order] = torch.arange(N)
         ranks.append(rank.to(dev))  # (N,) when each pixel changes
     jobs = [(o, mode, i) for o in range(len(orders)) for mode in (0, 1) for i in range(1, P - 1)]
-    inner = torch.tensor(counts, device=dev)
+    n_changed = torch.tensor(counts, device=dev)  # (P,) pixels changed at each point
     passes = 2
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         rank = torch.stack([ranks[o] for o, _, _ in chunk])  # (B, N)
-        n = inner[[i for _, _, i in chunk]]  # (B,)
+        n = n_changed[[i for _, _, i in chunk]]  # (B,)
         changed = (rank < n[:, None]).view(-1, 1, H, W)  # (B, 1, H, W)
         deleting = torch.tensor([m == 0 for _, m, _ in chunk], device=dev).view(-1, 1, 1, 1)
         # deletion: the changed pixels show the canvas; insertion: they show the image
