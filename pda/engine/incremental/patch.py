@@ -105,10 +105,16 @@ def region(q: Patch, origin: torch.Tensor, size: tuple[int, int],
 
 def materialise(q: Patch) -> torch.Tensor:
     """The full perturbed maps (B, *mid, H, W): ``full`` with every item's patch pasted."""
-    B = len(q.origin)
-    H, W = q.map_size
-    zero = torch.zeros_like(q.origin)
-    return region(q, zero, (H, W)).contiguous()
+    B, (H, W), (h, w) = len(q.origin), q.map_size, q.size
+    dev = q.origin.device
+    full = q.full.reshape(1, -1, H, W)  # (1, C', H, W)
+    out = full.expand(B, *full.shape[1:]).clone()  # (B, C', H, W)
+    rows = (q.origin[:, :1] + torch.arange(h, device=dev))[:, :, None]  # (B, h, 1)
+    cols = (q.origin[:, 1:] + torch.arange(w, device=dev))[:, None, :]  # (B, 1, w)
+    b = torch.arange(B, device=dev)[:, None, None]
+    data = q.data.reshape(B, -1, h, w).permute(0, 2, 3, 1)  # (B, h, w, C')
+    out[b, :, rows, cols] = data.to(out.dtype)  # indexed view (B, h, w, C')
+    return out.reshape(B, *q.full.shape[1:])
 
 
 def patch_sum(q: Patch) -> torch.Tensor:
