@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         False, description="torch.compile the model for output/logits sweeps (needs a C++ "
         "compiler; falls back to eager)"
     )
+    incremental: Literal["auto", "on", "off"] = Field(
+        "auto", description="exact incremental inference when a request leaves it at auto: "
+        "on, off, or auto = where the bench measured it faster (pda/data/incremental.json)"
+    )
     default_model: str = "efficientnet_lite0"
     worker_models: str = Field(
         "efficientnet_lite0", description="comma-separated models a worker loads at start"
