@@ -73,7 +73,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "samples": args.samples, "stride": args.stride, "fill": args.fill,
             "target": args.target, "layer": args.layer, "seed": args.seed,
             "train_size": args.train_size, "fit": args.fit, "drilldown": args.drilldown,
-            "coarse_stride": args.coarse_stride,
+            "coarse_stride": args.coarse_stride, "incremental": args.incremental,
         }.items() if v is not None
     }
     try:
@@ -101,7 +101,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     bar = _Progress(not args.quiet)
     try:
         expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
-                       precision=precision, compile=args.compile or settings.compile)
+                       precision=precision, compile=args.compile or settings.compile,
+                       incremental_default=settings.incremental)
     finally:
         bar.close()
     doc = result_document(
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimated error)")
     e.add_argument("--coarse-stride", type=int, metavar="N",
                    help="drill-down's coarse stride, a multiple of --stride (default 4x)")
+    e.add_argument("--incremental", choices=["auto", "on", "off"],
+                   help="exact incremental inference: same map, less compute (default auto: "
+                        "PDA_INCREMENTAL, or where the bench measured it faster)")
     e.add_argument("--preset", choices=["default", "paper"],
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..decisions import use_incremental
 from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
 from ..errors import InvalidParameterError, UnknownLayerError
@@ -22,9 +23,10 @@ from ..params import ExplainParams, parse_target
 from .device import auto_batch_size, check_precision, prefers_channels_last
 from .drilldown import explain_drilldown
 from .geometry import check_window, window_positions
+from .incremental import IncrementalUnsupportedError, window_readout
 from .samplers import make_sampler
 from .stats import SamplerStats
-from .sweep import Progress, Sweep, relevance_maps, run_sweep
+from .sweep import Progress, Sweep, WindowReadout, relevance_maps, run_sweep
 
 
 class _Stop(Exception):
@@ -68,6 +70,7 @@ class Explanation:
     forward_passes: int
     seconds: float
     approximation: dict[str, Any] | None = None  # the drill-down's cost and error
+    runtime: dict[str, Any] | None = None  # how it was computed (incremental or not)
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -104,6 +107,8 @@ class Setup:
     precision: str
     fixed_batch: bool
     started: float
+    window_readout: WindowReadout | None = None  # exact incremental inference, when used
+    runtime: dict[str, Any] | None = None
 
 
 def prepare(
@@ -117,9 +122,12 @@ def prepare(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    incremental_default: str = "auto",
 ) -> Setup:
     """Check the parameters, predict, fix the targets (``targets`` given: those, as the
-    planning run of a split job chose them) and build the readout and the sampler."""
+    planning run of a split job chose them) and build the readout and the sampler.
+    ``incremental_default`` (the ``PDA_INCREMENTAL`` setting) stands in for a request's
+    ``incremental="auto"``."""
     started = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
@@ -153,10 +161,31 @@ def prepare(
     positions = window_positions(H, W, params.window, params.stride, device=x.device)
     sampler = make_sampler(params.sampler, x, params.window, positions, stats,
                            padding=params.padding, fill=params.fill)
+    mode = incremental_default if params.incremental == "auto" else params.incremental
+    incremental, runtime = _incremental(model, x, params, list(targets), mode, compile)
     return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
-                 precision=precision, fixed_batch=compile, started=started)
+                 precision=precision, fixed_batch=compile, started=started,
+                 window_readout=incremental, runtime=runtime)
+
+
+def _incremental(model: Any, x: torch.Tensor, params: ExplainParams, targets: list[int],
+                 mode: str, compile: bool) -> tuple[WindowReadout | None, dict[str, Any]]:
+    """The incremental window readout when ``mode`` (auto|on|off) asks for it and the
+    model traces; ``auto`` follows the bench's measurements (:mod:`pda.decisions`)."""
+    backend = "torch-compile" if compile else "torch"
+    if not use_incremental(mode, model.name, x.device.type, backend):
+        return None, {"incremental": False, "incremental_mode": mode}
+    if params.drilldown is not None:
+        return None, {"incremental": False, "incremental_mode": mode,
+                      "incremental_note": "not combined with the drill-down"}
+    try:
+        fast = window_readout(model, x, params.layer, torch.tensor(targets, device=x.device))
+    except IncrementalUnsupportedError as e:  # e.g. an exported model: the naive sweep
+        return None, {"incremental": False, "incremental_mode": mode,
+                      "incremental_note": str(e)[:200]}
+    return fast, {"incremental": True, "incremental_mode": mode}
 
 
 def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
@@ -212,6 +241,7 @@ def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
         setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
         samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
         precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
+        window_readout=setup.window_readout,
     )
 
 
@@ -234,7 +264,7 @@ def _explanation(setup: Setup, rel: torch.Tensor, counts: torch.Tensor, passes: 
         unit=setup.unit, relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(), forward_passes=passes,
         seconds=time.perf_counter() - setup.started if seconds is None else seconds,
-        approximation=approximation,
+        approximation=approximation, runtime=setup.runtime,
     )
 
 
@@ -277,6 +307,7 @@ def explain(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    incremental_default: str = "auto",
 ) -> Explanation:
     """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
 
@@ -287,7 +318,8 @@ def explain(
     hidden-layer sweeps stay eager (their forward hooks would break the graph).
     """
     setup = prepare(model, x, params, stats, batch_size=batch_size,
-                    on_prediction=on_prediction, precision=precision, compile=compile)
+                    on_prediction=on_prediction, precision=precision, compile=compile,
+                    incremental_default=incremental_default)
     if params.drilldown is None:
         return conclude(setup, sweep_part(setup, progress=progress))
     rel, counts, passes, approximation = explain_drilldown(
@@ -325,4 +357,5 @@ def result_document(
         "coverage": coverage(expl.counts, params.window, params.stride),
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
         **({"approximation": expl.approximation} if expl.approximation else {}),
+        **({"runtime": expl.runtime} if expl.runtime else {}),
     }

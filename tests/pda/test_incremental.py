@@ -226,3 +226,40 @@ def test_efficientnet_lite0_on_a_real_photo_gives_the_naive_map():
     naive, fast = maps
     assert naive.abs().max() > 1e-3
     assert (naive - fast).abs().max() <= 1e-4 * naive.abs().max()
+
+
+@pytest.mark.parametrize("layer", ["output", "block.squeeze"])
+def test_explain_with_incremental_on_gives_the_off_map_and_says_so(layer):
+    from pda.engine.explain import explain, result_document
+    from pda.params import ExplainParams
+
+    size = 24
+    model = wrap(PatchNet(), size, classes=4)
+    x = _image(size)
+    docs = {}
+    for mode in ("off", "on"):
+        params = ExplainParams(window=4, stride=3, samples=2, target="top2", layer=layer,
+                               incremental=mode)
+        expl = explain(model, x, params, random_stats(), batch_size=8)
+        docs[mode] = (expl, result_document(expl, model_name="toy", input_size=(size, size),
+                                            image_size=(size, size), crop_box=(0, 0, size, size),
+                                            params=params))
+    off, on = docs["off"][0].relevance, docs["on"][0].relevance
+    assert abs(off).max() > 1e-3
+    assert abs(off - on).max() <= 1e-4 * abs(off).max()
+    assert docs["on"][1]["runtime"]["incremental"] is True
+    assert docs["off"][1]["runtime"]["incremental"] is False
+
+
+def test_auto_follows_the_measured_decisions_and_the_setting_default():
+    from pda.decisions import _table, use_incremental
+
+    table = _table()
+    for device, backends in table.items():
+        for backend, models in backends.items():
+            for name, entry in models.items():
+                assert use_incremental("auto", name, device, backend) is entry["faster"]
+    assert use_incremental("auto", "a-model-nobody-measured", "cpu") is False
+    assert use_incremental("on", "a-model-nobody-measured", "cpu") is True
+    with pytest.raises(ValueError, match="auto, on, off"):
+        use_incremental("sometimes", "toy", "cpu")
