@@ -73,7 +73,7 @@ def forwards(model: Any, x: torch.Tensor, modes: tuple[str, ...], batch: int
              ) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """mode -> (positions (B, 2), patches (B, 3, k, k)) -> readout (B, T)."""
     out: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-    fmt = torch.contiguous_format
+    fmt = torch.channels_last  # the sweep's layout on CPU and GPU (prefers_channels_last)
     for mode in modes:
         if mode == "incremental":
             out[mode] = window_readout(model, x, "output", TARGETS)

@@ -108,7 +108,9 @@ def materialise(q: Patch) -> torch.Tensor:
     B, (H, W), (h, w) = len(q.origin), q.map_size, q.size
     dev = q.origin.device
     full = q.full.reshape(1, -1, H, W)  # (1, C', H, W)
-    out = full.expand(B, *full.shape[1:]).clone()  # (B, C', H, W)
+    out = torch.empty((B, *full.shape[1:]), dtype=full.dtype, device=dev,
+                      memory_format=torch.channels_last)  # NHWC: what oneDNN/cuDNN prefer
+    out.copy_(full.expand_as(out))  # (B, C', H, W)
     rows = (q.origin[:, :1] + torch.arange(h, device=dev))[:, :, None]  # (B, h, 1)
     cols = (q.origin[:, 1:] + torch.arange(w, device=dev))[:, None, :]  # (B, 1, w)
     b = torch.arange(B, device=dev)[:, None, None]
