@@ -6,8 +6,8 @@ window in the middle), and measured passes/s of the naive sweep's forward batche
 (torch eager; OpenVINO f32 when installed) beside incremental batches (torch eager), on
 the same random windows and batch size. Rounds are interleaved and each side reports
 its best round (timeit's rule: outside load only slows a run down). Peak memory is the
-growth of the resident set (ru_maxrss) in a fresh subprocess per model and mode, from
-the loaded model to the end of a few batches.
+growth of the resident set's high-water mark (VmHWM, reset after loading the model) in
+a fresh subprocess per model and mode, to the end of three batches.
 
 ``--write`` stores the decisions (is incremental faster, per model, device and the naive
 backend it was compared with) in ``pda/data/incremental.json``: ``incremental=auto``
@@ -17,8 +17,8 @@ reads them (:mod:`pda.decisions`).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -111,18 +111,29 @@ def measure_speed(fns: dict[str, Forward], batch: int, k: int, rounds: int, batc
     return best
 
 
+def _status_kib(field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in KiB."""
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
+    return int(line.split()[1])
+
+
 def probe_memory(name: str, mode: str, batch: int, k: int) -> float:
-    """Peak resident growth (MB) of ``mode`` in this process: model loaded -> 3 batches."""
+    """Peak resident growth (MB) of ``mode`` in this process: from the loaded model to
+    the end of 3 batches. Loading a model peaks higher than a sweep's batches, so the
+    kernel's high-water mark is reset first (``5 > /proc/self/clear_refs``, Linux)."""
     from pda.models.registry import load_model
 
     model = load_model(name, random_weights=True)
     x = torch.rand(3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    fns = forwards(model, x, (mode,), batch)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    fns = forwards(model, x, (mode,), batch)  # incremental: its cache counts too
     with torch.inference_mode():
         for s in range(3):
             fns[mode](*_windows(batch, k, s))
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (_status_kib("VmHWM") - before) / 1024
 
 
 def _memory(name: str, mode: str, batch: int, k: int) -> float | None:
@@ -139,14 +150,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(name, random_weights=True)
     x = torch.rand(3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
     row: dict[str, Any] = {"model": name, **flop_saving(model, x, args.window)}
-    fns = forwards(model, x, tuple(args.modes), args.batch)
-    row["passes_per_s"] = measure_speed(fns, args.batch, args.window, args.rounds, args.batches)
+    fns = {} if args.memory_only else forwards(model, x, tuple(args.modes), args.batch)
+    row["passes_per_s"] = measure_speed(fns, args.batch, args.window, args.rounds,
+                                        args.batches) if fns else {}
     rates = row["passes_per_s"]
     for base in ("naive", "openvino"):
         if base in rates and "incremental" in rates:
             row[f"speedup_vs_{base}"] = rates["incremental"] / rates[base]
-    if args.memory:
-        row["peak_mb"] = {m: _memory(name, m, args.batch, args.window) for m in fns}
+    if args.memory or args.memory_only:
+        row["peak_mb"] = {m: _memory(name, m, args.batch, args.window) for m in args.modes}
     return row
 
 
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=int, default=2, help="batches per round and mode")
     ap.add_argument("--memory", action="store_true", help="peak memory, a subprocess each")
+    ap.add_argument("--memory-only", action="store_true", help="peak memory, no speed")
     ap.add_argument("--write", action="store_true", help=f"update {DECISIONS_FILE.name}")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--probe", help=argparse.SUPPRESS)

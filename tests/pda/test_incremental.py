@@ -114,6 +114,7 @@ def test_every_layer_equals_the_full_recompute_at_every_node(B):
     graph = graph_for(model, x)
     pos = torch.cat([_corners(size, k), torch.randint(0, size - k + 1, (64, 2))])[:B]
     patches = torch.rand(B, 3, k, k, generator=torch.Generator().manual_seed(B))
+    graph.keep_values = True
     graph(pos, patches)
     values = {n: materialise(v) if isinstance(v, Patch) else v for n, v in graph.values.items()}
     n_patch = sum(isinstance(v, Patch) for v in graph.values.values())
@@ -188,6 +189,7 @@ def test_an_unknown_layer_falls_back_to_full_maps_and_stays_exact():
     naive, fast = _maps(model, _image(size), "marginal", 4, 2, 8)
     assert (naive - fast).abs().max() <= 1e-4 * naive.abs().max()
     graph = graph_for(model, _image(size))
+    graph.keep_values = True
     graph(torch.tensor([[3, 3]]), torch.rand(1, 3, 4, 4))
     odd = next(n for n in graph.nodes if n.target is torch.roll)
     assert isinstance(graph.values[odd], torch.Tensor)  # full maps from the unknown op on

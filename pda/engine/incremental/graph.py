@@ -106,6 +106,11 @@ class IncrementalGraph:
         self.padded: dict[fx.Node, dict[tuple, torch.Tensor]] = {}
         self.sliding: dict[fx.Node, Sliding | None] = {}
         self.macs = 0  # multiply-accumulates of conv/linear layers in the last call
+        self.keep_values = False  # True: keep every node's value of the last call (tests)
+        self.values: dict[fx.Node, Any] = {}
+        order = {n: i for i, n in enumerate(self.nodes)}
+        self.last_use = {n: max((order[u] for u in n.users if u in order), default=len(order))
+                         for n in self.nodes}  # after that step a node's value can go
         with torch.inference_mode():
             self._run_base(x[None])  # (1, C, H, W)
 
@@ -136,9 +141,9 @@ class IncrementalGraph:
         (B, C, k, k)."""
         self.macs = 0
         env: dict[fx.Node, Any] = {}
-        self.values = env  # every node's value in the last call (tests read them)
+        self.values = env
         with torch.inference_mode():
-            for node in self.nodes:
+            for i, node in enumerate(self.nodes):
                 if node not in self.changed:
                     env[node] = self.base[node]
                 elif node.op == "placeholder":
@@ -148,6 +153,10 @@ class IncrementalGraph:
                     env[node] = fx.node.map_arg(node.args[0], env.__getitem__)
                 else:
                     env[node] = self._step(node, env)
+                if not self.keep_values:  # free maps no later node reads, as eager torch does
+                    for a in node.all_input_nodes:
+                        if self.last_use[a] == i and a is not self.stop:
+                            del env[a]
         return env[self.stop]
 
     def _step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
