@@ -35,6 +35,9 @@ MODELS = ("vgg16", "alexnet", "resnet50", "googlenet", "efficientnet_lite0")
 MODES = ("naive", "incremental", "openvino")
 SIDE = 224
 TARGETS = torch.tensor([0, 1, 2])  # three classes, as the service default (top3)
+#: incremental counts as faster from this measured ratio on: a tie within the shared
+#: machine's noise keeps the plain path
+WIN_MARGIN = 1.1
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -191,7 +194,7 @@ def decisions(rows: list[dict[str, Any]], device: str, args: argparse.Namespace
             if ratio is not None:
                 backend = "torch" if base == "naive" else "openvino"
                 table.setdefault(backend, {})[r["model"]] = {
-                    "faster": ratio > 1.0, "speedup": round(ratio, 2),
+                    "faster": ratio >= WIN_MARGIN, "speedup": round(ratio, 2),
                     "flop_saving": round(r["saving"], 2)}
     return doc
 
