@@ -78,10 +78,12 @@ def padded_map(q: Patch, pads: tuple[int, int, int, int], value: float) -> torch
 
 
 def region(q: Patch, origin: torch.Tensor, size: tuple[int, int],
-           pads: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0) -> torch.Tensor:
-    """Each item's map (``full`` with its patch pasted) read over the rectangle at
-    ``origin`` (B, 2) of ``size``; rows/cols up to ``pads`` outside the map read ``value``
-    (a layer's zero padding, or -inf for max pooling). Returns (B, *mid, h, w)."""
+           pads: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0,
+           paste: bool = True) -> torch.Tensor:
+    """Each item's map (``full`` with its patch pasted; ``paste`` False: ``full`` alone)
+    read over the rectangle at ``origin`` (B, 2) of ``size``; rows/cols up to ``pads``
+    outside the map read ``value`` (a layer's zero padding, or -inf for max pooling).
+    Returns (B, *mid, h, w)."""
     h, w = size
     top, _, left, _ = pads
     P = padded_map(q, pads, value)  # (Hp, Wp, C')
@@ -91,14 +93,15 @@ def region(q: Patch, origin: torch.Tensor, size: tuple[int, int],
     rows = origin[:, :1] + top + torch.arange(h + 1, device=dev).clamp(max=h - 1)  # (B, h+1)
     cols = origin[:, 1:] + left + torch.arange(w + 1, device=dev).clamp(max=w - 1)  # (B, w+1)
     out = P[rows[:, :, None], cols[:, None, :]]  # (B, h+1, w+1, C')
-    hp, wp = q.size
+    hp, wp = q.size if paste else (0, 0)
     tr = q.origin[:, :1] - origin[:, :1] + torch.arange(hp, device=dev)  # (B, hp) local rows
     tc = q.origin[:, 1:] - origin[:, 1:] + torch.arange(wp, device=dev)  # (B, wp)
     tr = torch.where((tr >= 0) & (tr < h), tr, h)
     tc = torch.where((tc >= 0) & (tc < w), tc, w)
     b = torch.arange(B, device=dev)[:, None, None]
-    data = q.data.reshape(B, -1, hp, wp).permute(0, 2, 3, 1)  # (B, hp, wp, C')
-    out[b, tr[:, :, None], tc[:, None, :]] = data.to(out.dtype)
+    if paste:
+        data = q.data.reshape(B, -1, hp, wp).permute(0, 2, 3, 1)  # (B, hp, wp, C')
+        out[b, tr[:, :, None], tc[:, None, :]] = data.to(out.dtype)
     out = out[:, :h, :w].permute(0, 3, 1, 2)  # (B, C', h, w), channels-last memory
     return out.reshape(B, *q.full.shape[1:-2], h, w)
 
@@ -126,8 +129,7 @@ def patch_sum(q: Patch) -> torch.Tensor:
     h, w = q.size
     full = q.full.reshape(1, -1, *q.map_size)  # (1, C', H, W)
     base = q.padded.setdefault(("sum",), full.double().sum((2, 3)))  # (1, C')
-    under = region(Patch(q.full.new_zeros(B, *q.full.shape[1:-2], 0, 0), q.origin, q.full,
-                         q.padded), q.origin, (h, w))  # (B, *mid, h, w) cached values
+    under = region(q, q.origin, (h, w), paste=False)  # (B, *mid, h, w) cached values
     delta = q.data.reshape(B, -1, h, w).double().sum((2, 3)) \
         - under.reshape(B, -1, h, w).double().sum((2, 3))  # (B, C')
     return base + delta
