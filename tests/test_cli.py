@@ -44,6 +44,11 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
         assert im.size == (224, 224)
     assert np.load(out / "relevance.npy").shape == (2, 224, 224)
     assert "top-1 Egyptian cat" in err
+    # auto: incremental exactly where the bench measured it faster (pda/data/incremental.json)
+    from pda.decisions import use_incremental
+
+    expected = use_incremental("auto", "efficientnet_lite0", "cpu")
+    assert doc["runtime"] == {"incremental": expected, "incremental_mode": "auto"}
 
 
 @pytest.mark.slow
