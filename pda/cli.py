@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (raw)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--backends", metavar="LIST",
+                   help="compare execution backends side by side instead: all, or a list "
+                   "like torch,compile,openvino,onnxruntime (with --precisions bf16,...)")
     b.add_argument("--profile", action="store_true",
                    help="also profile one sweep per sampler: sampling, batch, forward, sums")
     b.set_defaults(func=cmd_bench)

@@ -179,17 +179,25 @@ def test_openvino_bf16_is_opt_in_recorded_and_close(tmp_path):
     assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", [b for b in FAST if b != "compile"])
-def test_real_model_on_a_real_photo_matches_torch(backend, tmp_path):
+@pytest.fixture(scope="module")
+def real_case():
+    """EfficientNet-Lite0 (real weights) on chelsea.png: 16 windows x 2 samples, and torch
+    eager's map of the two cat classes, computed once."""
     from pda.engine.inputs import preprocess
     from pda.images import open_image
     from pda.models.registry import get_model
 
     model = get_model("efficientnet_lite0")
     x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)[0]  # (C, H, W)
-    kw = dict(k=32, stride=32, samples=2, batch_size=8, x=x)
+    kw = dict(k=56, stride=56, samples=2, batch_size=8, x=x)
     ref, _ = sweep_map(model, "output", [281, 285], "torch", **kw)
+    return model, kw, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [b for b in FAST if b != "compile"])
+def test_real_model_on_a_real_photo_matches_torch(backend, real_case, tmp_path):
+    model, kw, ref = real_case
     got, rt = sweep_map(model, "output", [281, 285], backend, cache_dir=tmp_path, **kw)
     assert rt.backend == backend
     assert_same_map(got, ref)

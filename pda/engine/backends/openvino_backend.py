@@ -1,8 +1,8 @@
 """OpenVINO on the CPU: the fastest exact runtime measured on the 2-core CPU
 (docs/performance.md, "Execution backends").
 
-Converting a torch model takes seconds (EfficientNet-Lite0: ~10 s through torch.export); so a converted
-graph is saved as OpenVINO IR under ``cache_dir`` keyed by :func:`.graphs.graph_key`
+Converting a torch model takes seconds (EfficientNet-Lite0: ~10 s through torch.export), so a
+converted graph is saved as OpenVINO IR under ``cache_dir`` keyed by :func:`.graphs.graph_key`
 (weights, normalisation, readout, batch shape, OpenVINO version) and compiled with
 OpenVINO's own ``CACHE_DIR`` (the compiled blob), so a restarted worker reads both back
 in well under a second. Precision is explicit: OpenVINO's CPU default is bf16 where the
