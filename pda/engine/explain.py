@@ -6,6 +6,7 @@ image into the contract's result document; the numerics live in :mod:`.engine`.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from .drilldown import explain_drilldown
 from .geometry import check_window, window_positions
 from .samplers import make_sampler
 from .stats import SamplerStats
-from .sweep import Progress, relevance_maps, run_sweep
+from .sweep import Progress, Sweep, relevance_maps, run_sweep
 
 
 class _Stop(Exception):
@@ -84,6 +85,187 @@ def _label(model: Any, index: int) -> str:
     return labels[index] if index < len(labels) else str(index)
 
 
+@dataclass
+class Setup:
+    """Everything a sweep of one job needs, fixed before its first window pass: the same
+    for a one-process run and for every chunk of a split job (:func:`prepare`)."""
+
+    x: torch.Tensor  # (C, H, W) on the model's device
+    params: ExplainParams
+    prediction: list[dict[str, Any]]
+    targets: list[int]
+    labels: list[str]
+    unit: str
+    log_odds: bool
+    num_classes: int | None
+    readout: Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) -> (B, T)
+    sampler: Any
+    batch_size: int
+    precision: str
+    fixed_batch: bool
+    started: float
+
+
+def prepare(
+    model: Any,
+    x: torch.Tensor,
+    params: ExplainParams,
+    stats: SamplerStats,
+    *,
+    targets: list[int] | None = None,
+    batch_size: int | None = None,
+    on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Setup:
+    """Check the parameters, predict, fix the targets (``targets`` given: those, as the
+    planning run of a split job chose them) and build the readout and the sampler."""
+    started = time.perf_counter()
+    if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
+        raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
+    C, H, W = x.shape
+    check_window(H, W, params.window, params.stride)
+    check_precision(precision, model.device)  # fail before any forward pass
+    x = x.to(model.device)
+    prediction = predict(model, x)
+    if on_prediction is not None:
+        on_prediction(prediction)
+    if batch_size is None:
+        batch_size = auto_batch_size(x.device, (H, W), model)
+    compile = compile and params.layer in ("output", "logits")
+    net = model.compiled(batch_size, prefers_channels_last(x.device)) if compile else model
+    if params.layer in ("output", "logits"):
+        targets = targets or _class_targets(model, x, params, prediction)
+        labels = [_label(model, t) for t in targets]
+        readout = _class_readout(net, params.layer, targets, model.device)
+        num_classes = model.num_classes
+        unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
+    else:
+        hidden = _hidden_readout(model, params.layer)
+        targets = targets or _channel_targets(hidden(x[None])[0], params)
+        labels = [f"{params.layer}[{t}]" for t in targets]
+        idx = torch.tensor(targets, device=model.device)
+
+        def readout(b: torch.Tensor) -> torch.Tensor:
+            return hidden(b)[:, idx]  # (B, T)
+
+        unit, log_odds, num_classes = "activation", False, None
+    positions = window_positions(H, W, params.window, params.stride, device=x.device)
+    sampler = make_sampler(params.sampler, x, params.window, positions, stats,
+                           padding=params.padding, fill=params.fill)
+    return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
+                 labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
+                 readout=readout, sampler=sampler, batch_size=batch_size,
+                 precision=precision, fixed_batch=compile, started=started)
+
+
+def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
+                   prediction: list[dict[str, Any]]) -> list[int]:
+    kind, spec = parse_target(params.target)
+    num_classes = model.num_classes
+    if kind == "top":
+        targets = [p["class_index"] for p in prediction[:spec]]
+        if len(targets) < spec:
+            targets = torch.softmax(model(x[None]).float(), 1)[0].topk(spec).indices.tolist()
+        return targets
+    bad = [t for t in spec if t >= num_classes]
+    if bad:
+        raise InvalidParameterError(
+            f"target class {bad[0]} does not exist: the model has {num_classes} "
+            f"classes (0..{num_classes - 1})", field="target",
+        )
+    return list(spec)
+
+
+def _channel_targets(acts: torch.Tensor, params: ExplainParams) -> list[int]:
+    """Channels to explain from the layer's mean activations ``acts`` (channels,)."""
+    kind, spec = parse_target(params.target)
+    n_ch = acts.numel()
+    if kind == "top":
+        return acts.topk(min(spec, n_ch)).indices.tolist()
+    if max(spec) >= n_ch:
+        raise InvalidParameterError(
+            f"channel {max(spec)} does not exist: layer {params.layer!r} has "
+            f"{n_ch} channels (0..{n_ch - 1})", field="target",
+        )
+    return list(spec)
+
+
+def _class_readout(net: Any, layer: str, targets: list[int], device: Any
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    idx = torch.tensor(targets, device=device)
+    if layer == "output":
+        def readout(b: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(net(b).float(), dim=1)[:, idx]  # (B, T)
+    else:
+        def readout(b: torch.Tensor) -> torch.Tensor:
+            return net(b).float()[:, idx]  # (B, T)
+    return readout
+
+
+def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
+               progress: Progress | None = None) -> Sweep:
+    """Sweep the windows ``window_ids`` of the full grid (all by default): a whole job,
+    or one chunk of a split one (the same samples either way, docs/algorithm.md)."""
+    p = setup.params
+    return run_sweep(
+        setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
+        samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
+        precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
+    )
+
+
+def conclude(setup: Setup, sweep: Sweep, *, seconds: float | None = None) -> Explanation:
+    """The maps of a complete sweep (one process's, or the chunks' merged)."""
+    p = setup.params
+    C, H, W = setup.x.shape
+    rel, counts = relevance_maps(
+        sweep, H, W, p.window, p.stride, log_odds=setup.log_odds,
+        train_size=p.train_size, num_classes=setup.num_classes,
+    )
+    return _explanation(setup, rel, counts, sweep.forward_passes + 1, seconds)
+
+
+def _explanation(setup: Setup, rel: torch.Tensor, counts: torch.Tensor, passes: int,
+                 seconds: float | None, approximation: dict[str, Any] | None = None
+                 ) -> Explanation:
+    return Explanation(
+        prediction=setup.prediction, targets=setup.targets, labels=setup.labels,
+        unit=setup.unit, relevance=rel.float().cpu().numpy(),
+        counts=counts.round().to(torch.int32).cpu().numpy(), forward_passes=passes,
+        seconds=time.perf_counter() - setup.started if seconds is None else seconds,
+        approximation=approximation,
+    )
+
+
+def pack_partial(sweep: Sweep) -> bytes:
+    """A chunk's sweep as compressed npz bytes: what a split job stores per chunk."""
+    buf = io.BytesIO()
+    ids = sweep.window_ids if sweep.window_ids is not None else torch.arange(
+        len(sweep.window_means))
+    np.savez_compressed(buf, base=sweep.base.cpu().numpy(),
+                        window_means=sweep.window_means.cpu().numpy(),
+                        positions=sweep.positions.cpu().numpy(),
+                        window_ids=ids.cpu().numpy(),
+                        forward_passes=np.int64(sweep.forward_passes))
+    return buf.getvalue()
+
+
+def merge_partials(parts: list[bytes]) -> Sweep:
+    """The chunks' partial sweeps as one sweep over the full grid, in window order."""
+    loaded = [np.load(io.BytesIO(b)) for b in parts]
+    ids = np.concatenate([z["window_ids"] for z in loaded])  # (n_w,)
+    order = np.argsort(ids, kind="stable")
+    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(len(ids))):
+        raise ValueError("the chunks' windows do not cover the grid exactly once")
+    means = np.concatenate([z["window_means"] for z in loaded])[order]  # (n_w, T)
+    positions = np.concatenate([z["positions"] for z in loaded])[order]  # (n_w, 2)
+    return Sweep(base=torch.from_numpy(loaded[0]["base"]),
+                 window_means=torch.from_numpy(means),
+                 positions=torch.from_numpy(positions),
+                 forward_passes=int(sum(int(z["forward_passes"]) for z in loaded)))
+
+
 def explain(
     model: Any,
     x: torch.Tensor,
@@ -104,99 +286,15 @@ def explain(
     ``torch.compile`` at one fixed batch shape (:meth:`.models.LoadedModel.compiled`);
     hidden-layer sweeps stay eager (their forward hooks would break the graph).
     """
-    start = time.perf_counter()
-    if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
-        raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
-    C, H, W = x.shape
-    check_window(H, W, params.window, params.stride)
-    check_precision(precision, model.device)  # fail before any forward pass
-    x = x.to(model.device)
-    prediction = predict(model, x)
-    if on_prediction is not None:
-        on_prediction(prediction)
-    kind, spec = parse_target(params.target)
-    if batch_size is None:
-        batch_size = auto_batch_size(x.device, (H, W), model)
-    compile = compile and params.layer in ("output", "logits")
-    net = model.compiled(batch_size, prefers_channels_last(x.device)) if compile else model
-
-    if params.layer in ("output", "logits"):
-        num_classes = model.num_classes
-        if kind == "top":
-            targets = [p["class_index"] for p in prediction[:spec]]
-            if len(targets) < spec:
-                targets = torch.softmax(model(x[None]).float(), 1)[0].topk(spec).indices.tolist()
-        else:
-            targets = list(spec)
-            bad = [t for t in targets if t >= num_classes]
-            if bad:
-                raise InvalidParameterError(
-                    f"target class {bad[0]} does not exist: the model has {num_classes} "
-                    f"classes (0..{num_classes - 1})", field="target",
-                )
-        labels = [_label(model, t) for t in targets]
-        idx = torch.tensor(targets, device=model.device)
-        if params.layer == "output":
-            def readout(b: torch.Tensor) -> torch.Tensor:
-                return torch.softmax(net(b).float(), dim=1)[:, idx]  # (B, T)
-        else:
-            def readout(b: torch.Tensor) -> torch.Tensor:
-                return net(b).float()[:, idx]  # (B, T)
-        unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
-    else:
-        hidden = _hidden_readout(model, params.layer)
-        acts = hidden(x[None])[0]  # (channels,)
-        n_ch = acts.numel()
-        if kind == "top":
-            targets = acts.topk(min(spec, n_ch)).indices.tolist()
-        else:
-            targets = list(spec)
-            if max(targets) >= n_ch:
-                raise InvalidParameterError(
-                    f"channel {max(targets)} does not exist: layer {params.layer!r} has "
-                    f"{n_ch} channels (0..{n_ch - 1})", field="target",
-                )
-        labels = [f"{params.layer}[{t}]" for t in targets]
-        idx = torch.tensor(targets, device=model.device)
-
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return hidden(b)[:, idx]  # (B, T)
-
-        unit, log_odds, num_classes = "activation", False, None
-
-    positions = window_positions(H, W, params.window, params.stride, device=x.device)
-    sampler = make_sampler(
-        params.sampler, x, params.window, positions, stats,
-        padding=params.padding, fill=params.fill,
-    )
-    approximation = None
-    if params.drilldown is not None:
-        rel, counts, passes, approximation = explain_drilldown(
-            readout, x, sampler, params, log_odds=log_odds, num_classes=num_classes,
-            batch_size=batch_size, progress=progress, precision=precision,
-            fixed_batch=compile)
-    else:
-        sweep = run_sweep(
-            readout, x, sampler, window=params.window, stride=params.stride,
-            samples=params.samples, batch_size=batch_size, seed=params.seed,
-            progress=progress, precision=precision, fixed_batch=compile,
-        )
-        rel, counts = relevance_maps(
-            sweep, H, W, params.window, params.stride, log_odds=log_odds,
-            train_size=params.train_size, num_classes=num_classes,
-        )
-        passes = sweep.forward_passes + 1
-    return Explanation(
-        prediction=prediction,
-        targets=targets,
-        labels=labels,
-        unit=unit,
-        relevance=rel.float().cpu().numpy(),
-        counts=counts.round().to(torch.int32).cpu().numpy(),
-        forward_passes=passes,
-        seconds=time.perf_counter() - start,
-        approximation=approximation,
-    )
+    setup = prepare(model, x, params, stats, batch_size=batch_size,
+                    on_prediction=on_prediction, precision=precision, compile=compile)
+    if params.drilldown is None:
+        return conclude(setup, sweep_part(setup, progress=progress))
+    rel, counts, passes, approximation = explain_drilldown(
+        setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
+        num_classes=setup.num_classes, batch_size=setup.batch_size, progress=progress,
+        precision=precision, fixed_batch=setup.fixed_batch)
+    return _explanation(setup, rel, counts, passes, None, approximation)
 
 
 def result_document(
