@@ -239,6 +239,7 @@ def _explain(
     batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
     expl = explain(model, x, params, stats, batch_size=batch, progress=progress,
                    precision=settings.precision, compile=settings.compile,
+                   backend=settings.backend, cache_dir=settings.backend_cache_dir,
                    on_prediction=on_prediction)
     doc = result_document(
         expl, model_name=model.name, input_size=model.input_size,

@@ -17,44 +17,15 @@ import torch
 
 from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
-from ..errors import InvalidParameterError, UnknownLayerError
+from ..errors import InvalidParameterError
 from ..params import ExplainParams, parse_target
-from .device import auto_batch_size, check_precision, prefers_channels_last
+from .backends import BackendReadout, build_net
+from .device import auto_batch_size, check_precision
 from .drilldown import explain_drilldown
 from .geometry import check_window, window_positions
 from .samplers import make_sampler
 from .stats import SamplerStats
 from .sweep import Progress, Sweep, relevance_maps, run_sweep
-
-
-class _Stop(Exception):
-    """Raised in a forward hook once the hidden activation is captured."""
-
-
-def _hidden_readout(model: Any, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Mean activation of every channel of ``layer``: (B, C, H, W) -> (B, channels)."""
-    module = model.get_layer(layer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _inp, out):
-        captured["out"] = out[0] if isinstance(out, tuple) else out
-        raise _Stop
-
-    def read(batch: torch.Tensor) -> torch.Tensor:
-        handle = module.register_forward_hook(hook)
-        try:
-            model(batch)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        out = captured.pop("out", None)
-        if out is None:
-            raise UnknownLayerError(f"layer {layer!r} is not used in the forward pass")
-        # Fig. 5/6 of the paper: a feature map's units averaged over space
-        return out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()  # (B, ch)
-
-    return read
 
 
 @dataclass
@@ -68,6 +39,7 @@ class Explanation:
     forward_passes: int
     seconds: float
     approximation: dict[str, Any] | None = None  # the drill-down's cost and error
+    runtime: dict[str, str] | None = None  # {backend, precision, device} that ran the sweep
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -104,6 +76,8 @@ class Setup:
     precision: str
     fixed_batch: bool
     started: float
+    channels_last: bool = True
+    runtime: dict[str, str] | None = None
 
 
 def prepare(
@@ -117,9 +91,15 @@ def prepare(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    backend: str = "torch",
+    cache_dir: Any = None,
 ) -> Setup:
     """Check the parameters, predict, fix the targets (``targets`` given: those, as the
-    planning run of a split job chose them) and build the readout and the sampler."""
+    planning run of a split job chose them) and build the readout and the sampler.
+
+    ``backend`` runs the readout (:mod:`.backends`: torch, compile, openvino, onnxruntime
+    or auto); ``compile`` is the older spelling of backend ``compile``; ``cache_dir``
+    keeps converted graphs across restarts."""
     started = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
@@ -132,31 +112,26 @@ def prepare(
         on_prediction(prediction)
     if batch_size is None:
         batch_size = auto_batch_size(x.device, (H, W), model)
-    compile = compile and params.layer in ("output", "logits")
-    net = model.compiled(batch_size, prefers_channels_last(x.device)) if compile else model
+    net = build_net(model, params.layer, backend="compile" if compile else backend,
+                    precision=precision, batch_size=batch_size, cache_dir=cache_dir)
     if params.layer in ("output", "logits"):
         targets = targets or _class_targets(model, x, params, prediction)
         labels = [_label(model, t) for t in targets]
-        readout = _class_readout(net, params.layer, targets, model.device)
         num_classes = model.num_classes
         unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
     else:
-        hidden = _hidden_readout(model, params.layer)
-        targets = targets or _channel_targets(hidden(x[None])[0], params)
+        targets = targets or _channel_targets(net(x[None])[0], params)
         labels = [f"{params.layer}[{t}]" for t in targets]
-        idx = torch.tensor(targets, device=model.device)
-
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return hidden(b)[:, idx]  # (B, T)
-
         unit, log_odds, num_classes = "activation", False, None
+    readout = BackendReadout(net, params.layer, targets, model.device)
     positions = window_positions(H, W, params.window, params.stride, device=x.device)
     sampler = make_sampler(params.sampler, x, params.window, positions, stats,
                            padding=params.padding, fill=params.fill)
     return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
-                 precision=precision, fixed_batch=compile, started=started)
+                 precision=precision, fixed_batch=readout.fixed_batch, started=started,
+                 channels_last=readout.channels_last, runtime=readout.runtime.as_dict())
 
 
 def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
@@ -191,18 +166,6 @@ def _channel_targets(acts: torch.Tensor, params: ExplainParams) -> list[int]:
     return list(spec)
 
 
-def _class_readout(net: Any, layer: str, targets: list[int], device: Any
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    idx = torch.tensor(targets, device=device)
-    if layer == "output":
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(net(b).float(), dim=1)[:, idx]  # (B, T)
-    else:
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return net(b).float()[:, idx]  # (B, T)
-    return readout
-
-
 def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
                progress: Progress | None = None) -> Sweep:
     """Sweep the windows ``window_ids`` of the full grid (all by default): a whole job,
@@ -212,6 +175,7 @@ def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
         setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
         samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
         precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
+        channels_last=setup.channels_last,
     )
 
 
@@ -234,7 +198,7 @@ def _explanation(setup: Setup, rel: torch.Tensor, counts: torch.Tensor, passes: 
         unit=setup.unit, relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(), forward_passes=passes,
         seconds=time.perf_counter() - setup.started if seconds is None else seconds,
-        approximation=approximation,
+        approximation=approximation, runtime=setup.runtime,
     )
 
 
@@ -277,17 +241,20 @@ def explain(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    backend: str = "torch",
+    cache_dir: Any = None,
 ) -> Explanation:
     """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
 
     ``batch_size`` None picks one for the model's device (:func:`.device.auto_batch_size`);
     ``precision`` bf16/fp16 runs the sweep's forward passes under autocast (the reported
-    prediction stays fp32). ``compile`` runs output/logits sweeps through
-    ``torch.compile`` at one fixed batch shape (:meth:`.models.LoadedModel.compiled`);
-    hidden-layer sweeps stay eager (their forward hooks would break the graph).
+    prediction stays fp32). ``backend`` picks the runtime of the sweep's forward passes
+    (:mod:`.backends`; ``auto`` = the fastest exact one for the device), ``compile`` True
+    is backend ``compile``; the result records what ran (``Explanation.runtime``).
     """
     setup = prepare(model, x, params, stats, batch_size=batch_size,
-                    on_prediction=on_prediction, precision=precision, compile=compile)
+                    on_prediction=on_prediction, precision=precision, compile=compile,
+                    backend=backend, cache_dir=cache_dir)
     if params.drilldown is None:
         return conclude(setup, sweep_part(setup, progress=progress))
     rel, counts, passes, approximation = explain_drilldown(
@@ -325,4 +292,5 @@ def result_document(
         "coverage": coverage(expl.counts, params.window, params.stride),
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3)},
         **({"approximation": expl.approximation} if expl.approximation else {}),
+        **({"runtime": expl.runtime} if expl.runtime else {}),
     }

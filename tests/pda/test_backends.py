@@ -236,3 +236,34 @@ def test_cuda_reduced_precision_is_recorded_and_close(precision):
 def test_gpu_marker_is_registered():
     text = (ROOT / "pyproject.toml").read_text()
     assert '"gpu: ' in text and os.path.exists(ROOT / "scripts/gpu-check.sh")
+
+
+@pytest.mark.parametrize("layer", ["output", "features.2"])
+def test_explain_runs_on_the_chosen_backend_and_records_it(layer, tmp_path):
+    from pda.engine.explain import explain, result_document
+    from pda.params import ExplainParams
+
+    model = wrap(ConvNet(classes=5), SIZE, classes=5)
+    x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    params = ExplainParams(window=4, stride=2, samples=2, target="top2", layer=layer)
+    ref = explain(model, x, params, random_stats(), batch_size=8)
+    got = explain(model, x, params, random_stats(), batch_size=8, backend="auto",
+                  cache_dir=tmp_path)
+    auto = resolve_backend("auto", torch.device("cpu"))
+    assert ref.runtime == {"backend": "torch", "precision": "fp32", "device": "cpu"}
+    assert got.runtime == {"backend": auto, "precision": "fp32", "device": "cpu"}
+    assert got.targets == ref.targets
+    assert_same_map(torch.from_numpy(got.relevance), torch.from_numpy(ref.relevance))
+    doc = result_document(got, model_name="toy", input_size=(SIZE, SIZE),
+                          image_size=(SIZE, SIZE), crop_box=(0, 0, SIZE, SIZE), params=params)
+    assert doc["runtime"] == {"backend": auto, "precision": "fp32", "device": "cpu"}
+
+
+def test_explain_rejects_an_unknown_backend_before_any_work():
+    from pda.engine.explain import explain
+    from pda.params import ExplainParams
+
+    model = wrap(ConvNet(classes=5), SIZE, classes=5)
+    with pytest.raises(InvalidParameterError, match="unknown backend 'fast'"):
+        explain(model, torch.rand(3, SIZE, SIZE), ExplainParams(window=4, stride=4),
+                random_stats(), backend="fast")
