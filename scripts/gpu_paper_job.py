@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="fp32", help="one or more: fp32,bf16")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--fraction", type=float, default=1.0,
                     help="sweep this leading fraction of the windows and extrapolate")
@@ -43,8 +43,14 @@ def main() -> None:
     x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)[0]
     params = ExplainParams(**PAPER)
     bs = args.batch_size or auto_batch_size(dev, model.input_size, model)
+    for precision in args.precision.split(","):  # one model load for every precision
+        print(json.dumps(time_job(model, x, params, dev, bs, precision, args)), flush=True)
+
+
+def time_job(model, x, params, dev, bs, precision, args) -> dict:
+    """Build the readout (conversion or compilation included), warm up, time the sweep."""
     t0 = time.perf_counter()
-    setup = prepare(model, x, params, get_stats(), batch_size=bs, precision=args.precision,
+    setup = prepare(model, x, params, get_stats(), batch_size=bs, precision=precision,
                     backend=args.backend)
     build = time.perf_counter() - t0
     n_w = count_windows(*model.input_size, params.window, params.stride)
@@ -60,14 +66,14 @@ def main() -> None:
     seconds = time.perf_counter() - t1
     rate = sw.forward_passes / seconds
     total = n_w * params.samples + 1
-    print(json.dumps({
+    return {
         "model": model.name, "weights": "random" if args.random_weights else "real",
         "device": str(dev), "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda"
         else "cpu", "runtime": setup.runtime, "batch_size": bs,
         "windows_swept": n, "windows": n_w, "passes_swept": sw.forward_passes,
         "seconds_swept": round(seconds, 2), "passes_per_s": round(rate, 1),
         "paper_job_seconds": round(total / rate, 1) if ids is not None else round(seconds, 1),
-        "extrapolated": ids is not None, "build_seconds": round(build, 1)}))
+        "extrapolated": ids is not None, "build_seconds": round(build, 1)}
 
 
 if __name__ == "__main__":
