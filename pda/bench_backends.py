@@ -20,7 +20,13 @@ from typing import Any
 import torch
 
 from pda.defaults import PAPER
-from pda.engine.backends import BACKENDS, BackendReadout, build_readout, onnx_backend
+from pda.engine.backends import (
+    BACKENDS,
+    BackendReadout,
+    build_readout,
+    onnx_backend,
+    torch_threads,
+)
 from pda.engine.backends import openvino_backend as ov_backend
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
@@ -82,10 +88,11 @@ def _sync(device: torch.device) -> None:
 def _sweep(row: _Row, x: torch.Tensor, sampler: Any, n_windows: int, bs: int) -> float:
     """Sweep the first ``n_windows`` windows of the paper grid; passes/s."""
     t0 = time.perf_counter()
-    row.sweep = run_sweep(row.readout, x, sampler, window=K, stride=1, samples=S,
-                          batch_size=bs, channels_last=row.readout.channels_last,
-                          fixed_batch=row.readout.fixed_batch,
-                          window_ids=torch.arange(n_windows))
+    with torch_threads(row.readout.torch_threads):  # what explain() does
+        row.sweep = run_sweep(row.readout, x, sampler, window=K, stride=1, samples=S,
+                              batch_size=bs, channels_last=row.readout.channels_last,
+                              fixed_batch=row.readout.fixed_batch,
+                              window_ids=torch.arange(n_windows))
     _sync(x.device)
     return (row.sweep.forward_passes + 1) / (time.perf_counter() - t0)
 

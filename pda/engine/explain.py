@@ -19,7 +19,7 @@ from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
 from ..errors import InvalidParameterError
 from ..params import ExplainParams, parse_target
-from .backends import BackendReadout, build_net
+from .backends import BackendReadout, build_net, torch_threads
 from .device import auto_batch_size, check_precision
 from .drilldown import explain_drilldown
 from .geometry import check_window, window_positions
@@ -78,6 +78,7 @@ class Setup:
     started: float
     channels_last: bool = True
     runtime: dict[str, str] | None = None
+    torch_threads: int | None = None  # torch's threads while the backend runs
 
 
 def prepare(
@@ -131,7 +132,8 @@ def prepare(
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
                  precision=precision, fixed_batch=readout.fixed_batch, started=started,
-                 channels_last=readout.channels_last, runtime=readout.runtime.as_dict())
+                 channels_last=readout.channels_last, runtime=readout.runtime.as_dict(),
+                 torch_threads=readout.torch_threads)
 
 
 def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
@@ -171,12 +173,13 @@ def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
     """Sweep the windows ``window_ids`` of the full grid (all by default): a whole job,
     or one chunk of a split one (the same samples either way, docs/algorithm.md)."""
     p = setup.params
-    return run_sweep(
-        setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
-        samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
-        precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
-        channels_last=setup.channels_last,
-    )
+    with torch_threads(setup.torch_threads):
+        return run_sweep(
+            setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
+            samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
+            precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
+            channels_last=setup.channels_last,
+        )
 
 
 def conclude(setup: Setup, sweep: Sweep, *, seconds: float | None = None) -> Explanation:
@@ -257,10 +260,11 @@ def explain(
                     backend=backend, cache_dir=cache_dir)
     if params.drilldown is None:
         return conclude(setup, sweep_part(setup, progress=progress))
-    rel, counts, passes, approximation = explain_drilldown(
-        setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
-        num_classes=setup.num_classes, batch_size=setup.batch_size, progress=progress,
-        precision=precision, fixed_batch=setup.fixed_batch)
+    with torch_threads(setup.torch_threads):
+        rel, counts, passes, approximation = explain_drilldown(
+            setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
+            num_classes=setup.num_classes, batch_size=setup.batch_size, progress=progress,
+            precision=precision, fixed_batch=setup.fixed_batch)
     return _explanation(setup, rel, counts, passes, None, approximation)
 
 

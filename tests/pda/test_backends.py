@@ -267,3 +267,16 @@ def test_explain_rejects_an_unknown_backend_before_any_work():
     with pytest.raises(InvalidParameterError, match="unknown backend 'fast'"):
         explain(model, torch.rand(3, SIZE, SIZE), ExplainParams(window=4, stride=4),
                 random_stats(), backend="fast")
+
+
+def test_torch_threads_are_lowered_around_a_backend_with_its_own_pool_and_restored():
+    from pda.engine.backends import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    model, layer, _ = region_model()
+    assert build_net(model, layer, backend="torch").torch_threads is None
+    if FAST[0] != "compile":
+        assert build_net(model, layer, backend=FAST[0], batch_size=8).torch_threads == 1

@@ -19,8 +19,9 @@ and, given ``cache_dir``, kept on disk across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,37 @@ def resolve_backend(name: str, device: torch.device, precision: str = "fp32") ->
     return name
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch's own work (sampling, building batches) on ``n`` threads, then restore.
+
+    OpenVINO and ONNX Runtime bring their own thread pools; torch's OpenMP threads, which
+    spin-wait between parallel regions, then compete with them for the same cores. On the
+    2-vCPU machine an OpenVINO sweep ran at 0.75 of the raw rate with two torch threads and
+    0.96 with one (interleaved rounds, docs/performance.md).
+    """
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class BackendNet:
-    """A backend's net with its runtime; pads or splits batches to its fixed batch size."""
+    """A backend's net with its runtime; pads or splits batches to its fixed batch size.
+
+    ``torch_threads``: threads torch should keep around its calls (None: as it is).
+    """
 
     def __init__(self, net: Net, runtime: Runtime, fixed_batch: int | None,
-                 channels_last: bool) -> None:
+                 channels_last: bool, torch_threads: int | None = None) -> None:
         self.net, self.runtime, self.fixed_batch, self.channels_last = (
             net, runtime, fixed_batch, channels_last)
+        self.torch_threads = torch_threads
 
     def __call__(self, b: torch.Tensor) -> torch.Tensor:
         """Pixel batch (n, C, H, W) -> (n, K) logits or (n, ch) channel means, fp32."""
@@ -121,10 +146,10 @@ def _make(model: Any, layer: str, name: str, precision: str, batch_size: int,
     dev = model.device
     if name == "openvino":
         net = openvino_backend.openvino_net(model, layer, precision, batch_size, cache_dir)
-        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False)
+        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
     if name == "onnxruntime":
         net = onnx_backend.onnx_net(model, layer, precision, batch_size, cache_dir)
-        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False)
+        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
     channels_last = prefers_channels_last(dev)
     if name == "compile":
         net, ok = compiled_net(model, layer, precision, batch_size, channels_last)
@@ -144,6 +169,7 @@ class BackendReadout:
         self.idx = torch.as_tensor(list(targets), dtype=torch.long, device=device)  # (T,)
         self.runtime, self.channels_last = net.runtime, net.channels_last
         self.fixed_batch = net.fixed_batch is not None
+        self.torch_threads = net.torch_threads
 
     def __call__(self, b: torch.Tensor) -> torch.Tensor:
         out = self.net(b).to(self.idx.device).float()  # (B, K) or (B, ch)
@@ -163,4 +189,4 @@ def build_readout(model: Any, layer: str, targets: Sequence[int], *, backend: st
 
 
 __all__ = ["BACKENDS", "BackendNet", "BackendReadout", "Runtime", "build_net",
-           "build_readout", "resolve_backend"]
+           "build_readout", "resolve_backend", "torch_threads"]
