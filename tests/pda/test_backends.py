@@ -44,8 +44,8 @@ def sweep_map(model, layer: str, targets: list[int], backend: str, *, sampler: s
         x = torch.rand(3, H, W, generator=torch.Generator().manual_seed(1))
     readout = build_readout(model, layer, targets, backend=backend, precision=precision,
                             batch_size=batch_size, cache_dir=cache_dir)
-    smp = make_sampler(sampler, x, k, window_positions(H, W, k, stride), random_stats(),
-                       padding=2)
+    smp = make_sampler(sampler, x, k, window_positions(H, W, k, stride, device=x.device),
+                       random_stats(), padding=2)
     sw = run_sweep(readout, x, smp, window=k, stride=stride, samples=samples,
                    batch_size=batch_size, channels_last=readout.channels_last,
                    fixed_batch=readout.fixed_batch)
@@ -280,3 +280,33 @@ def test_torch_threads_are_lowered_around_a_backend_with_its_own_pool_and_restor
     assert build_net(model, layer, backend="torch").torch_threads is None
     if FAST[0] != "compile":
         assert build_net(model, layer, backend=FAST[0], batch_size=8).torch_threads == 1
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("suffix", [".pt2", ".pt"])
+def test_user_model_files_run_on_every_backend(backend, suffix, tmp_path):
+    """A torch.export archive and a TorchScript file, each with its sidecar, give torch
+    eager's maps (output layer) on every backend."""
+    import json
+    import warnings
+
+    from pda.models.registry import load_model
+
+    net = ConvNet(classes=5).eval()
+    path = tmp_path / f"user{suffix}"
+    if suffix == ".pt2":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        ep = torch.export.export(net, (torch.rand(2, 3, SIZE, SIZE),),
+                                 dynamic_shapes=({0: batch},))
+        torch.export.save(ep, str(path))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(net).save(str(path))
+    path.with_suffix(".json").write_text(json.dumps(
+        {"input_size": [SIZE, SIZE], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}))
+    model = load_model(str(path))
+    ref, _ = sweep_map(model, "output", [1, 4], "torch")
+    got, rt = sweep_map(model, "output", [1, 4], backend, cache_dir=tmp_path / "cache")
+    assert rt.backend == backend
+    assert_same_map(got, ref)

@@ -69,7 +69,11 @@ class HiddenMeans(nn.Module):
 def graph_module(model: Any, layer: str) -> nn.Module:
     """The graph for ``layer`` (output, logits or a module name), in eval mode."""
     g = PixelLogits(model) if layer in ("output", "logits") else HiddenMeans(model, layer)
-    return g.eval().to(model.device)
+    try:
+        g.eval()
+    except NotImplementedError:  # exported programs refuse .eval(); the registry set it
+        g.training = False  # (files have no hookable layers: g is a PixelLogits)
+    return g.to(model.device)
 
 
 def graph_kind(layer: str) -> str:

@@ -47,10 +47,18 @@ def check(precision: str, device: torch.device) -> None:
 def _export(model: Any, layer: str, shape: tuple[int, ...], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.onnx")
+    graph, example = graph_module(model, layer).cpu(), torch.rand(*shape)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
-        torch.onnx.export(graph_module(model, layer).cpu(), (torch.rand(*shape),), str(tmp),
-                          dynamo=False, input_names=["x"], output_names=["y"])
+        if isinstance(model.module, torch.jit.ScriptModule):
+            # a TorchScript file: the exporter cannot trace into it from a plain module,
+            # but a traced wrapper calls it as a submodule
+            graph = torch.jit.trace(graph, example)
+        torch.onnx.export(graph, (example,), str(tmp),
+                          dynamo=False, input_names=["x"], output_names=["y"],
+                          # the graph is in eval mode already; exported programs (.pt2)
+                          # refuse the exporter's own .train(False)
+                          training=torch.onnx.TrainingMode.PRESERVE)
     CONVERSIONS["count"] += 1
     os.replace(tmp, path)
 
