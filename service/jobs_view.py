@@ -55,6 +55,8 @@ def job_public(rec: JobRecord, workers_alive: int | None = None) -> dict[str, An
         "finished_at": rec.finished_at, "expires_at": rec.expires_at,
         "attempt": rec.attempt, "image": rec.image, "prediction": rec.prediction,
         "targets": rec.targets, "error": rec.error, "links": links,
+        "chunks": ({"total": rec.chunks_total, "done": rec.chunks_done}
+                   if rec.chunks_total else None),
     }
 
 

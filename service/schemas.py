@@ -13,6 +13,11 @@ class Progress(BaseModel):
     fraction: float
 
 
+class ChunkCount(BaseModel):
+    total: int = Field(description="chunks the sweep was split into (PDA_CHUNK_PASSES)")
+    done: int = Field(description="chunks whose partial sums are stored")
+
+
 class PredictionEntry(BaseModel):
     class_index: int
     label: str
@@ -39,6 +44,8 @@ class ExplanationPublic(BaseModel):
     targets: list[dict[str, Any]] | None = None
     error: dict[str, Any] | None = Field(None, description="a problem document when failed")
     links: dict[str, Any] = Field(default_factory=dict)
+    chunks: ChunkCount | None = Field(None, description="a split job's chunks (any worker "
+                                      "runs each); null when it runs whole on one worker")
 
 
 class LayerPublic(BaseModel):

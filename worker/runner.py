@@ -27,6 +27,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
 from pda.jobs import lifecycle
+from pda.jobs.chunks import chunk_queue
 from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
@@ -194,8 +195,10 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
 
 def queues(settings: Settings, conn: redis.Redis) -> list:
     """What a worker listens to, in priority order: predictions (short, a caller is
-    waiting) before explanation attempts."""
-    return [predict_queue(settings, conn), get_queue(settings, conn)]
+    waiting), then whole jobs, then chunks of split jobs: a new small job starts before
+    the next chunk of a huge one (pda.jobs.chunks)."""
+    return [predict_queue(settings, conn), get_queue(settings, conn),
+            chunk_queue(settings, conn)]
 
 
 def start_embedded_worker(settings: Settings) -> threading.Thread:

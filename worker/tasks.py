@@ -14,23 +14,33 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from pda.artifacts import stored_files
 from pda.engine.device import auto_batch_size, resolve_device
-from pda.engine.explain import explain, predict, result_document
+from pda.engine.explain import (
+    Explanation,
+    Setup,
+    conclude,
+    predict,
+    prepare,
+    result_document,
+    sweep_part,
+)
 from pda.engine.inputs import preprocess, to_uint8
 from pda.engine.stats import get_stats
 from pda.errors import Canceled, ModelNotInstalledError, PDAError
 from pda.images import open_image, original_size
 from pda.jobs import lifecycle, predictions
+from pda.jobs.chunks import Chunks, split
 from pda.jobs.queue import connect
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
-from pda.params import ExplainParams
+from pda.params import ExplainParams, count_windows, passes_per_window
 from pda.settings import Settings, get_settings
 from worker.announce import announce_model
 
@@ -59,7 +69,7 @@ class RecordLost(Exception):
 _stores: dict[tuple, JobStore] = {}
 
 
-def _store(settings: Settings) -> JobStore:
+def store_for(settings: Settings) -> JobStore:
     """One store (one Redis connection pool) per process and configuration, reused by
     every job instead of a new pool per job."""
     key = (settings.redis_url, settings.redis_timeout_seconds, settings.result_ttl_seconds)
@@ -71,7 +81,7 @@ def _store(settings: Settings) -> JobStore:
 def run_explanation(job_id: str, attempt: int) -> str:
     """Run one attempt of job ``job_id``; the outcome goes to the store, not to RQ."""
     settings = get_settings()
-    store = _store(settings)
+    store = store_for(settings)
     record = store.get(job_id)
     if record is None:
         return "gone"
@@ -88,15 +98,18 @@ def run_explanation(job_id: str, attempt: int) -> str:
     global current_job
     current_job = job_id
     try:
-        files, summary = _explain(store, settings, job_id, record, attempt)
+        outcome = _explain(store, settings, job_id, record, attempt)
     except Exception as exc:
         return _stopped(store, settings, record, attempt, exc)
     finally:
         stop_beat.set()
         current_job = None
+    if outcome is None:
+        return "split into chunks"
+    files, summary = outcome
     seconds = time.perf_counter() - started
     # canceled during the last batch, or rerun elsewhere meanwhile
-    if not _persist(store.finish, job_id, files, attempt, **summary):
+    if not persist(store.finish, job_id, files, attempt, **summary):
         return "canceled"
     store.count(JobStatus.FINISHED, record.model, passes=summary["forward_passes"],
                 seconds=seconds)
@@ -118,32 +131,32 @@ def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: in
         log.warning("job %s: its record is gone from Redis (data lost: a restart without "
                     "persistence, or a flush); stopped the sweep and wrote nothing, so no "
                     "partial record is left behind", job_id)
-        _persist(store.unindex, job_id)
+        persist(store.unindex, job_id)
         return "lost"
     if isinstance(exc, Requeue):
-        _persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes,
+        persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes,
                  at_front=True)
         log.warning("job %s requeued by a warm shutdown", job_id)
         return "requeued"
     if isinstance(exc, PDAError):  # the caller's mistake found late (a broken model file)
         log.warning("job %s failed: %s", job_id, exc)
-        _persist(lifecycle.fail, store, job_id, model, _problem(exc, 422))
+        persist(lifecycle.fail, store, job_id, model, problem(exc, 422))
         return "failed"
     # transient or internal: retry, then fail with a clear message
     log.error("job %s attempt %s crashed", job_id, attempt, exc_info=exc)
     if attempt <= settings.job_retries:
-        _persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes)
+        persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes)
         return "retrying"
-    _persist(lifecycle.fail, store, job_id, model, {
+    persist(lifecycle.fail, store, job_id, model, {
         "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-        "detail": f"the explanation failed after {attempt} attempts: {_one_line(exc)}"})
+        "detail": f"the explanation failed after {attempt} attempts: {one_line(exc)}"})
     return "failed"
 
 
 def run_prediction(pred_id: str) -> str:
     """Answer one /v1/predictions request (the API process is waiting for it)."""
     settings = get_settings()
-    conn = _store(settings).r
+    conn = store_for(settings).r
     loaded = predictions.load(conn, pred_id)
     if loaded is None:
         return "gone"  # the caller gave up; its request expired
@@ -158,12 +171,12 @@ def run_prediction(pred_id: str) -> str:
         body = {"model": model.name, "input_size": list(model.input_size),
                 "prediction": predict(model, x.to(model.device), top=request["top"])}
     except PDAError as exc:  # found only here: a model file that does not load, ...
-        body = {"error": _problem(exc, 422)}
+        body = {"error": problem(exc, 422)}
     predictions.answer(conn, pred_id, body)
     return "answered"
 
 
-def _persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
+def persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
     """``fn(...)``, retried while Redis is briefly away (a restart) or full (results
     expiring make room), so that a computed result or a requeue is not thrown away; past
     ``patience`` the error propagates and the reaper reruns the job once its heartbeat is
@@ -180,7 +193,7 @@ def _persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwarg
             delay = min(delay * 2, 5.0)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """``Type: message`` on one line; TorchScript puts the model's own error last."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     text = (lines[-1] if lines else "").removeprefix("builtins.")
@@ -198,20 +211,68 @@ def _heartbeat(store: JobStore, job_id: str, stop: threading.Event, every: float
             pass
 
 
-def _explain(
-    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int
-) -> tuple[dict[str, bytes], dict[str, Any]]:
+@dataclass
+class Prepared:
+    """A job ready to sweep: the engine's setup and the image it came from."""
+
+    setup: Setup
+    image: Any  # the decoded upload (PIL), for the photo overlay
+    crop: tuple[int, int, int, int]
+    model: Any  # the LoadedModel
+
+
+def prepare_job(store: JobStore, settings: Settings, record: JobRecord, *,
+                targets: list[dict[str, Any]] | None = None,
+                on_prediction: Callable[[list[dict[str, Any]]], None] | None = None
+                ) -> Prepared:
+    """Load the model (process cache), decode the stored upload and prepare the sweep;
+    ``targets`` (the record's, of a split job) fixes the targets its planning run chose."""
     device = resolve_device(settings.device)
     model = get_model(record.model, device, settings)
     announce_model(store.r, model)
     params = ExplainParams(**record.params)
-    image_bytes = store.image(job_id)
+    image_bytes = store.image(record.id)
     if image_bytes is None:
         raise PDAError("the uploaded image has expired from the store")
     image = open_image(image_bytes, max_pixels=settings.max_image_pixels,
                        fit_to=model.input_size)
     x, crop = preprocess(image, model.input_size, params.fit)
-    stats = get_stats(settings.sampler_stats)
+    batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
+    setup = prepare(model, x, params, get_stats(settings.sampler_stats), batch_size=batch,
+                    targets=[t["target"] for t in targets] if targets else None,
+                    on_prediction=on_prediction, precision=settings.precision,
+                    compile=settings.compile, backend=settings.backend,
+                    cache_dir=settings.backend_cache_dir)
+    return Prepared(setup, image, crop, model)
+
+
+def result_files(record: JobRecord, job: Prepared, expl: Explanation
+                 ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The result files to store and the record's summary fields."""
+    setup, model = job.setup, job.model
+    doc = result_document(
+        expl, model_name=model.name, input_size=model.input_size,
+        image_size=original_size(job.image), crop_box=job.crop, params=setup.params,
+        num_classes=model.num_classes,
+    )
+    files = stored_files(expl, to_uint8(setup.x.cpu()), job.image, doc)
+    summary = {
+        "forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
+        "targets": target_list(expl.targets, expl.labels),
+        "unit": expl.unit, "coverage": doc["coverage"],
+        "image": {**record.image, "crop_box": list(job.crop)},
+    }
+    return files, summary
+
+
+def target_list(targets: list[int], labels: list[str]) -> list[dict[str, Any]]:
+    return [{"target": t, "label": lab} for t, lab in zip(targets, labels, strict=True)]
+
+
+def _explain(
+    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int
+) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+    """Run the job here, or split it into chunks (then None: the chunks finish it)."""
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -236,28 +297,36 @@ def _explain(
         if not store.update(job_id, prediction=prediction):
             raise RecordLost(job_id)
 
-    batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
-    expl = explain(model, x, params, stats, batch_size=batch, progress=progress,
-                   precision=settings.precision, compile=settings.compile,
-                   backend=settings.backend, cache_dir=settings.backend_cache_dir,
-                   on_prediction=on_prediction)
-    doc = result_document(
-        expl, model_name=model.name, input_size=model.input_size,
-        image_size=original_size(image), crop_box=crop, params=params,
-        num_classes=model.num_classes,
-    )
-    files = stored_files(expl, to_uint8(x), image, doc)
-    summary = {
-        "forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
-        "targets": [{"target": t, "label": lab} for t, lab in
-                    zip(expl.targets, expl.labels, strict=True)],
-        "unit": expl.unit, "coverage": doc["coverage"],
-        "image": {**record.image, "crop_box": list(crop)},
-    }
-    return files, summary
+    job = prepare_job(store, settings, record, on_prediction=on_prediction)
+    if _split(store, settings, record, attempt, job.setup):
+        return None
+    expl = conclude(job.setup, sweep_part(job.setup, progress=progress))
+    return result_files(record, job, expl)
 
 
-def _problem(exc: PDAError, status: int) -> dict[str, Any]:
+def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
+           setup: Setup) -> bool:
+    """Split a large exact job into chunks of whole window blocks (pda.jobs.chunks);
+    False when it runs here (small, approximate, or ``PDA_CHUNK_PASSES`` 0)."""
+    params = setup.params
+    if params.drilldown is not None or settings.chunk_passes <= 0:
+        return False
+    H, W = setup.x.shape[-2:]
+    n_w = count_windows(H, W, params.window, params.stride)
+    per = passes_per_window(params.sampler, params.samples)
+    ranges = split(n_w, settings.chunk_passes, per)
+    if len(ranges) == 1:
+        return False
+    fields = {"targets": target_list(setup.targets, setup.labels),
+              "progress_done": 1, "progress_total": n_w * per + 1}
+    if not persist(Chunks(store, settings).start, record.id, attempt, ranges, per, fields):
+        raise Superseded(record.id)
+    log.info("job %s split into %d chunks of up to %d passes", record.id, len(ranges),
+             settings.chunk_passes)
+    return True
+
+
+def problem(exc: PDAError, status: int) -> dict[str, Any]:
     if isinstance(exc, ModelNotInstalledError):
         return {"type": "/problems/model-not-installed", "title": "Model not installed",
                 "status": status, "detail": str(exc)}

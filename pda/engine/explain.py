@@ -218,12 +218,13 @@ def pack_partial(sweep: Sweep) -> bytes:
     return buf.getvalue()
 
 
-def merge_partials(parts: list[bytes]) -> Sweep:
-    """The chunks' partial sweeps as one sweep over the full grid, in window order."""
+def merge_partials(parts: list[bytes], n_windows: int) -> Sweep:
+    """The chunks' partial sweeps as one sweep over the full grid of ``n_windows``
+    windows, in window order; every window exactly once, or ValueError."""
     loaded = [np.load(io.BytesIO(b)) for b in parts]
     ids = np.concatenate([z["window_ids"] for z in loaded])  # (n_w,)
     order = np.argsort(ids, kind="stable")
-    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(len(ids))):
+    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(n_windows)):
         raise ValueError("the chunks' windows do not cover the grid exactly once")
     means = np.concatenate([z["window_means"] for z in loaded])[order]  # (n_w, T)
     positions = np.concatenate([z["positions"] for z in loaded])[order]  # (n_w, 2)

@@ -130,7 +130,7 @@ class Chunks:
                  *, at_front: bool = False) -> None:
         timeout = max(self.settings.job_timeout_floor_seconds,
                       math.ceil(3 * entry["passes"] / self.settings.assumed_passes_per_second))
-        self.queue.enqueue("worker.tasks.run_chunk", job_id, part, attempt,
+        self.queue.enqueue("worker.chunked.run_chunk", job_id, part, attempt,
                            job_id=rq_chunk_id(job_id, part, attempt), job_timeout=timeout,
                            result_ttl=600, failure_ttl=self.settings.result_ttl_seconds,
                            at_front=at_front, description=f"chunk {part} of {job_id}")
@@ -145,11 +145,16 @@ class Chunks:
                                pipe.zadd(keys.RUNNING, {member(job_id, part): time.time()}),
                                pipe.hset(keys.chunk_progress(job_id), str(part), 0)))
 
-    def beat(self, job_id: str, part: int, done: int) -> None:
+    def beat(self, job_id: str, part: int, done: int) -> bool:
+        """Chunk ``part`` has done ``done`` passes: its progress, a heartbeat, and the
+        job's progress (every chunk's, plus the planning run's pass); False if the job's
+        record is gone."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(keys.chunk_progress(job_id), str(part), done)
         pipe.zadd(keys.RUNNING, {member(job_id, part): time.time()}, xx=True)
-        pipe.execute()
+        pipe.hvals(keys.chunk_progress(job_id))
+        total = 1 + sum(int(v) for v in pipe.execute()[2])
+        return self.store.set_progress_done(job_id, total)
 
     def finish(self, job_id: str, part: int, attempt: int, partial: bytes) -> str | None:
         """Store chunk ``part``'s partial sums if ``attempt`` still holds it. Returns
@@ -203,7 +208,7 @@ class Chunks:
         return True
 
     def enqueue_merge(self, job_id: str) -> None:
-        self.queue.enqueue("worker.tasks.run_merge", job_id,
+        self.queue.enqueue("worker.chunked.run_merge", job_id,
                            job_id=rq_chunk_id(job_id, MERGE, int(time.time() * 1000)),
                            at_front=True, result_ttl=600, job_timeout=600,
                            description=f"merge of {job_id}")

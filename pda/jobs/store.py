@@ -183,6 +183,12 @@ class JobStore:
             {"progress_done": done, "progress_total": total, "heartbeat_at": time.time()},
             zadd=(keys.RUNNING, job_id))
 
+    def set_progress_done(self, job_id: str, done: int) -> bool:
+        """Passes done so far (a split job's chunks add theirs up); False if the record is
+        gone."""
+        return self._hset_existing(keys.job(job_id),
+                                   {"progress_done": done, "heartbeat_at": time.time()})
+
     def end(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Failed or canceled: drop image and files, keep the record as a tombstone.
 

@@ -138,6 +138,11 @@ def test_keda_watches_the_queue_the_workers_serve(built: dict[str, Objs], name: 
     trigger = find(built[name], "ScaledObject", "pda-worker")["spec"]["triggers"][0]
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == f"rq:queue:{config['PDA_QUEUE_NAME']}"
+    # every queue a worker serves (worker.runner.queues) wakes workers
+    lists = {t["metadata"]["listName"] for t in
+             find(built[name], "ScaledObject", "pda-worker")["spec"]["triggers"]}
+    q = config["PDA_QUEUE_NAME"]
+    assert lists == {f"rq:queue:{q}", f"rq:queue:{q}-chunks", f"rq:queue:{q}-predict"}
     redis = urlparse(config["PDA_REDIS_URL"])
     assert trigger["metadata"]["address"] == f"{redis.hostname}:{redis.port}"
     assert trigger["metadata"]["databaseIndex"] == redis.path.strip("/")

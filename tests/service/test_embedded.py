@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_embedded_mode_serves_a_working_api_with_no_redis(start_server):
-    server = start_server(make_settings(redis_url=None))
+    # PDA_CHUNK_PASSES small enough to split the second job below, not SMALL
+    server = start_server(make_settings(redis_url=None), PDA_CHUNK_PASSES="128")
     ready = server.http.get("/readyz")  # ready at once; the in-process worker loads beside it
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] == "ok"
     deadline = time.time() + 90
@@ -33,3 +34,13 @@ def test_embedded_mode_serves_a_working_api_with_no_redis(start_server):
     png = server.http.get(f"/v1/explanations/{job['id']}/overlay.png")
     assert png.status_code == 200
     Image.open(io.BytesIO(png.content)).verify()
+
+    # the same chunks run in-process: 81 windows x 2 samples, two chunks, one merge
+    r = server.http.post("/v1/explanations", data={"window": "16", "stride": "24",
+                                                   "samples": "2", "seed": "3"},
+                         files={"image": ("cat.png", CAT.read_bytes(), "image/png")})
+    assert r.status_code == 202, r.text
+    job = wait_for(server.http, r.json()["id"], timeout=180)
+    assert job["status"] == "finished", job
+    assert job["chunks"] == {"total": 2, "done": 2}
+    assert job["progress"]["done"] == job["progress"]["total"] == 163

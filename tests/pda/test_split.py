@@ -1,0 +1,65 @@
+"""A sweep cut into chunks of whole window blocks and merged gives the one-process map.
+
+The queue-level tests (real workers, real Redis) are in tests/service/test_chunks.py;
+these pin the engine's half: partial sums packed, merged in window order, concluded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pda.engine.explain import conclude, explain, merge_partials, pack_partial, prepare, sweep_part
+from pda.jobs.chunks import BLOCK_WINDOWS, split
+from pda.params import ExplainParams
+from tests.pda.toys import ConvNet, random_stats, wrap
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    return wrap(ConvNet(classes=5), 32, classes=5)
+
+
+@pytest.mark.parametrize("sampler", ["conditional", "marginal", "constant"])
+@pytest.mark.parametrize("layer", ["output", "logits"])
+def test_chunked_map_equals_one_process_map(model, sampler, layer):
+    stats = random_stats()
+    params = ExplainParams(window=4, stride=1, samples=3, sampler=sampler, layer=layer,
+                           target="top2", seed=11)
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
+    whole = explain(model, x, params, stats, batch_size=16)
+
+    setup = prepare(model, x, params, stats, batch_size=7)  # another batch size too
+    n_w = 29 * 29
+    ranges = split(n_w, chunk_passes=3 * BLOCK_WINDOWS * 3, passes_per_window=3)
+    assert len(ranges) == 5 and ranges[0] == (0, 192)  # 3 blocks of 64 windows per chunk
+    parts = [pack_partial(sweep_part(setup, torch.arange(a, b))) for a, b in ranges]
+    merged = conclude(setup, merge_partials(parts[::-1], n_w))  # any order of arrival
+
+    peak = abs(whole.relevance).max()
+    assert peak > 0
+    assert abs(merged.relevance - whole.relevance).max() <= 1e-5 * peak
+    assert (merged.counts == whole.counts).all()
+    assert merged.forward_passes == whole.forward_passes
+    assert merged.targets == whole.targets
+
+
+def test_a_chunk_missing_or_twice_is_refused(model):
+    params = ExplainParams(window=4, stride=2, samples=2, seed=1)
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    setup = prepare(model, x, params, random_stats(), batch_size=8)
+    a = pack_partial(sweep_part(setup, torch.arange(0, 100)))
+    b = pack_partial(sweep_part(setup, torch.arange(100, 225)))
+    assert merge_partials([a, b], 225).window_means.shape[0] == 225
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_partials([a], 225)
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_partials([a, a, b], 225)
+
+
+def test_fixed_targets_are_kept(model):
+    """Chunks reuse the planning run's targets rather than choosing their own."""
+    params = ExplainParams(window=4, stride=4, samples=1, target="top1")
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
+    assert prepare(model, x, params, random_stats(), targets=[4, 0]).targets == [4, 0]

@@ -1,0 +1,164 @@
+"""The job functions of split jobs (pda.jobs.chunks): one chunk of a sweep, and the merge.
+
+A chunk prepares the job the way a single run does (the model from the process cache,
+the image from the store, the targets the planning run fixed), sweeps its windows, and
+stores its partial sums; the merge turns every chunk's partial sums into the same map a
+one-process sweep gives (randomness is per block of windows, and chunks hold whole
+blocks), renders the result files and finishes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import torch
+
+from pda.engine.explain import conclude, merge_partials, pack_partial, sweep_part
+from pda.errors import Canceled, PDAError
+from pda.jobs import lifecycle
+from pda.jobs.chunks import MERGE, Chunks, member
+from pda.jobs.record import JobRecord, JobStatus
+from pda.keys import RUNNING
+from pda.params import count_windows
+from pda.settings import Settings, get_settings
+from worker import tasks
+
+log = logging.getLogger("pda.worker")
+
+
+class ChunkTaken(Exception):
+    """The chunk was given to another attempt meanwhile (this worker was taken for dead)."""
+
+
+def run_chunk(job_id: str, part: int, attempt: int) -> str:
+    """Run attempt ``attempt`` of chunk ``part`` of split job ``job_id``."""
+    settings = get_settings()
+    store = tasks.store_for(settings)
+    chunks = Chunks(store, settings)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    entry = chunks.claim(job_id, part, attempt, worker)
+    if entry is None:
+        return "skipped (the job ended, or the chunk is not at this attempt)"
+    record = store.get(job_id)
+    if record is None:
+        return "gone"
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, daemon=True, args=(chunks, job_id, part, stop,
+                                                              settings.stale_job_seconds / 3))
+    beat.start()
+    tasks.current_job = member(job_id, part)
+    try:
+        partial = _sweep_chunk(store, chunks, settings, record, part, attempt, entry)
+    except Exception as exc:
+        return _chunk_stopped(store, chunks, settings, record, part, attempt, exc)
+    finally:
+        stop.set()
+        tasks.current_job = None
+    outcome = tasks.persist(chunks.finish, job_id, part, attempt, partial)
+    if outcome == MERGE:
+        tasks.persist(chunks.enqueue_merge, job_id)
+    return f"chunk done ({outcome or 'not stored: taken over or ended'})"
+
+
+def _sweep_chunk(store, chunks: Chunks, settings: Settings, record: JobRecord, part: int,
+                 attempt: int, entry: dict[str, Any]) -> bytes:
+    job_id = record.id
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.25 or done == total:
+            last[0] = now
+            if not chunks.beat(job_id, part, done):
+                raise tasks.RecordLost(job_id)
+            status = store.field(job_id, "status")
+            if status != JobStatus.RUNNING:
+                raise Canceled(job_id)
+            current = chunks.states(job_id).get(part, {})
+            if current.get("attempt") != attempt:
+                raise ChunkTaken(job_id)
+        if tasks.shutdown_requested.is_set():
+            raise tasks.Requeue(job_id)
+
+    job = tasks.prepare_job(store, settings, record, targets=record.targets)
+    ids = torch.arange(*entry["range"])
+    return pack_partial(sweep_part(job.setup, ids, progress=progress))
+
+
+def _chunk_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord, part: int,
+                   attempt: int, exc: Exception) -> str:
+    job_id = record.id
+    if isinstance(exc, Canceled | ChunkTaken):
+        return "stopped (the job ended, or the chunk was taken over)"
+    if isinstance(exc, tasks.RecordLost):
+        log.warning("job %s: its record is gone from Redis; chunk %d stopped, nothing "
+                    "written", job_id, part)
+        return "lost"
+    if isinstance(exc, tasks.Requeue):
+        tasks.persist(chunks.requeue, job_id, part, attempt)
+        log.warning("job %s: chunk %d requeued by a warm shutdown", job_id, part)
+        return "requeued"
+    if isinstance(exc, PDAError):
+        tasks.persist(lifecycle.fail, store, job_id, record.model, tasks.problem(exc, 422))
+        return "failed"
+    log.error("job %s: chunk %d attempt %d crashed", job_id, part, attempt, exc_info=exc)
+    if attempt <= settings.job_retries:
+        tasks.persist(chunks.requeue, job_id, part, attempt, at_front=False)
+        return "retrying"
+    tasks.persist(lifecycle.fail, store, job_id, record.model, {
+        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
+        "detail": f"chunk {part} of the explanation failed after {attempt} attempts: "
+                  f"{tasks.one_line(exc)}"})
+    return "failed"
+
+
+def run_merge(job_id: str) -> str:
+    """Turn the chunks' partial sums into the job's result (once every chunk is done)."""
+    settings = get_settings()
+    store = tasks.store_for(settings)
+    chunks = Chunks(store, settings)
+    record = store.get(job_id)
+    if record is None or record.status != JobStatus.RUNNING:
+        store.r.zrem(RUNNING, member(job_id, MERGE))
+        return "skipped (the job is not running)"
+    started = time.perf_counter()
+    partials = chunks.partials(job_id)
+    if len(partials) != record.chunks_total:
+        return f"skipped ({len(partials)} of {record.chunks_total} chunks stored)"
+    job = tasks.prepare_job(store, settings, record, targets=record.targets)
+    p = job.setup.params
+    n_w = count_windows(*job.setup.x.shape[-2:], p.window, p.stride)
+    sweep = merge_partials([partials[i] for i in sorted(partials)], n_w)
+    expl = conclude(job.setup, sweep, seconds=_elapsed(record))
+    files, summary = tasks.result_files(record, job, expl)
+    if not tasks.persist(store.finish, job_id, files, None, **summary):
+        return "not stored (canceled meanwhile)"
+    store.r.zrem(RUNNING, member(job_id, MERGE))
+    store.count(JobStatus.FINISHED, record.model, passes=expl.forward_passes,
+                seconds=summary["seconds"])
+    log.info("job %s: merged %d chunks in %.2f s", job_id, len(partials),
+             time.perf_counter() - started)
+    return "finished"
+
+
+def _elapsed(record: JobRecord) -> float:
+    from datetime import datetime
+
+    if not record.started_at:
+        return 0.0
+    begun = datetime.fromisoformat(record.started_at.replace("Z", "+00:00")).timestamp()
+    return time.time() - begun
+
+
+def _beat(chunks: Chunks, job_id: str, part: int, stop: threading.Event, every: float) -> None:
+    # progress beats too, but one batch of a big model can take longer than that
+    while not stop.wait(min(5.0, every)):
+        try:
+            chunks.r.zadd(RUNNING, {member(job_id, part): time.time()}, xx=True)
+        except Exception:  # Redis briefly away: the next beat will do
+            pass
