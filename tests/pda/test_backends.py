@@ -310,3 +310,13 @@ def test_user_model_files_run_on_every_backend(backend, suffix, tmp_path):
     got, rt = sweep_map(model, "output", [1, 4], backend, cache_dir=tmp_path / "cache")
     assert rt.backend == backend
     assert_same_map(got, ref)
+
+
+@pytest.mark.skipif(not openvino_backend.available(), reason="openvino is not installed")
+def test_an_unwritable_cache_directory_converts_without_it(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model, layer, targets = region_model()
+    rel, rt = sweep_map(model, layer, targets, "openvino", cache_dir=blocker / "cache")
+    assert rt.backend == "openvino" and "not writable" in caplog.text
+    assert_same_map(rel, sweep_map(model, layer, targets, "torch")[0])

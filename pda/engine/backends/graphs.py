@@ -19,6 +19,9 @@ normalisation, the readout and the batch shape.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,6 +102,24 @@ def weights_digest(module: nn.Module) -> str:
     except (AttributeError, RuntimeError):  # ScriptModules refuse new attributes
         pass
     return digest
+
+
+def usable_cache_dir(cache_dir: Path | str | None, sub: str) -> Path | None:
+    """``cache_dir/sub``, created; None (with a warning) where it cannot be written: the
+    disk cache saves seconds at start, it must never fail a job."""
+    if cache_dir is None:
+        return None
+    path = Path(cache_dir) / sub
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        logging.getLogger("pda").warning("backend cache %s is not writable (%s); converting "
+                                         "without it", path, exc)
+        return None
+    return path
 
 
 def graph_key(model: Any, layer: str, shape: tuple[int, ...], *extra: str) -> str:

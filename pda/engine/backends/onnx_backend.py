@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ...errors import InvalidParameterError
-from .graphs import graph_key, graph_module
+from .graphs import graph_key, graph_module, usable_cache_dir
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 #: exports from torch done in this process (tests check the disk cache with it)
@@ -45,7 +45,6 @@ def check(precision: str, device: torch.device) -> None:
 
 
 def _export(model: Any, layer: str, shape: tuple[int, ...], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.onnx")
     graph, example = graph_module(model, layer).cpu(), torch.rand(*shape)
     with torch.no_grad(), warnings.catch_warnings():
@@ -73,8 +72,8 @@ def onnx_net(model: Any, layer: str, precision: str, batch_size: int,
     check(precision, model.device)
     shape = (batch_size, 3, *model.input_size)
     key = graph_key(model, layer, shape, f"onnx {torch.__version__}")
-    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="pda-"))
-    path = folder / "onnx" / f"{key}.onnx"
+    folder = usable_cache_dir(cache_dir, "onnx") or Path(tempfile.mkdtemp(prefix="pda-onnx-"))
+    path = folder / f"{key}.onnx"
     if not path.exists():
         _export(model, layer, shape, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

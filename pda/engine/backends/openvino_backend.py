@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import InvalidParameterError
-from .graphs import graph_key, graph_module
+from .graphs import graph_key, graph_module, usable_cache_dir
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -68,7 +68,6 @@ def _convert(model: Any, layer: str, shape: tuple[int, ...], path: Path | None) 
         ov_model = ov.convert_model(source, **kwargs)
     CONVERSIONS["count"] += 1
     if path is not None:  # write then rename: a crash never leaves a half-written IR
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
         ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
@@ -87,14 +86,13 @@ def openvino_net(model: Any, layer: str, precision: str, batch_size: int,
 
     check(precision, model.device)
     shape = (batch_size, 3, *model.input_size)
-    path = None
-    if cache_dir is not None:
-        key = graph_key(model, layer, shape, f"openvino {ov.__version__}")
-        path = Path(cache_dir) / "openvino" / f"{key}.xml"
+    folder, path = usable_cache_dir(cache_dir, "openvino"), None
+    if folder is not None:
+        path = folder / f"{graph_key(model, layer, shape, f'openvino {ov.__version__}')}.xml"
     ov_model = _convert(model, layer, shape, path)
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
-    if cache_dir is not None:
-        config["CACHE_DIR"] = str(Path(cache_dir) / "openvino" / "compiled")
+    if folder is not None:
+        config["CACHE_DIR"] = str(folder / "compiled")
     compiled = ov.Core().compile_model(ov_model, "CPU", config)
     request = compiled.create_infer_request()
     lock = threading.Lock()
