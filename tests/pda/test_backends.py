@@ -37,7 +37,7 @@ SIZE = 16
 def sweep_map(model, layer: str, targets: list[int], backend: str, *, sampler: str = "conditional",
               k: int = 4, stride: int = 2, samples: int = 3, batch_size: int = 8,
               cache_dir: Path | None = None, precision: str = "fp32",
-              x: torch.Tensor | None = None) -> tuple[torch.Tensor, Runtime]:
+              x: torch.Tensor | None = None, stats=None) -> tuple[torch.Tensor, Runtime]:
     """Relevance maps (T, H, W) of ``layer`` through ``backend``, and what ran them."""
     H, W = model.input_size
     if x is None:
@@ -45,7 +45,7 @@ def sweep_map(model, layer: str, targets: list[int], backend: str, *, sampler: s
     readout = build_readout(model, layer, targets, backend=backend, precision=precision,
                             batch_size=batch_size, cache_dir=cache_dir)
     smp = make_sampler(sampler, x, k, window_positions(H, W, k, stride, device=x.device),
-                       random_stats(), padding=2)
+                       stats or random_stats(), padding=2)
     sw = run_sweep(readout, x, smp, window=k, stride=stride, samples=samples,
                    batch_size=batch_size, channels_last=readout.channels_last,
                    fixed_batch=readout.fixed_batch)
@@ -181,15 +181,17 @@ def test_openvino_bf16_is_opt_in_recorded_and_close(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_case():
-    """EfficientNet-Lite0 (real weights) on chelsea.png: 16 windows x 2 samples, and torch
+    """EfficientNet-Lite0 (real weights) on chelsea.png with the shipped statistics: the
+    paper's window (k = 10, padding 2) at stride 71, 16 windows x 2 samples, and torch
     eager's map of the two cat classes, computed once."""
     from pda.engine.inputs import preprocess
+    from pda.engine.stats import get_stats
     from pda.images import open_image
     from pda.models.registry import get_model
 
     model = get_model("efficientnet_lite0")
     x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)[0]  # (C, H, W)
-    kw = dict(k=56, stride=56, samples=2, batch_size=8, x=x)
+    kw = dict(k=10, stride=71, samples=2, batch_size=8, x=x, stats=get_stats())
     ref, _ = sweep_map(model, "output", [281, 285], "torch", **kw)
     return model, kw, ref
 
