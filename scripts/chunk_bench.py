@@ -73,7 +73,7 @@ def run_job(client: TestClient, conn: redis.Redis, params: dict) -> dict:
         raw = conn.hgetall(keys.chunks(job_id))
         if raw:
             table = {k.decode(): json.loads(v) for k, v in raw.items()}
-        time.sleep(0.05)
+        time.sleep(0.1)
     wall = time.perf_counter() - t0
     assert job["status"] == "finished", job
     workers = {c.get("worker") for c in table.values()}
@@ -105,15 +105,17 @@ def main() -> None:
             from service.main import create_app
 
             for rnd in range(args.rounds):
-                for cfg in args.configs:
+                for i, cfg in enumerate(args.configs):
                     shape, _, cp = cfg.partition(":")
                     n, threads = (int(v) for v in shape.split("x"))
                     queue = f"bench{rnd}{cfg.replace(':', '_')}"
                     procs = start_workers(server.url, queue, n, threads,
                                           int(cp) if cp else args.chunk_passes, Path(tmp))
-                    settings = Settings(redis_url=server.url, queue_name=queue)
+                    settings = Settings(redis_url=server.url, queue_name=queue,
+                                        rate_limit_per_minute=100_000)
                     params = {"window": args.window, "stride": args.stride,
-                              "samples": args.samples, "seed": str(rnd)}
+                              "samples": args.samples,
+                              "seed": str(rnd * 100 + i)}  # none deduplicated
                     try:
                         with TestClient(create_app(settings, start_worker=False)) as c:
                             res = run_job(c, redis.Redis.from_url(server.url), params)
