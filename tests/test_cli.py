@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pda.cli import main
@@ -46,9 +47,13 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
     assert "top-1 Egyptian cat" in err
     # auto: incremental exactly where the bench measured it faster (pda/data/incremental.json)
     from pda.decisions import use_incremental
+    from pda.engine.backends import resolve_backend
 
-    expected = use_incremental("auto", "efficientnet_lite0", "cpu")
-    assert doc["runtime"] == {"incremental": expected, "incremental_mode": "auto"}
+    backend = resolve_backend("auto", torch.device("cpu"))
+    expected = use_incremental("auto", "efficientnet_lite0", "cpu", backend)
+    assert doc["runtime"] == {"backend": "torch" if expected else backend,
+                              "precision": "fp32", "device": "cpu",
+                              "incremental": expected, "incremental_mode": "auto"}
 
 
 @pytest.mark.slow
