@@ -389,6 +389,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(opt["threads"])
     model = get_model(args.model, resolve_device(args.device),
                       random_weights=bool(args.random_weights))
+    if opt.get("backends"):
+        return _main_backends(args, model)
     doc = run_bench(
         model, seconds=args.seconds, rounds=rounds, samplers=samplers,
         batch_sizes=_csv(opt.get("batch_sizes"), int, "--batch-sizes"),
@@ -397,4 +399,30 @@ def main(args: argparse.Namespace) -> int:
         captum=not opt.get("no_captum"), compile=bool(opt.get("compile")),
         profile=bool(opt.get("profile")), weights="random" if args.random_weights else "real")
     print(json.dumps(doc, indent=2) if args.json else format_table(doc))
+    return 0
+
+
+def _main_backends(args: argparse.Namespace, model: Any) -> int:
+    """``pda bench --backends``: the backends and precisions side by side
+    (:mod:`pda.bench_backends`)."""
+    from pda.bench_backends import format_backends
+    from pda.bench_backends import main as backends_main
+    from pda.engine.device import auto_batch_size
+    from pda.engine.inputs import preprocess
+    from pda.images import open_image
+    from pda.settings import get_settings
+
+    dev = model.device
+    x = preprocess(open_image(Path(args.image) if args.image else SAMPLE_IMAGE),
+                   model.input_size)[0].to(dev)
+    sizes = _csv(args.batch_sizes, int, "--batch-sizes")
+    bs = sizes[0] if sizes else auto_batch_size(dev, model.input_size, model)
+    doc = {"model": model.name, "weights": "random" if args.random_weights else "real",
+           "device": str(dev), "machine": _machine(dev), "torch": torch.__version__,
+           "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+           **backends_main(args, model, x, get_stats(), bs, "",
+                           get_settings().backend_cache_dir)}
+    header = (f"pda bench: {doc['model']} ({doc['weights']} weights), {doc['device']} "
+              f"({doc['machine']}), torch {doc['torch']}, {doc['date']}")
+    print(json.dumps(doc, indent=2) if args.json else format_backends(doc, header))
     return 0

@@ -74,6 +74,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "target": args.target, "layer": args.layer, "seed": args.seed,
             "train_size": args.train_size, "fit": args.fit, "drilldown": args.drilldown,
             "coarse_stride": args.coarse_stride, "faithfulness": args.faithfulness,
+            "incremental": args.incremental,
         }.items() if v is not None
     }
     try:
@@ -95,13 +96,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     batch = args.batch_size or settings.batch_size or auto_batch_size(
         device, model.input_size, model)
     precision = args.precision or settings.precision
-    print(f"pda: {model.name} on {device}, {n['windows']} windows, "
+    print(f"pda: {model.name} on {device} ({args.backend or settings.backend} backend), "
+          f"{n['windows']} windows, "
           f"{'at most ' if params.drilldown is not None else ''}{n['forward_passes']} "
           f"forward passes, batch {batch}", file=sys.stderr)
     bar = _Progress(not args.quiet)
     try:
         expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
-                       precision=precision, compile=args.compile or settings.compile)
+                       precision=precision, compile=args.compile or settings.compile,
+                       incremental_default=settings.incremental,
+                       backend=args.backend or settings.backend,
+                       cache_dir=settings.backend_cache_dir)
     finally:
         bar.close()
     doc = result_document(
@@ -287,12 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
                    help="score each map by deletion/insertion AUC against random block "
                    "orders (default on; about 100 passes per target and random order)")
+    e.add_argument("--incremental", choices=["auto", "on", "off"],
+                   help="exact incremental inference: same map, less compute (default auto: "
+                        "PDA_INCREMENTAL, or where the bench measured it faster)")
     e.add_argument("--preset", choices=["default", "paper"],
                    help="paper = window 10, padding 2, samples 10, stride 1")
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
     e.add_argument("--compile", action="store_true",
                    help="torch.compile the model first (pays off on long sweeps)")
+    e.add_argument("--backend", choices=["auto", "torch", "compile", "openvino", "onnxruntime"],
+                   help="execution backend (default PDA_BACKEND, auto: the fastest exact one "
+                   "for the device)")
     e.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
@@ -362,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (raw)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--backends", metavar="LIST",
+                   help="compare execution backends side by side instead: all, or a list "
+                   "like torch,compile,openvino,onnxruntime (with --precisions bf16,...)")
     b.add_argument("--profile", action="store_true",
                    help="also profile one sweep per sampler: sampling, batch, forward, sums")
     b.set_defaults(func=cmd_bench)

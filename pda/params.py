@@ -74,6 +74,11 @@ class ExplainParams(BaseModel):
         None, ge=1, le=512, description="drill-down's coarse stride, a multiple of stride "
         "(default 4 x stride)",
     )
+    incremental: Literal["auto", "on", "off"] = Field(
+        "auto", description="exact incremental inference (same map, less compute): on, off, "
+        "or auto = the deployment's PDA_INCREMENTAL, which by default uses it where "
+        "`python -m pda.bench_incremental` measured it faster for the model and device",
+    )
 
     @field_validator("fill")
     @classmethod

@@ -45,6 +45,18 @@ class Settings(BaseSettings):
         False, description="torch.compile the model for output/logits sweeps (needs a C++ "
         "compiler; falls back to eager)"
     )
+    incremental: Literal["auto", "on", "off"] = Field(
+        "auto", description="exact incremental inference when a request leaves it at auto: "
+        "on, off, or auto = where the bench measured it faster (pda/data/incremental.json)"
+    )
+    backend: Literal["auto", "torch", "compile", "openvino", "onnxruntime"] = Field(
+        "auto", description="execution backend: auto = the fastest exact one for the device "
+        "(OpenVINO f32 on a CPU where installed, else torch; torch.compile on CUDA)"
+    )
+    backend_cache_dir: Path | None = Field(
+        Path.home() / ".cache" / "pda" / "backends",
+        description="converted models (OpenVINO IR, ONNX) kept across restarts; unset = none",
+    )
     default_model: str = "efficientnet_lite0"
     worker_models: str = Field(
         "efficientnet_lite0", description="comma-separated models a worker loads at start"

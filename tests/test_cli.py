@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pda.cli import main
@@ -50,6 +51,15 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
     # 8 x 8 windows x 1 sample + 1, and 2 + 2 x 49 x (2 targets + 3 random orders)
     assert doc["stats"]["forward_passes"] == 65 + 492 and doc["stats"][
         "faithfulness_passes"] == 492
+    # auto: incremental exactly where the bench measured it faster (pda/data/incremental.json)
+    from pda.decisions import use_incremental
+    from pda.engine.backends import resolve_backend
+
+    backend = resolve_backend("auto", torch.device("cpu"))
+    expected = use_incremental("auto", "efficientnet_lite0", "cpu", backend)
+    assert doc["runtime"] == {"backend": "torch" if expected else backend,
+                              "precision": "fp32", "device": "cpu",
+                              "incremental": expected, "incremental_mode": "auto"}
 
 
 @pytest.mark.slow

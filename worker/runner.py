@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq import SimpleWorker, worker_registration
@@ -75,9 +76,28 @@ def preload(settings: Settings, conn: redis.Redis | None = None) -> None:
         t = time.perf_counter()
         model = get_model(name, device, settings)
         log.info("loaded %s on %s in %.1f s", name, device, time.perf_counter() - t)
+        warm_backend(model, settings)
         if conn is not None:
             announce_model(conn, model)
     preloaded.set()
+
+
+def warm_backend(model: Any, settings: Settings) -> None:
+    """Convert (or read back from PDA_BACKEND_CACHE_DIR) the output-layer graph now, so the
+    first job does not pay for it; a backend that fails here fails the jobs, not the start."""
+    from pda.engine.backends import build_net
+    from pda.engine.device import auto_batch_size
+
+    t = time.perf_counter()
+    batch = settings.batch_size or auto_batch_size(model.device, model.input_size, model)
+    try:
+        net = build_net(model, "output", backend=settings.backend, precision=settings.precision,
+                        batch_size=batch, cache_dir=settings.backend_cache_dir)
+    except Exception as exc:  # logged; each job then reports the same error itself
+        log.warning("backend %s for %s: %s", settings.backend, model.name, exc)
+        return
+    log.info("backend %s (%s) ready for %s in %.1f s", net.runtime.backend,
+             net.runtime.precision, model.name, time.perf_counter() - t)
 
 
 def maintenance_loop(settings: Settings, stop: threading.Event, name: str,

@@ -245,7 +245,8 @@ def prepare_job(store: JobStore, settings: Settings, record: JobRecord, *,
     setup = prepare(model, x, params, get_stats(settings.sampler_stats), batch_size=batch,
                     targets=[t["target"] for t in targets] if targets else None,
                     on_prediction=on_prediction, precision=settings.precision,
-                    compile=settings.compile)
+                    compile=settings.compile, incremental_default=settings.incremental,
+                    backend=settings.backend, cache_dir=settings.backend_cache_dir)
     return Prepared(setup, image, crop, model)
 
 

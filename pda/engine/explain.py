@@ -15,47 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..decisions import use_incremental
 from ..defaults import OUTPUT_LAYERS, PREDICTION_TOP, SAMPLERS
 from ..document import coverage
-from ..errors import InvalidParameterError, UnknownLayerError
+from ..errors import InvalidParameterError
 from ..params import ExplainParams, parse_target
-from .device import auto_batch_size, check_precision, prefers_channels_last
+from .backends import BackendReadout, build_net, resolve_backend, torch_threads
+from .device import auto_batch_size, check_precision
 from .drilldown import explain_drilldown
 from .faithfulness import passes_needed, score_explanation
 from .geometry import check_window, window_positions
+from .incremental import IncrementalUnsupportedError, window_readout
 from .samplers import make_sampler
 from .stats import SamplerStats
-from .sweep import Progress, Sweep, relevance_maps, run_sweep
-
-
-class _Stop(Exception):
-    """Raised in a forward hook once the hidden activation is captured."""
-
-
-def _hidden_readout(model: Any, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Mean activation of every channel of ``layer``: (B, C, H, W) -> (B, channels)."""
-    module = model.get_layer(layer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _inp, out):
-        captured["out"] = out[0] if isinstance(out, tuple) else out
-        raise _Stop
-
-    def read(batch: torch.Tensor) -> torch.Tensor:
-        handle = module.register_forward_hook(hook)
-        try:
-            model(batch)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        out = captured.pop("out", None)
-        if out is None:
-            raise UnknownLayerError(f"layer {layer!r} is not used in the forward pass")
-        # Fig. 5/6 of the paper: a feature map's units averaged over space
-        return out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()  # (B, ch)
-
-    return read
+from .sweep import Progress, Sweep, WindowReadout, relevance_maps, run_sweep
 
 
 @dataclass
@@ -71,6 +44,7 @@ class Explanation:
     approximation: dict[str, Any] | None = None  # the drill-down's cost and error
     faithfulness: list[dict[str, Any]] | None = None  # per target (docs/faithfulness.md)
     faithfulness_passes: int = 0  # included in forward_passes
+    runtime: dict[str, Any] | None = None  # backend, precision, device; incremental or not
 
 
 def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
@@ -107,6 +81,10 @@ class Setup:
     precision: str
     fixed_batch: bool
     started: float
+    channels_last: bool = True
+    runtime: dict[str, Any] | None = None
+    torch_threads: int | None = None  # torch's threads while the backend runs
+    window_readout: WindowReadout | None = None  # exact incremental inference, when used
 
 
 def prepare(
@@ -120,9 +98,19 @@ def prepare(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    backend: str = "torch",
+    cache_dir: Any = None,
+    incremental_default: str = "auto",
 ) -> Setup:
     """Check the parameters, predict, fix the targets (``targets`` given: those, as the
-    planning run of a split job chose them) and build the readout and the sampler."""
+    planning run of a split job chose them) and build the readout and the sampler.
+
+    ``backend`` runs the readout (:mod:`.backends`: torch, compile, openvino, onnxruntime
+    or auto); ``compile`` is the older spelling of backend ``compile``; ``cache_dir``
+    keeps converted graphs across restarts. Where exact incremental inference (torch) was
+    measured faster than that backend's naive sweep (:mod:`pda.decisions`), the windows
+    go through it instead; ``incremental_default`` (``PDA_INCREMENTAL``) stands in for a
+    request's ``incremental="auto"``."""
     started = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
@@ -135,31 +123,50 @@ def prepare(
         on_prediction(prediction)
     if batch_size is None:
         batch_size = auto_batch_size(x.device, (H, W), model)
-    compile = compile and params.layer in ("output", "logits")
-    net = model.compiled(batch_size, prefers_channels_last(x.device)) if compile else model
+    backend = resolve_backend("compile" if compile else backend, model.device, precision)
+    mode = incremental_default if params.incremental == "auto" else params.incremental
+    incremental = params.drilldown is None and precision == "fp32" and use_incremental(
+        mode, model.name, x.device.type, backend)
+    net = build_net(model, params.layer, backend="torch" if incremental else backend,
+                    precision=precision, batch_size=batch_size, cache_dir=cache_dir)
     if params.layer in ("output", "logits"):
         targets = targets or _class_targets(model, x, params, prediction)
         labels = [_label(model, t) for t in targets]
-        readout = _class_readout(net, params.layer, targets, model.device)
         num_classes = model.num_classes
         unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
     else:
-        hidden = _hidden_readout(model, params.layer)
-        targets = targets or _channel_targets(hidden(x[None])[0], params)
+        targets = targets or _channel_targets(net(x[None])[0], params)
         labels = [f"{params.layer}[{t}]" for t in targets]
-        idx = torch.tensor(targets, device=model.device)
-
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return hidden(b)[:, idx]  # (B, T)
-
         unit, log_odds, num_classes = "activation", False, None
+    readout = BackendReadout(net, params.layer, targets, model.device)
     positions = window_positions(H, W, params.window, params.stride, device=x.device)
     sampler = make_sampler(params.sampler, x, params.window, positions, stats,
                            padding=params.padding, fill=params.fill)
+    windows, note = _incremental(model, x, params, list(targets)) if incremental else (
+        None, None)
+    if incremental and windows is None:  # the model does not trace: the backend, naively
+        net = build_net(model, params.layer, backend=backend, precision=precision,
+                        batch_size=batch_size, cache_dir=cache_dir)
+        readout = BackendReadout(net, params.layer, targets, model.device)
+    runtime = {**readout.runtime.as_dict(), "incremental": windows is not None,
+               "incremental_mode": mode, **({"incremental_note": note} if note else {})}
     return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
-                 precision=precision, fixed_batch=compile, started=started)
+                 precision=precision, fixed_batch=readout.fixed_batch, started=started,
+                 channels_last=readout.channels_last, runtime=runtime,
+                 torch_threads=readout.torch_threads, window_readout=windows)
+
+
+def _incremental(model: Any, x: torch.Tensor, params: ExplainParams, targets: list[int]
+                 ) -> tuple[WindowReadout | None, str | None]:
+    """The incremental window readout, or None and why (a model torch.fx cannot trace,
+    such as an exported one: then the naive sweep)."""
+    try:
+        return window_readout(model, x, params.layer,
+                              torch.tensor(targets, device=x.device)), None
+    except IncrementalUnsupportedError as e:
+        return None, str(e)[:200]
 
 
 def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
@@ -194,28 +201,18 @@ def _channel_targets(acts: torch.Tensor, params: ExplainParams) -> list[int]:
     return list(spec)
 
 
-def _class_readout(net: Any, layer: str, targets: list[int], device: Any
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    idx = torch.tensor(targets, device=device)
-    if layer == "output":
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(net(b).float(), dim=1)[:, idx]  # (B, T)
-    else:
-        def readout(b: torch.Tensor) -> torch.Tensor:
-            return net(b).float()[:, idx]  # (B, T)
-    return readout
-
-
 def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
                progress: Progress | None = None) -> Sweep:
     """Sweep the windows ``window_ids`` of the full grid (all by default): a whole job,
     or one chunk of a split one (the same samples either way, docs/algorithm.md)."""
     p = setup.params
-    return run_sweep(
-        setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
-        samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
-        precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
-    )
+    with torch_threads(setup.torch_threads):
+        return run_sweep(
+            setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
+            samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
+            precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
+            channels_last=setup.channels_last, window_readout=setup.window_readout,
+        )
 
 
 def conclude(setup: Setup, sweep: Sweep, *, seconds: float | None = None) -> Explanation:
@@ -237,7 +234,7 @@ def _explanation(setup: Setup, rel: torch.Tensor, counts: torch.Tensor, passes: 
         unit=setup.unit, relevance=rel.float().cpu().numpy(),
         counts=counts.round().to(torch.int32).cpu().numpy(), forward_passes=passes,
         seconds=time.perf_counter() - setup.started if seconds is None else seconds,
-        approximation=approximation,
+        approximation=approximation, runtime=setup.runtime,
     )
 
 
@@ -281,25 +278,31 @@ def explain(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    backend: str = "torch",
+    cache_dir: Any = None,
+    incremental_default: str = "auto",
 ) -> Explanation:
     """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
 
     ``batch_size`` None picks one for the model's device (:func:`.device.auto_batch_size`);
     ``precision`` bf16/fp16 runs the sweep's forward passes under autocast (the reported
-    prediction stays fp32). ``compile`` runs output/logits sweeps through
-    ``torch.compile`` at one fixed batch shape (:meth:`.models.LoadedModel.compiled`);
-    hidden-layer sweeps stay eager (their forward hooks would break the graph).
+    prediction stays fp32). ``backend`` picks the runtime of the sweep's forward passes
+    (:mod:`.backends`; ``auto`` = the fastest exact one for the device), ``compile`` True
+    is backend ``compile``; the result records what ran (``Explanation.runtime``).
     """
     setup = prepare(model, x, params, stats, batch_size=batch_size,
-                    on_prediction=on_prediction, precision=precision, compile=compile)
+                    on_prediction=on_prediction, precision=precision, compile=compile,
+                    backend=backend, cache_dir=cache_dir,
+                    incremental_default=incremental_default)
     sweep_progress, score_progress = split_progress(progress, faithfulness_passes(setup))
     if params.drilldown is None:
         expl = conclude(setup, sweep_part(setup, progress=sweep_progress))
     else:
-        rel, counts, passes, approximation = explain_drilldown(
-            setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
-            num_classes=setup.num_classes, batch_size=setup.batch_size,
-            progress=sweep_progress, precision=precision, fixed_batch=setup.fixed_batch)
+        with torch_threads(setup.torch_threads):
+            rel, counts, passes, approximation = explain_drilldown(
+                setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
+                num_classes=setup.num_classes, batch_size=setup.batch_size,
+                progress=sweep_progress, precision=precision, fixed_batch=setup.fixed_batch)
         expl = _explanation(setup, rel, counts, passes, None, approximation)
     return add_faithfulness(model, setup, expl, progress=score_progress)
 
@@ -378,4 +381,5 @@ def result_document(
         "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
                   "faithfulness_passes": expl.faithfulness_passes},
         **({"approximation": expl.approximation} if expl.approximation else {}),
+        **({"runtime": expl.runtime} if expl.runtime else {}),
     }

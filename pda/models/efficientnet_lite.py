@@ -21,6 +21,10 @@ class _SamePadConv(nn.Conv2d):
     case: for odd kernels 'SAME' is symmetric, so they are plain ``nn.Conv2d``.
     """
 
+    #: read by exact incremental inference (pda.engine.incremental): the leading pad is
+    #: (total pad) // 2, the rest goes after the map
+    tf_same_padding = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]

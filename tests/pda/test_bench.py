@@ -177,3 +177,28 @@ def test_explain_picks_a_batch_size_when_none_is_given():
     np.testing.assert_allclose(auto, explain(model, x, params, random_stats(),
                                              batch_size=3).relevance, rtol=1e-4, atol=1e-5)
     assert auto_batch_size(torch.device("cpu"), (16, 16)) >= 1
+
+
+def test_backend_bench_puts_every_backend_beside_torch_eager_with_error_and_estimates():
+    from pda.bench_backends import format_backends, run_backend_bench
+    from pda.engine.backends import openvino_backend
+
+    model = wrap(ConvNet(classes=5), SIZE, classes=5)
+    x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    wanted = ("torch", "openvino") if openvino_backend.available() else ("torch",)
+    doc = run_backend_bench(model, x, random_stats(), batch_size=4, backends=wanted,
+                            precisions=("bf16",), seconds=0.2, rounds=2)
+    rows = {(r["backend"], r["precision"]): r for r in doc["rows"]}
+    assert set(rows) >= {("torch", "fp32"), ("torch", "bf16")}
+    ref = rows["torch", "fp32"]
+    assert ref["x_eager"] == 1.0 and ref["max_abs_diff_bits"] == 0.0
+    for r in rows.values():
+        assert len(r["rounds"]) == 2 and r["passes_per_s"] == max(r["rounds"])
+        assert r["x_eager"] == pytest.approx(r["passes_per_s"] / ref["passes_per_s"])
+        paper = count_windows(SIZE, SIZE, 10, 1) * 10 + 1
+        assert r["estimates"]["paper"] == pytest.approx(paper / r["passes_per_s"])
+        assert r["ran_as"]["backend"] == r["backend"]
+    if ("openvino", "fp32") in rows:  # exact: the same samples give the same bits
+        assert rows["openvino", "fp32"]["max_abs_diff_bits"] < 1e-4
+    text = format_backends({"backends": doc}, "header")
+    assert "x eager" in text and all(f"  {b} " in text for b in wanted)

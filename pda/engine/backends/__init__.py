@@ -1,0 +1,192 @@
+"""Execution backends: one place that turns (model, readout, device, precision, batch
+shape) into a batch function, pixel-space images (B, C, H, W) -> readout (B, T).
+
+Backends (docs/performance.md, "Execution backends", measures them side by side):
+
+- ``torch``: eager, the fallback; runs everything (hidden layers stop at the layer).
+- ``compile``: ``torch.compile`` at one fixed batch shape; the default on CUDA.
+- ``openvino``: OpenVINO on the CPU, f32 unless bf16 is asked for; the CPU default.
+- ``onnxruntime``: ONNX Runtime on the CPU, fp32; measured, never chosen by ``auto``.
+- ``auto``: the fastest exact backend for the device (:func:`resolve_backend`).
+
+Readouts: ``output`` = softmax(logits)[:, targets], ``logits`` = logits[:, targets], a
+module name = that module's per-channel spatial means [:, targets]. The converted graph
+returns all logits (or all channel means) and the readout takes the softmax and the
+target columns in fp32 torch, so one conversion serves every job on the model
+(:mod:`.graphs`). Conversions are memoised on the model object (once per worker process)
+and, given ``cache_dir``, kept on disk across restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import InvalidParameterError
+from ..device import check_precision, prefers_channels_last
+from . import onnx_backend, openvino_backend
+from .graphs import graph_kind
+from .torch_backend import compiled_net, eager_net
+
+BACKENDS = ("auto", "torch", "compile", "openvino", "onnxruntime")
+Net = Callable[[torch.Tensor], torch.Tensor]
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What actually ran a job: recorded in the result document."""
+
+    backend: str  # torch, compile, openvino or onnxruntime (never auto)
+    precision: str  # fp32, bf16 or fp16
+    device: str  # cpu, cuda:0, ...
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def resolve_backend(name: str, device: torch.device, precision: str = "fp32") -> str:
+    """The concrete backend for ``name``; ``auto``: compile on CUDA, OpenVINO on a CPU
+    where it is installed and offers ``precision`` (else torch)."""
+    name = (name or "auto").lower()
+    if name not in BACKENDS:
+        raise InvalidParameterError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}",
+                                    field="backend")
+    check_precision(precision, device)
+    if name == "auto":
+        if device.type == "cuda":
+            return "compile"
+        if device.type == "cpu" and openvino_backend.available():
+            try:
+                openvino_backend.check(precision, device)
+                return "openvino"
+            except InvalidParameterError:
+                return "torch"
+        return "torch"
+    for backend, mod in (("openvino", openvino_backend), ("onnxruntime", onnx_backend)):
+        if name == backend:
+            if not mod.available():
+                raise InvalidParameterError(
+                    f"backend {name} is not installed: pip install 'pda[{name}]' or use "
+                    "backend torch", field="backend")
+            mod.check(precision, device)
+    return name
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch's own work (sampling, building batches) on ``n`` threads, then restore.
+
+    OpenVINO and ONNX Runtime bring their own thread pools; torch's OpenMP threads, which
+    spin-wait between parallel regions, then compete with them for the same cores. On the
+    2-vCPU machine an OpenVINO sweep ran at 0.75 of the raw rate with two torch threads and
+    0.96 with one (interleaved rounds, docs/performance.md).
+    """
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class BackendNet:
+    """A backend's net with its runtime; pads or splits batches to its fixed batch size.
+
+    ``torch_threads``: threads torch should keep around its calls (None: as it is).
+    """
+
+    def __init__(self, net: Net, runtime: Runtime, fixed_batch: int | None,
+                 channels_last: bool, torch_threads: int | None = None) -> None:
+        self.net, self.runtime, self.fixed_batch, self.channels_last = (
+            net, runtime, fixed_batch, channels_last)
+        self.torch_threads = torch_threads
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        """Pixel batch (n, C, H, W) -> (n, K) logits or (n, ch) channel means, fp32."""
+        B = self.fixed_batch
+        if B is None or len(b) == B:
+            return self.net(b)
+        outs = []
+        for chunk in b.split(B):  # (<= B, C, H, W)
+            n = len(chunk)
+            if n < B:  # padding rows repeat the last image; their outputs are dropped
+                chunk = torch.cat([chunk, chunk[-1:].expand(B - n, *chunk.shape[1:])])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)  # (n, K | ch)
+
+
+def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str = "fp32",
+              batch_size: int = 4, cache_dir: Path | str | None = None) -> BackendNet:
+    """The backend's net for ``model``'s ``layer`` graph, memoised on the model object
+    (converted once per process; from ``cache_dir`` when an earlier process did)."""
+    dev = model.device
+    name = resolve_backend(backend, dev, precision)
+    cache_dir = Path(cache_dir) if cache_dir is not None else None
+    fixed = name != "torch"
+    key = (graph_kind(layer), name, precision, batch_size if fixed else None, cache_dir)
+    with _LOCK:
+        nets = model.__dict__.setdefault("_backend_nets", {})
+        if key not in nets:
+            nets[key] = _make(model, layer, name, precision, batch_size, cache_dir)
+        return nets[key]
+
+
+def _make(model: Any, layer: str, name: str, precision: str, batch_size: int,
+          cache_dir: Path | None) -> BackendNet:
+    dev = model.device
+    if name == "openvino":
+        net = openvino_backend.openvino_net(model, layer, precision, batch_size, cache_dir)
+        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
+    if name == "onnxruntime":
+        net = onnx_backend.onnx_net(model, layer, precision, batch_size, cache_dir)
+        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
+    channels_last = prefers_channels_last(dev)
+    if name == "compile":
+        net, ok = compiled_net(model, layer, precision, batch_size, channels_last)
+        if ok:
+            return BackendNet(net, Runtime(name, precision, str(dev)), batch_size,
+                              channels_last)
+    net = eager_net(model, layer, precision)
+    return BackendNet(net, Runtime("torch", precision, str(dev)), None, channels_last)
+
+
+class BackendReadout:
+    """Readout (B, C, H, W) -> (B, T) of ``targets`` through a :class:`BackendNet`."""
+
+    def __init__(self, net: BackendNet, layer: str, targets: Sequence[int],
+                 device: torch.device) -> None:
+        self.net, self.layer = net, layer
+        self.idx = torch.as_tensor(list(targets), dtype=torch.long, device=device)  # (T,)
+        self.runtime, self.channels_last = net.runtime, net.channels_last
+        self.fixed_batch = net.fixed_batch is not None
+        self.torch_threads = net.torch_threads
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        out = self.net(b).to(self.idx.device).float()  # (B, K) or (B, ch)
+        if self.layer == "output":
+            out = torch.softmax(out, dim=1)  # exact: the same fp32 softmax as eager torch
+        return out[:, self.idx]  # (B, T)
+
+
+def build_readout(model: Any, layer: str, targets: Sequence[int], *, backend: str = "auto",
+                  precision: str = "fp32", batch_size: int = 4,
+                  cache_dir: Path | str | None = None) -> BackendReadout:
+    """The readout of ``layer`` (output, logits or a module name) for ``targets`` on the
+    chosen backend; ``.runtime`` says which backend and precision run it."""
+    net = build_net(model, layer, backend=backend, precision=precision,
+                    batch_size=batch_size, cache_dir=cache_dir)
+    return BackendReadout(net, layer, targets, model.device)
+
+
+__all__ = ["BACKENDS", "BackendNet", "BackendReadout", "Runtime", "build_net",
+           "build_readout", "resolve_backend", "torch_threads"]

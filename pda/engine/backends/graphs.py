@@ -1,0 +1,129 @@
+"""The graphs a backend runs: pixel-space batches (B, C, H, W) in, the readout's full
+vector out.
+
+- ``logits`` graph: normalisation + the classifier, (B, K). The output layer's softmax
+  and the target columns are taken after it, in fp32 torch, by the readout
+  (:mod:`pda.engine.backends`): one converted graph then serves every target set and
+  both the output and logits layers, and the softmax is exactly eager torch's.
+- ``hidden`` graph: normalisation + the classifier up to a named module, whose output
+  is averaged over space per channel (paper Fig. 5/6), (B, channels). The module's
+  output is captured by a forward hook while tracing, and only it is returned: every op
+  after it is dead code, which OpenVINO, ONNX and Inductor drop. This truncates any
+  model whose layers can be hooked, including ones torch.fx cannot trace (the default
+  EfficientNet-Lite0 pads by input shape).
+
+:func:`graph_key` names a graph for the on-disk cache: a hash of the weights, the
+normalisation, the readout and the batch shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import UnknownLayerError
+
+
+class PixelLogits(nn.Module):
+    """Pixel-space images (B, C, H, W) in [0, 1] -> logits (B, K)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.net = model.module
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)  # (B, K)
+
+
+class HiddenMeans(nn.Module):
+    """Pixel-space images (B, C, H, W) -> per-channel spatial means of ``layer`` (B, ch)."""
+
+    def __init__(self, model: Any, layer: str) -> None:
+        super().__init__()
+        self.body = PixelLogits(model)
+        self.layer = model.get_layer(layer)  # UnknownLayerError for a bad name or a file
+        self.layer_name = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            captured.append(out[0] if isinstance(out, tuple) else out)
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            self.body(x)  # the tail after ``layer`` is dead code in a traced graph
+        finally:
+            handle.remove()
+        if not captured:
+            raise UnknownLayerError(f"layer {self.layer_name!r} is not used in the forward pass")
+        out = captured[0].float()
+        return out.flatten(2).mean(2) if out.dim() > 2 else out  # (B, ch)
+
+
+def graph_module(model: Any, layer: str) -> nn.Module:
+    """The graph for ``layer`` (output, logits or a module name), in eval mode."""
+    g = PixelLogits(model) if layer in ("output", "logits") else HiddenMeans(model, layer)
+    try:
+        g.eval()
+    except NotImplementedError:  # exported programs refuse .eval(); the registry set it
+        g.training = False  # (files have no hookable layers: g is a PixelLogits)
+    return g.to(model.device)
+
+
+def graph_kind(layer: str) -> str:
+    """Output and logits share one graph (the softmax is taken after it)."""
+    return "logits" if layer in ("output", "logits") else f"hidden:{layer}"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, shapes, dtypes and bytes); memoised on
+    the module, whose weights a worker never changes."""
+    cached = getattr(module, "_pda_digest", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    state = module.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest = h.hexdigest()
+    try:
+        module._pda_digest = digest  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # ScriptModules refuse new attributes
+        pass
+    return digest
+
+
+def usable_cache_dir(cache_dir: Path | str | None, sub: str) -> Path | None:
+    """``cache_dir/sub``, created; None (with a warning) where it cannot be written: the
+    disk cache saves seconds at start, it must never fail a job."""
+    if cache_dir is None:
+        return None
+    path = Path(cache_dir) / sub
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        logging.getLogger("pda").warning("backend cache %s is not writable (%s); converting "
+                                         "without it", path, exc)
+        return None
+    return path
+
+
+def graph_key(model: Any, layer: str, shape: tuple[int, ...], *extra: str) -> str:
+    """Cache key of the graph for (weights, normalisation, readout, batch shape, extra)."""
+    parts = [weights_digest(model.module), repr(tuple(model.mean)), repr(tuple(model.std)),
+             graph_kind(layer), repr(tuple(shape)), *extra]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]

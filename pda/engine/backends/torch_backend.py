@@ -1,0 +1,98 @@
+"""Torch backends: ``torch`` (eager, the fallback that runs everything) and ``compile``
+(``torch.compile`` at one fixed batch shape; the CUDA default).
+
+Both run under autocast for bf16/fp16 (convolutions and matmuls in reduced precision;
+inputs and the returned readout stay fp32).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import UnknownLayerError
+from ..device import autocast
+from .graphs import graph_module
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+log = logging.getLogger("pda")
+
+
+class _Stop(Exception):
+    """Raised in a forward hook once the hidden activation is captured."""
+
+
+def eager_net(model: Any, layer: str, precision: str) -> Net:
+    """Eager torch: logits (B, K), or a hidden layer's channel means (B, ch) computed with
+    a hook that stops the forward pass at the layer (the tail is never run)."""
+    if layer in ("output", "logits"):
+        def logits(b: torch.Tensor) -> torch.Tensor:
+            with autocast(b.device, precision):
+                return model(b).float()  # (B, K)
+
+        return logits
+    module = model.get_layer(layer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        captured["out"] = out[0] if isinstance(out, tuple) else out
+        raise _Stop
+
+    def hidden(b: torch.Tensor) -> torch.Tensor:
+        handle = module.register_forward_hook(hook)
+        try:
+            with autocast(b.device, precision):
+                model(b)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        out = captured.pop("out", None)
+        if out is None:
+            raise UnknownLayerError(f"layer {layer!r} is not used in the forward pass")
+        # Fig. 5/6 of the paper: a feature map's units averaged over space
+        return out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()  # (B, ch)
+
+    return hidden
+
+
+def compiled_net(model: Any, layer: str, precision: str, batch_size: int,
+                 channels_last: bool) -> tuple[Net, bool]:
+    """``torch.compile`` of the readout graph, compiled now at (batch_size, C, H, W).
+
+    Returns (net, compiled); if compiling fails (no C++ compiler in a slim image, an
+    unsupported op) it logs why and returns the eager net: a slower job, never a failed
+    one. The caller pads every batch to ``batch_size`` so there is one compilation.
+    """
+    graph = graph_module(model, layer)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    probe = torch.rand(batch_size, 3, *model.input_size, device=model.device)
+    try:
+        if layer not in ("output", "logits"):
+            # Dynamo cannot trace the hook registered inside HiddenMeans.forward;
+            # torch.export can, and Inductor then drops the layers after the hidden one
+            with torch.no_grad():
+                graph = torch.export.export(graph, (probe,)).module()
+        fast = torch.compile(graph, dynamic=False)
+    except Exception as exc:  # an export failure: run eager, as for a compile failure
+        return _fallback(model, layer, precision, exc), False
+
+    def net(b: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(b.device, precision):
+            return fast(b).float()
+
+    try:
+        net(probe.contiguous(memory_format=fmt))  # compile now, not mid-sweep
+    except Exception as exc:  # compile is an optimisation, never a failure
+        return _fallback(model, layer, precision, exc), False
+    return net, True
+
+
+def _fallback(model: Any, layer: str, precision: str, exc: Exception) -> Net:
+    log.warning("torch.compile failed for %s (%s); running eager", model.name,
+                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+    return eager_net(model, layer, precision)
