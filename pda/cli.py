@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of images (default: the shipped reference photos)")
     v.add_argument("--model", help="built-in name or model file (default efficientnet_lite0)")
     v.add_argument("--configs", help="comma-separated configurations (default "
-                   "default,marginal,constant,wide,drilldown; also samples16, fine)")
+                   "default,marginal,constant,wide,drilldown; also context, samples16, fine)")
     v.add_argument("--images", type=int, help="use at most this many images (sorted by name)")
     v.add_argument("--target", default="top1", help="explained classes (default top1)")
     v.add_argument("--fit", choices=["crop", "pad", "squash"], default="squash")

@@ -27,6 +27,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "constant": {"sampler": "constant"},  # plain occlusion with the reference mean colour
     "samples16": {"samples": 16},  # less sample noise, same geometry
     "wide": {"window": 32, "stride": 16},  # more context per window, coarser map
+    "context": {"window": 32, "stride": 8},  # wide's context at the default's resolution
     "fine": {"window": 10, "stride": 4, "samples": 10},  # the finer settings
     "drilldown": {"drilldown": 0.25},  # approximate: coarse sweep, top quarter refined
 }
@@ -93,7 +94,7 @@ def run(
                                   "faithfulness": True})
         for name, x in images:
             t = time.perf_counter()
-            expl = explain(model, x, params, stats, batch_size=batch_size)
+            expl = explain(model, x, params, stats, batch_size=batch_size, backend="auto")
             seconds = time.perf_counter() - t
             f = expl.faithfulness[0]
             row = {

@@ -17,7 +17,9 @@ def test_evaluate_scores_every_configuration_on_every_image(tmp_path):
     model, x = _box_case()
     y = x.clone()
     y[1] += 0.2
-    configs = ev.pick_configs(["default", "constant"])
+    # the default's geometry at this toy size (window 16 / stride 8), whatever the defaults
+    configs = {name: {**c, "window": 16, "stride": 8}
+               for name, c in ev.pick_configs(["default", "constant"]).items()}
     rows = ev.run(model, [("a.png", x), ("b.png", y)], configs, random_stats(),
                   batch_size=16)
     assert [(r["config"], r["image"]) for r in rows] == [

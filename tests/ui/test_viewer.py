@@ -41,7 +41,7 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
     expect(page.locator("#passes")).to_have_text(  # 215 * 215 * 10 + 1, and the scores' 590
         "462,841 forward passes (590 of them for the faithfulness scores)")
     page.click("#defaults")
-    expect(page.locator("#window")).to_have_value("16")
+    expect(page.locator("#window")).to_have_value("32")
 
     page.evaluate(DROP_FILE, base64.b64encode(CAT.read_bytes()).decode())
     expect(page.locator("#preview")).to_be_visible()
@@ -103,7 +103,7 @@ def test_viewer_asks_for_the_api_key_and_cancels_a_running_job(keyed_server, pag
     expect(page.locator("#model")).to_have_value("efficientnet_lite0")
 
     page.set_input_files("#image", str(CAT))
-    page.click("#submit")  # the defaults: 2,917 forward passes, long enough to cancel
+    page.click("#submit")  # the defaults: 2,501 + 590 forward passes, long enough to cancel
     expect(page.locator("#progress-text")).to_contain_text(re.compile(r"left$"), timeout=60_000)
     expect(page.locator("#status")).to_have_text("Running…")
     page.click("#cancel")
