@@ -7,6 +7,7 @@ image into the contract's result document; the numerics live in :mod:`.engine`.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .incremental import IncrementalUnsupportedError, window_readout
 from .samplers import make_sampler
 from .stats import SamplerStats
 from .sweep import Progress, Sweep, WindowReadout, relevance_maps, run_sweep
+
+log = logging.getLogger("pda.engine")
 
 
 @dataclass
@@ -123,12 +126,13 @@ def prepare(
         on_prediction(prediction)
     if batch_size is None:
         batch_size = auto_batch_size(x.device, (H, W), model)
-    backend = resolve_backend("compile" if compile else backend, model.device, precision)
+    asked = "compile" if compile else backend
+    backend = resolve_backend(asked, model.device, precision)
     mode = incremental_default if params.incremental == "auto" else params.incremental
     incremental = params.drilldown is None and precision == "fp32" and use_incremental(
         mode, model.name, x.device.type, backend)
-    net = build_net(model, params.layer, backend="torch" if incremental else backend,
-                    precision=precision, batch_size=batch_size, cache_dir=cache_dir)
+    net, note = _net(model, params.layer, "torch" if incremental else backend, asked == "auto",
+                     precision=precision, batch_size=batch_size, cache_dir=cache_dir)
     if params.layer in ("output", "logits"):
         targets = targets or _class_targets(model, x, params, prediction)
         labels = [_label(model, t) for t in targets]
@@ -142,20 +146,35 @@ def prepare(
     positions = window_positions(H, W, params.window, params.stride, device=x.device)
     sampler = make_sampler(params.sampler, x, params.window, positions, stats,
                            padding=params.padding, fill=params.fill)
-    windows, note = _incremental(model, x, params, list(targets)) if incremental else (
+    windows, why = _incremental(model, x, params, list(targets)) if incremental else (
         None, None)
     if incremental and windows is None:  # the model does not trace: the backend, naively
-        net = build_net(model, params.layer, backend=backend, precision=precision,
-                        batch_size=batch_size, cache_dir=cache_dir)
+        net, note = _net(model, params.layer, backend, asked == "auto", precision=precision,
+                         batch_size=batch_size, cache_dir=cache_dir)
         readout = BackendReadout(net, params.layer, targets, model.device)
     runtime = {**readout.runtime.as_dict(), "incremental": windows is not None,
-               "incremental_mode": mode, **({"incremental_note": note} if note else {})}
+               "incremental_mode": mode, **({"incremental_note": why} if why else {}),
+               **({"backend_note": note} if note else {})}
     return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
                  precision=precision, fixed_batch=readout.fixed_batch, started=started,
                  channels_last=readout.channels_last, runtime=runtime,
                  torch_threads=readout.torch_threads, window_readout=windows)
+
+
+def _net(model: Any, layer: str, backend: str, fallback: bool, **kw: Any
+         ) -> tuple[Any, str | None]:
+    """The backend's net; when the caller left the backend to ``auto`` and conversion fails
+    (a user model file the converter cannot read), torch eager and why."""
+    try:
+        return build_net(model, layer, backend=backend, **kw), None
+    except Exception as e:  # noqa: BLE001 (any converter error: the torch path still works)
+        if not fallback or backend == "torch":
+            raise
+        log.warning("backend %s cannot run %s (%s); using torch", backend, model.name, e)
+        return build_net(model, layer, backend="torch", **kw), (
+            f"{backend} could not convert the model, so torch ran it: {str(e)[:160]}")
 
 
 def _incremental(model: Any, x: torch.Tensor, params: ExplainParams, targets: list[int]

@@ -252,13 +252,15 @@ def test_explain_runs_on_the_chosen_backend_and_records_it(layer, tmp_path):
     got = explain(model, x, params, random_stats(), batch_size=8, backend="auto",
                   cache_dir=tmp_path)
     auto = resolve_backend("auto", torch.device("cpu"))
-    assert ref.runtime == {"backend": "torch", "precision": "fp32", "device": "cpu"}
-    assert got.runtime == {"backend": auto, "precision": "fp32", "device": "cpu"}
+    # a toy model has no measured incremental decision: auto leaves it off
+    plain = {"incremental": False, "incremental_mode": "auto"}
+    assert ref.runtime == {"backend": "torch", "precision": "fp32", "device": "cpu", **plain}
+    assert got.runtime == {"backend": auto, "precision": "fp32", "device": "cpu", **plain}
     assert got.targets == ref.targets
     assert_same_map(torch.from_numpy(got.relevance), torch.from_numpy(ref.relevance))
     doc = result_document(got, model_name="toy", input_size=(SIZE, SIZE),
                           image_size=(SIZE, SIZE), crop_box=(0, 0, SIZE, SIZE), params=params)
-    assert doc["runtime"] == {"backend": auto, "precision": "fp32", "device": "cpu"}
+    assert doc["runtime"] == {"backend": auto, "precision": "fp32", "device": "cpu", **plain}
 
 
 def test_explain_rejects_an_unknown_backend_before_any_work():

@@ -33,7 +33,9 @@ PNG = CAT.read_bytes()
 #: chunks of one 64-window block each
 SPLIT = {"window": "16", "stride": "12", "sampler": "conditional", "samples": "2", "seed": "7",
          "faithfulness": "false"}
-CHUNKED = {"PDA_CHUNK_PASSES": "128", "PDA_CHUNKS_IN_FLIGHT": "2",
+#: torch backend on both sides: these tests are about cutting and merging, compared with a
+#: one-process map computed here the same way (backends: tests/pda/test_backends.py)
+CHUNKED = {"PDA_BACKEND": "torch", "PDA_CHUNK_PASSES": "128", "PDA_CHUNKS_IN_FLIGHT": "2",
            "PDA_STALE_JOB_SECONDS": "4", "PDA_HEARTBEAT_INTERVAL_SECONDS": "1"}
 
 

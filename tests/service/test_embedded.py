@@ -37,7 +37,8 @@ def test_embedded_mode_serves_a_working_api_with_no_redis(start_server):
 
     # the same chunks run in-process: 81 windows x 2 samples, two chunks, one merge
     r = server.http.post("/v1/explanations", data={"window": "16", "stride": "24",
-                                                   "samples": "2", "seed": "3"},
+                                                   "samples": "2", "seed": "3",
+                                                   "faithfulness": "false"},
                          files={"image": ("cat.png", CAT.read_bytes(), "image/png")})
     assert r.status_code == 202, r.text
     job = wait_for(server.http, r.json()["id"], timeout=180)

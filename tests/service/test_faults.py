@@ -33,6 +33,15 @@ TINY = {"window": "56", "stride": "56", "sampler": "constant", "samples": "1",
 ARTIFACT = ROOT / "test-artifacts" / "faults.json"
 
 
+@pytest.fixture
+def start_worker(start_worker):
+    """Workers on the torch backend: the faults below are timed against a sweep that lasts
+    seconds on one torch thread (OpenVINO finishes BIG before a kill can land)."""
+    def start(settings, **extra: str):
+        return start_worker(settings, **{"PDA_BACKEND": "torch", **extra})
+    return start
+
+
 def record(name: str, **figures: float) -> None:
     """Keep a fault's recovery figures for the report (merged across tests)."""
     ARTIFACT.parent.mkdir(exist_ok=True)

@@ -73,7 +73,8 @@ def resolve_backend(name: str, device: torch.device, precision: str = "fp32") ->
         if name == backend:
             if not mod.available():
                 raise InvalidParameterError(
-                    f"backend {name} is not installed: pip install 'pda[{name}]' or use "
+                    f"backend {name} is not installed: pip install "
+                    f"{'openvino' if name == 'openvino' else 'onnxruntime onnx'} or use "
                     "backend torch", field="backend")
             mod.check(precision, device)
     return name
