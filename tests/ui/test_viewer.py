@@ -32,7 +32,7 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
 
     page.goto(f"{server.url}/")
     expect(page.locator("#model")).to_have_value("efficientnet_lite0")
-    for field, default in {"window": "16", "stride": "8", "samples": "4", "sampler": "conditional",
+    for field, default in {"window": "32", "stride": "8", "samples": "4", "sampler": "conditional",
                            "target": "top3", "layer": "output", "seed": "0"}.items():
         expect(page.locator(f"#{field}")).to_have_value(default)
     page.click("#paper")
