@@ -35,10 +35,12 @@ ARTIFACT = ROOT / "test-artifacts" / "faults.json"
 
 @pytest.fixture
 def start_worker(start_worker):
-    """Workers on the torch backend: the faults below are timed against a sweep that lasts
-    seconds on one torch thread (OpenVINO finishes BIG before a kill can land)."""
+    """Workers on plain torch (no OpenVINO, no incremental inference): the faults below are
+    timed against a sweep that lasts seconds on one torch thread (the faster paths finish
+    BIG before a kill can land)."""
     def start(settings, **extra: str):
-        return start_worker(settings, **{"PDA_BACKEND": "torch", **extra})
+        return start_worker(settings, **{"PDA_BACKEND": "torch", "PDA_INCREMENTAL": "off",
+                                         **extra})
     return start
 
 
