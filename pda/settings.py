@@ -8,12 +8,17 @@ is here is deployment configuration. Tests replace :func:`get_settings` through
 
 from __future__ import annotations
 
+import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: settings that no longer exist: accepted, ignored, and warned about
+REMOVED = ("PDA_JOB_TIMEOUT_FLOOR_SECONDS", "PDA_ASSUMED_PASSES_PER_SECOND")
 
 
 class Settings(BaseSettings):
@@ -99,9 +104,9 @@ class Settings(BaseSettings):
 
     # --- jobs --------------------------------------------------------------------
     result_ttl_seconds: int = Field(24 * 3600, ge=1, description="how long results live")
-    job_timeout_floor_seconds: int = Field(600, ge=1)
-    assumed_passes_per_second: float = Field(
-        20.0, gt=0, description="slowest worker speed used to size job timeouts"
+    stall_seconds: float = Field(
+        300.0, gt=0, description="a running attempt that has reported no progress for this "
+        "long is taken as stuck: its heartbeat stops and it is rerun (from its checkpoint)"
     )
     job_retries: int = Field(2, ge=0, description="reruns of a job after a crash")
     heartbeat_file: Path = Field(
@@ -115,6 +120,17 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a worker counts as alive while its heartbeat is this recent "
         "(it beats every PDA_HEARTBEAT_INTERVAL_SECONDS, busy or idle)"
     )
+
+    @model_validator(mode="after")
+    def _warn_removed(self) -> Settings:
+        # jobs are no longer killed by a clock (docs/reliability.md, "Liveness"): these
+        # are read from old deployments' environments and ignored, with a warning
+        for name in REMOVED:
+            if name in os.environ:
+                warnings.warn(f"{name} is ignored: a job that makes progress is never "
+                              "timed out (PDA_STALL_SECONDS detects stuck attempts)",
+                              FutureWarning, stacklevel=2)
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

@@ -53,7 +53,8 @@ def job_public(rec: JobRecord, workers_alive: int | None = None) -> dict[str, An
         "eta_seconds": eta, "note": note,
         "created_at": rec.created_at, "started_at": rec.started_at,
         "finished_at": rec.finished_at, "expires_at": rec.expires_at,
-        "attempt": rec.attempt, "image": rec.image, "prediction": rec.prediction,
+        "attempt": rec.attempt, "previous_attempt": rec.previous_attempt,
+        "image": rec.image, "prediction": rec.prediction,
         "targets": rec.targets, "error": rec.error, "links": links,
         "chunks": ({"total": rec.chunks_total, "done": rec.chunks_done}
                    if rec.chunks_total else None),

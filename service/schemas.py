@@ -39,6 +39,9 @@ class ExplanationPublic(BaseModel):
     finished_at: str | None = None
     expires_at: str | None = Field(None, description="when the results are deleted")
     attempt: int = 1
+    previous_attempt: dict[str, Any] | None = Field(
+        None, description="of a rerun job: {attempt, ended: worker_lost | stalled | shutdown "
+        "| crashed | message_lost, at, resumed_from: the progress it resumed at}")
     image: dict[str, Any] = Field(default_factory=dict)
     prediction: list[PredictionEntry] | None = None
     targets: list[dict[str, Any]] | None = None

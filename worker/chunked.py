@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from pda.keys import RUNNING
 from pda.params import count_windows
 from pda.settings import Settings, get_settings
 from worker import tasks
+from worker.liveness import Pulse, start_beat
 
 log = logging.getLogger("pda.worker")
 
@@ -47,13 +48,12 @@ def run_chunk(job_id: str, part: int, attempt: int) -> str:
     record = store.get(job_id)
     if record is None:
         return "gone"
-    stop = threading.Event()
-    beat = threading.Thread(target=_beat, daemon=True, args=(chunks, job_id, part, stop,
-                                                              settings.stale_job_seconds / 3))
-    beat.start()
+    pulse = Pulse()
+    stop = start_beat(_beat(chunks, job_id, part), pulse, settings.stale_job_seconds / 3,
+                      settings.stall_seconds, f"job {job_id} chunk {part} attempt {attempt}")
     tasks.current_job = member(job_id, part)
     try:
-        partial = _sweep_chunk(store, chunks, settings, record, part, attempt, entry)
+        partial = _sweep_chunk(store, chunks, settings, record, part, attempt, entry, pulse)
     except Exception as exc:
         return _chunk_stopped(store, chunks, settings, record, part, attempt, exc)
     finally:
@@ -66,11 +66,12 @@ def run_chunk(job_id: str, part: int, attempt: int) -> str:
 
 
 def _sweep_chunk(store, chunks: Chunks, settings: Settings, record: JobRecord, part: int,
-                 attempt: int, entry: dict[str, Any]) -> bytes:
+                 attempt: int, entry: dict[str, Any], pulse: Pulse) -> bytes:
     job_id = record.id
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
+        pulse.touch()
         now = time.monotonic()
         if now - last[0] > 0.25 or done == total:
             last[0] = now
@@ -118,7 +119,11 @@ def _chunk_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord,
 
 
 def run_merge(job_id: str) -> str:
-    """Turn the chunks' partial sums into the job's result (once every chunk is done)."""
+    """Turn the chunks' partial sums into the job's result (once every chunk is done).
+
+    A merge is an attempt like a chunk: it counts itself (the job's ``merge_attempts``),
+    beats while it progresses (its scores' passes report progress), and after
+    ``PDA_JOB_RETRIES`` reruns a merge that keeps failing ends the job ``failed``."""
     settings = get_settings()
     store = tasks.store_for(settings)
     chunks = Chunks(store, settings)
@@ -126,24 +131,82 @@ def run_merge(job_id: str) -> str:
     if record is None or record.status != JobStatus.RUNNING:
         store.r.zrem(RUNNING, member(job_id, MERGE))
         return "skipped (the job is not running)"
-    started = time.perf_counter()
     partials = chunks.partials(job_id)
     if len(partials) != record.chunks_total:
         return f"skipped ({len(partials)} of {record.chunks_total} chunks stored)"
+    attempt = tasks.persist(chunks.claim_merge, job_id)
+    if attempt is None:
+        return "skipped (the job is not running)"
+    pulse = Pulse()
+    stop = start_beat(_beat(chunks, job_id, MERGE), pulse, settings.stale_job_seconds / 3,
+                      settings.stall_seconds, f"job {job_id} merge attempt {attempt}")
+    tasks.current_job = member(job_id, MERGE)
+    try:
+        return _merge(store, settings, record, partials, attempt, pulse)
+    except Exception as exc:
+        return _merge_stopped(store, chunks, settings, record, attempt, exc)
+    finally:
+        stop.set()
+        tasks.current_job = None
+
+
+def _merge(store, settings: Settings, record: JobRecord, partials: dict[int, bytes],
+           attempt: int, pulse: Pulse) -> str:
+    job_id = record.id
+    started = time.perf_counter()
     job = tasks.prepare_job(store, settings, record, targets=record.targets)
     p = job.setup.params
     n_w = count_windows(*job.setup.x.shape[-2:], p.window, p.stride)
     sweep = merge_partials([partials[i] for i in sorted(partials)], n_w)
+    pulse.touch()
     expl = conclude(job.setup, sweep, seconds=_elapsed(record))
-    files, summary = tasks.result_files(record, job, expl)
+    swept = sweep.forward_passes + 1
+    last = [0.0]
+
+    def progress(done: int, _total: int) -> None:
+        pulse.touch()
+        now = time.monotonic()
+        if now - last[0] > 0.25:
+            last[0] = now
+            if not store.set_progress_done(job_id, swept + done):
+                raise tasks.RecordLost(job_id)
+            if store.field(job_id, "status") != JobStatus.RUNNING:
+                raise Canceled(job_id)
+
+    files, summary = tasks.result_files(record, job, expl, progress=progress)
     if not tasks.persist(store.finish, job_id, files, None, **summary):
         return "not stored (canceled meanwhile)"
     store.r.zrem(RUNNING, member(job_id, MERGE))
     store.count(JobStatus.FINISHED, record.model, passes=expl.forward_passes,
                 seconds=summary["seconds"])
-    log.info("job %s: merged %d chunks in %.2f s", job_id, len(partials),
-             time.perf_counter() - started)
+    log.info("job %s: merged %d chunks in %.2f s (merge attempt %d)", job_id, len(partials),
+             time.perf_counter() - started, attempt)
     return "finished"
+
+
+def _merge_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord,
+                   attempt: int, exc: Exception) -> str:
+    job_id = record.id
+    if isinstance(exc, Canceled):
+        store.r.zrem(RUNNING, member(job_id, MERGE))
+        return "stopped (the job ended)"
+    if isinstance(exc, tasks.RecordLost):
+        store.r.zrem(RUNNING, member(job_id, MERGE))
+        return "lost"
+    if isinstance(exc, PDAError):
+        tasks.persist(lifecycle.fail, store, job_id, record.model, tasks.problem(exc, 422))
+        return "failed"
+    log.error("job %s: merge attempt %d crashed", job_id, attempt, exc_info=exc)
+    if attempt <= settings.job_retries:
+        # fresh heartbeat: the reaper must not enqueue a second merge while this one waits
+        chunks.r.zadd(RUNNING, {member(job_id, MERGE): time.time()}, xx=True)
+        tasks.persist(chunks.enqueue_merge, job_id)
+        return "retrying"
+    tasks.persist(lifecycle.fail, store, job_id, record.model, {
+        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
+        "detail": f"merging the chunks of the explanation failed after {attempt} attempts: "
+                  f"{tasks.one_line(exc)}"})
+    return "failed"
 
 
 def _elapsed(record: JobRecord) -> float:
@@ -155,10 +218,7 @@ def _elapsed(record: JobRecord) -> float:
     return time.time() - begun
 
 
-def _beat(chunks: Chunks, job_id: str, part: int, stop: threading.Event, every: float) -> None:
-    # progress beats too, but one batch of a big model can take longer than that
-    while not stop.wait(min(5.0, every)):
-        try:
-            chunks.r.zadd(RUNNING, {member(job_id, part): time.time()}, xx=True)
-        except Exception:  # Redis briefly away: the next beat will do
-            pass
+def _beat(chunks: Chunks, job_id: str, part: int | str) -> Callable[[], None]:
+    """The heartbeat of a chunk or the merge: its member's score in the running index
+    (progress beats too, but one batch of a big model can take longer than that)."""
+    return lambda: chunks.r.zadd(RUNNING, {member(job_id, part): time.time()}, xx=True)

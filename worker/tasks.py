@@ -46,7 +46,9 @@ from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
 from pda.params import ExplainParams, count_windows, passes_per_window
 from pda.settings import Settings, get_settings
+from worker import checkpoints
 from worker.announce import announce_model
+from worker.liveness import Pulse, start_beat
 
 log = logging.getLogger("pda.worker")
 
@@ -95,14 +97,14 @@ def run_explanation(job_id: str, attempt: int) -> str:
         current = store.fields(job_id, "status", "attempt")
         return f"skipped (the job is {current[0]} at attempt {current[1]}; this is {attempt})"
     started = time.perf_counter()
-    stop_beat = threading.Event()
-    beat = threading.Thread(target=_heartbeat, daemon=True,
-                            args=(store, job_id, stop_beat, settings.stale_job_seconds / 3))
-    beat.start()
+    pulse = Pulse()
+    stop_beat = start_beat(lambda: store.heartbeat(job_id), pulse,
+                           settings.stale_job_seconds / 3, settings.stall_seconds,
+                           f"job {job_id} attempt {attempt}")
     global current_job
     current_job = job_id
     try:
-        outcome = _explain(store, settings, job_id, record, attempt)
+        outcome = _explain(store, settings, job_id, record, attempt, pulse)
     except Exception as exc:
         return _stopped(store, settings, record, attempt, exc)
     finally:
@@ -139,7 +141,7 @@ def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: in
         return "lost"
     if isinstance(exc, Requeue):
         persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes,
-                 at_front=True)
+                at_front=True, reason="shutdown")
         log.warning("job %s requeued by a warm shutdown", job_id)
         return "requeued"
     if isinstance(exc, PDAError):  # the caller's mistake found late (a broken model file)
@@ -206,15 +208,6 @@ def one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _heartbeat(store: JobStore, job_id: str, stop: threading.Event, every: float) -> None:
-    # progress also beats, but one batch of a big model can take longer than that
-    while not stop.wait(min(5.0, every)):
-        try:
-            store.heartbeat(job_id)
-        except Exception:  # Redis briefly away: the next beat will do
-            pass
-
-
 @dataclass
 class Prepared:
     """A job ready to sweep: the engine's setup and the image it came from."""
@@ -279,12 +272,16 @@ def target_list(targets: list[int], labels: list[str]) -> list[dict[str, Any]]:
 
 
 def _explain(
-    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int
+    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int,
+    pulse: Pulse,
 ) -> tuple[dict[str, bytes], dict[str, Any]] | None:
     """Run the job here, or split it into chunks (then None: the chunks finish it)."""
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
+        """After every forward batch of the sweep and of the scores: the one place where
+        an attempt reports progress and checks for cancel, takeover and shutdown."""
+        pulse.touch()  # the attempt's heartbeat beats while this is called (liveness)
         now = time.monotonic()
         if now - last[0] > 0.25 or done == total:
             last[0] = now
@@ -310,8 +307,21 @@ def _explain(
     if _split(store, settings, record, attempt, job.setup):
         return None
     sweep_progress, score_progress = split_progress(progress, faithfulness_passes(job.setup))
-    expl = conclude(job.setup, sweep_part(job.setup, progress=sweep_progress))
+    if job.setup.params.drilldown is None:
+        sweep = checkpoints.resumable_sweep(
+            store, job_id, attempt, job.setup, sweep_progress,
+            on_resume=lambda passes: _resumed(store, record, passes))
+    else:
+        sweep = sweep_part(job.setup, progress=sweep_progress)
+    expl = conclude(job.setup, sweep)
     return result_files(record, job, expl, progress=score_progress)
+
+
+def _resumed(store: JobStore, record: JobRecord, passes: int) -> None:
+    """Say in the job's resource where this attempt resumed (its first progress)."""
+    if record.previous_attempt is not None:
+        store.update(record.id, previous_attempt={**record.previous_attempt,
+                                                  "resumed_from": passes + 1})
 
 
 def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,

@@ -22,7 +22,6 @@ Keys (beside the job record, from :mod:`pda.keys`):
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from rq import Queue
 
 from .. import keys
 from ..settings import Settings
+from .queue import BACKSTOP_SECONDS
 from .record import JobStatus, encode
 from .store import JobStore, now_iso
 
@@ -128,10 +128,9 @@ class Chunks:
 
     def _enqueue(self, job_id: str, part: int, attempt: int, entry: dict[str, Any],
                  *, at_front: bool = False) -> None:
-        timeout = max(self.settings.job_timeout_floor_seconds,
-                      math.ceil(3 * entry["passes"] / self.settings.assumed_passes_per_second))
         self.queue.enqueue("worker.chunked.run_chunk", job_id, part, attempt,
-                           job_id=rq_chunk_id(job_id, part, attempt), job_timeout=timeout,
+                           job_id=rq_chunk_id(job_id, part, attempt),
+                           job_timeout=BACKSTOP_SECONDS,
                            result_ttl=600, failure_ttl=self.settings.result_ttl_seconds,
                            at_front=at_front, description=f"chunk {part} of {job_id}")
 
@@ -207,10 +206,28 @@ class Chunks:
         self._enqueue(job_id, part, attempt + 1, entry, at_front=at_front)
         return True
 
+    def claim_merge(self, job_id: str) -> int | None:
+        """Start a merge attempt: count it in the job's ``merge_attempts`` and beat its
+        member; the attempt's number, or None if the job is not running."""
+        out: dict[str, int] = {}
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            status, count = pipe.hmget(keys.job(job_id), "status", "merge_attempts")
+            if status is None or json.loads(status) != JobStatus.RUNNING:
+                return False
+            out["attempt"] = json.loads(count or "0") + 1
+            pipe.multi()
+            pipe.hset(keys.job(job_id), mapping=encode({"merge_attempts": out["attempt"]}))
+            pipe.zadd(keys.RUNNING, {member(job_id, MERGE): time.time()})
+            return True
+
+        ok = self.r.transaction(write, keys.job(job_id), value_from_callable=True)
+        return out["attempt"] if ok else None
+
     def enqueue_merge(self, job_id: str) -> None:
         self.queue.enqueue("worker.chunked.run_merge", job_id,
                            job_id=rq_chunk_id(job_id, MERGE, int(time.time() * 1000)),
-                           at_front=True, result_ttl=600, job_timeout=600,
+                           at_front=True, result_ttl=600, job_timeout=BACKSTOP_SECONDS,
                            description=f"merge of {job_id}")
 
     def _running_entry(self, pipe, job_id: str, part: int, attempt: int) -> dict | None:

@@ -160,10 +160,11 @@ def cancel(store: JobStore, queue: Queue, rec: JobRecord) -> JobRecord:
 
 
 def requeue(store: JobStore, settings: Settings, job_id: str, attempt: int, passes: int,
-            *, at_front: bool = False) -> bool:
-    """Give attempt ``attempt`` back as ``attempt + 1`` and enqueue it; False if the job
-    is not at that attempt any more (ended, or taken over)."""
-    if not store.requeued(job_id, attempt + 1):
+            *, at_front: bool = False, reason: str = "crashed") -> bool:
+    """Give attempt ``attempt`` back as ``attempt + 1`` and enqueue it (``reason``: why
+    it ended, :data:`.record.REASONS`); False if the job is not at that attempt any more
+    (ended, or taken over)."""
+    if not store.requeued(job_id, attempt + 1, reason):
         return False
     enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1, passes,
                     at_front=at_front)
@@ -179,8 +180,9 @@ def fail(store: JobStore, rec_or_id: JobRecord | str, model: str, error: dict[st
 
 
 def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
-    """Requeue (or fail) running jobs, chunks and merges whose worker stopped
-    heartbeating (SIGKILL, OOM): a dead worker's chunk is rerun alone."""
+    """Requeue (or fail) running jobs, chunks and merges whose heartbeat stopped: their
+    worker died (SIGKILL, OOM) or they made no progress for PDA_STALL_SECONDS (the beat
+    stops then, worker.liveness). A dead worker's chunk is rerun alone."""
     out = []
     for stale in store.claim_stale(settings.stale_job_seconds):
         job_id, part = parse_member(stale)
@@ -191,10 +193,15 @@ def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
         rec = store.get(job_id)
         if rec is None or rec.status != JobStatus.RUNNING:
             continue
+        # the record's heartbeat_at is written with progress only (the beat thread
+        # touches the index): progress that old means the attempt stalled
+        reason = "stalled" if time.time() - (rec.heartbeat_at or 0) >= \
+            settings.stall_seconds else "worker_lost"
         if rec.attempt <= settings.job_retries:
-            if requeue(store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True):
-                log.warning("job %s abandoned by %s; requeued as attempt %d",
-                            job_id, rec.worker, rec.attempt + 1)
+            if requeue(store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True,
+                       reason=reason):
+                log.warning("job %s abandoned by %s (%s); requeued as attempt %d",
+                            job_id, rec.worker, reason, rec.attempt + 1)
         else:
             fail(store, rec, rec.model or "?", {
                 "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
@@ -209,6 +216,12 @@ def _reap_part(settings: Settings, store: JobStore, job_id: str, part: str) -> N
         return
     chunks = Chunks(store, settings)
     if part == MERGE:
+        if rec.merge_attempts > settings.job_retries:
+            fail(store, rec, rec.model, {
+                "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
+                "detail": f"the workers merging this job's chunks stopped "
+                          f"{rec.merge_attempts} times; giving up"})
+            return
         store.r.zadd(keys.RUNNING, {member(job_id, MERGE): time.time()})
         chunks.enqueue_merge(job_id)
         log.warning("job %s: its merge was abandoned; enqueued again", job_id)
@@ -251,7 +264,8 @@ def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
         if status is not None and status not in RQ_SPENT:
             continue  # waiting in the queue, or being picked up
         if store.claim_repair(job_id, rec.attempt) and requeue(
-                store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True):
+                store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True,
+                reason="message_lost"):
             log.warning("job %s lost its queue message (attempt %d); requeued",
                         job_id, rec.attempt)
             out.append(job_id)

@@ -27,6 +27,11 @@ class JobStatus(StrEnum):
         return self in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+#: why an attempt was rerun: its worker stopped beating (SIGKILL, OOM, a hung process),
+#: it reported no progress for PDA_STALL_SECONDS, a warm shutdown gave it back, it
+#: crashed with an error (retried), or its queue message was lost
+REASONS = ("worker_lost", "stalled", "shutdown", "crashed", "message_lost")
+
 TERMINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED})
 
 
@@ -67,6 +72,11 @@ class JobRecord(BaseModel):
     chunks_total: int | None = None
     chunks_done: int = 0
     labels: list[str] | None = None
+    merge_attempts: int = 0
+    # reruns (worker.checkpoints): why the previous attempt ended (REASONS), when, and
+    # where this one resumed; the sweep passes kept in checkpoints so far
+    previous_attempt: dict[str, Any] | None = None
+    checkpoint_passes: int = 0
 
     def __getitem__(self, name: str) -> Any:
         """``record["status"]``: read access by field name, as for the plain hash."""

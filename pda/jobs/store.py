@@ -48,9 +48,16 @@ def is_transient(exc: BaseException) -> bool:
         or is_full(exc)
 
 
+def checkpoint_key(job_id: str) -> str:
+    """Hash: a whole job's sweep checkpoints, window range -> partial sums (npz bytes)."""
+    return f"{keys.job(job_id)}:checkpoint"
+
+
 def chunk_keys(job_id: str) -> tuple[str, ...]:
-    """A split job's working keys, dropped when it ends (pda.jobs.chunks)."""
-    return keys.chunks(job_id), keys.chunk_progress(job_id), keys.partials(job_id)
+    """A job's working keys, dropped when it ends: a split job's (pda.jobs.chunks) and a
+    whole job's checkpoints (worker.checkpoints)."""
+    return (keys.chunks(job_id), keys.chunk_progress(job_id), keys.partials(job_id),
+            checkpoint_key(job_id))
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -153,15 +160,18 @@ class JobStore:
             "status": JobStatus.RUNNING, "started_at": now_iso(), "worker": worker,
             "heartbeat_at": time.time()}, then=index)
 
-    def requeued(self, job_id: str, attempt: int) -> bool:
-        """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended."""
+    def requeued(self, job_id: str, attempt: int, reason: str = "worker_lost") -> bool:
+        """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended;
+        ``reason`` (:data:`.record.REASONS`) says why the previous attempt ended."""
         def index(pipe: redis.client.Pipeline) -> None:
             pipe.zrem(keys.RUNNING, job_id)
             pipe.zadd(keys.QUEUED, {job_id: time.time()})
 
         return self.transition(job_id, (JobStatus.RUNNING, JobStatus.QUEUED), attempt - 1, {
             "status": JobStatus.QUEUED, "attempt": attempt, "progress_done": 0,
-            "started_at": None, "worker": None}, then=index)
+            "started_at": None, "worker": None,
+            "previous_attempt": {"attempt": attempt - 1, "ended": reason, "at": now_iso()}},
+            then=index)
 
     def finish(self, job_id: str, files: dict[str, bytes], attempt: int | None = None,
                **fields: Any) -> bool:

@@ -1,0 +1,53 @@
+"""``pda worker`` made slow or stuck on purpose, for the liveness tests (test_liveness.py).
+
+A real worker process whose forward batches sleep first: a machine many times slower
+than the old timeouts assumed, costing the shared test machine no CPU. Environment:
+
+- ``PDA_TEST_BATCH_DELAY``: seconds each sweep batch sleeps before its forward pass
+- ``PDA_TEST_HANG_AT``: the Nth batch of this process hangs (a stuck forward)
+- ``PDA_TEST_MERGE_DELAY``: seconds a split job's merge sleeps (without progress)
+- ``PDA_TEST_MERGE_FAIL``: every merge raises (a deterministic failure)
+
+Needs ``PDA_BACKEND=torch`` and ``PDA_INCREMENTAL=off``: the batches it slows are the
+full images of the plain sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pda.engine.sweep as sweep
+import worker.chunked as chunked
+from pda.cli import main
+
+DELAY = float(os.environ.get("PDA_TEST_BATCH_DELAY", "0"))
+HANG_AT = int(os.environ.get("PDA_TEST_HANG_AT", "0"))
+MERGE_DELAY = float(os.environ.get("PDA_TEST_MERGE_DELAY", "0"))
+MERGE_FAIL = os.environ.get("PDA_TEST_MERGE_FAIL") == "1"
+_batch = sweep._perturbed_batch
+_merge = chunked.merge_partials
+_count = [0]
+
+
+def slowed_batch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 (a transparent wrapper)
+    _count[0] += 1
+    if _count[0] == HANG_AT:
+        time.sleep(10**6)
+    time.sleep(DELAY)
+    return _batch(*args, **kwargs)
+
+
+def slowed_merge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    if MERGE_FAIL:
+        raise RuntimeError("this merge always fails")
+    time.sleep(MERGE_DELAY)
+    return _merge(*args, **kwargs)
+
+
+sweep._perturbed_batch = slowed_batch
+chunked.merge_partials = slowed_merge
+
+if __name__ == "__main__":
+    sys.exit(main(["worker"]))
