@@ -31,6 +31,7 @@ from .defaults import (
 )
 from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
+from .passcount import passes_needed
 
 
 class ExplainParams(BaseModel):
@@ -165,8 +166,10 @@ def count_windows(height: int, width: int, window: int, stride: int) -> int:
 
 
 def plan(params: ExplainParams, input_size: tuple[int, int]) -> dict[str, int]:
-    """Windows and forward passes a job needs, the unmodified image's pass included: the
-    one count that caps, ETAs, progress and the result document all use."""
+    """Windows and forward passes a job needs: the sweep, the unmodified image's pass and
+    the faithfulness scores. ``forward_passes`` is the one count that caps, ETAs, progress
+    (its total, fixed at submit) and the result document all use; the worker counts the
+    same passes (``faithfulness_passes`` is :func:`faithfulness_passes`)."""
     H, W = input_size
     if params.window > H or params.window > W:
         raise InvalidParameterError(
@@ -175,10 +178,31 @@ def plan(params: ExplainParams, input_size: tuple[int, int]) -> dict[str, int]:
     n_w = count_windows(H, W, params.window, params.stride)
     per = passes_per_window(params.sampler, params.samples)
     if params.drilldown is not None:  # an upper bound: refinement depends on the coarse map
-        return {"windows": n_w, "forward_passes": plan_drilldown(
-            H, W, params.window, params.stride,
-            coarse_stride_for(params.stride, params.coarse_stride), params.drilldown, per)}
-    return {"windows": n_w, "forward_passes": n_w * per + 1}
+        sweep = plan_drilldown(H, W, params.window, params.stride,
+                               coarse_stride_for(params.stride, params.coarse_stride),
+                               params.drilldown, per)
+    else:
+        sweep = n_w * per + 1
+    scores = faithfulness_passes(params, input_size, target_count(params))
+    return {"windows": n_w, "sweep_passes": sweep, "faithfulness_passes": scores,
+            "forward_passes": sweep + scores}
+
+
+def target_count(params: ExplainParams) -> int:
+    """Targets a job explains: K of topK (a model has at least K classes, or the job
+    fails), or the listed indices."""
+    kind, spec = parse_target(params.target)
+    return spec if isinstance(spec, int) else len(spec)
+
+
+def faithfulness_passes(params: ExplainParams, input_size: tuple[int, int],
+                        targets: int) -> int:
+    """Forward passes of the faithfulness scores of ``targets`` maps: 0 when off or for a
+    hidden layer (a channel has no class probability to delete)."""
+    if not (params.faithfulness and params.layer in OUTPUT_LAYERS):
+        return 0
+    H, W = input_size
+    return passes_needed(H * W, targets)
 
 
 def check_against_model(params: ExplainParams, info: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+from pda import keys
+from pda.eta import eta_seconds
 from pda.jobs.record import JobRecord, JobStatus
 
 from .problems import Problem
@@ -22,18 +24,46 @@ NO_WORKER_NOTE = ("no worker is alive: the job waits in the queue and starts as 
                   "worker does (with KEDA scale-from-zero, when one has been started)")
 
 
-def job_public(rec: JobRecord, workers_alive: int | None = None) -> dict[str, Any]:
+def recent_rate(conn: Any) -> float | None:
+    """Passes/s the workers measured for the last whole job they finished (set-up
+    included): what a queued job's ETA assumes; None before any job finished."""
+    try:
+        v = conn.hget(keys.METRICS_SWEEP, "last_rate")
+    except Exception:  # noqa: BLE001 (an ETA is a nicety: never fail the poll for it)
+        return None
+    return float(v) if v else None
+
+
+def job_eta(rec: JobRecord, done: int, total: int, queued_rate: float | None = None,
+            now: float | None = None) -> float | None:
+    """Seconds until the job is done, every phase still to run included (the total counts
+    the sweep and the scores): running, from this attempt's measured rate (pda.eta; before
+    its first rate, the mean since it started); queued, from ``queued_rate``."""
+    now = time.time() if now is None else now
+    if rec.status == JobStatus.QUEUED:
+        return eta_seconds(total, queued_rate)
+    if rec.status != JobStatus.RUNNING or done <= 0:
+        return None
+    since = now - rec.heartbeat_at if rec.heartbeat_at else 0.0
+    if rec.progress_rate:
+        return eta_seconds(total - done, rec.progress_rate, since)
+    started = _ts(rec.started_at)
+    return eta_seconds(total - done, done / (now - started)) if started and now > started \
+        else None
+
+
+def job_public(rec: JobRecord, workers_alive: int | None = None,
+               queued_rate: float | None = None) -> dict[str, Any]:
     """The public job resource; ``workers_alive`` (when known) adds a note and drops the ETA
-    while the job waits with no worker alive to run it."""
+    while the job waits with no worker alive to run it; ``queued_rate`` (passes/s,
+    :func:`recent_rate`) gives a queued job its ETA."""
     base = f"/v1/explanations/{rec.id}"
     done = rec.progress_done
     total = rec.progress_total or rec.planned_passes
     if rec.status == JobStatus.FINISHED:
-        done = total = rec.forward_passes or total
-    eta = None
-    started = _ts(rec.started_at)
-    if rec.status == JobStatus.RUNNING and started and done > 0:
-        eta = round((time.time() - started) / done * (total - done), 1)
+        # the total fixed at submit; a drill-down's is an upper bound of what it ran
+        done = total = total or rec.forward_passes or 0
+    eta = job_eta(rec, done, total, queued_rate)
     note = None
     if rec.status.active and workers_alive == 0:
         eta, note = None, NO_WORKER_NOTE

@@ -37,6 +37,7 @@ from pda.engine.explain import (
 from pda.engine.inputs import preprocess, to_uint8
 from pda.engine.stats import get_stats
 from pda.errors import Canceled, ModelNotInstalledError, PDAError
+from pda.eta import RateMeter
 from pda.images import open_image, original_size
 from pda.jobs import lifecycle, predictions
 from pda.jobs.chunks import Chunks, split
@@ -277,17 +278,19 @@ def _explain(
 ) -> tuple[dict[str, bytes], dict[str, Any]] | None:
     """Run the job here, or split it into chunks (then None: the chunks finish it)."""
     last = [0.0]
+    meter = RateMeter()  # this attempt's passes/s, for the job resource's ETA
 
     def progress(done: int, total: int) -> None:
         """After every forward batch of the sweep and of the scores: the one place where
         an attempt reports progress and checks for cancel, takeover and shutdown."""
         pulse.touch()  # the attempt's heartbeat beats while this is called (liveness)
         now = time.monotonic()
+        rate = meter.add(done, now)
         if now - last[0] > 0.25 or done == total:
             last[0] = now
             try:
                 # +1 on both: the unmodified image's pass, counted in the job's plan
-                if not store.set_progress(job_id, done + 1, total + 1):
+                if not store.set_progress(job_id, done + 1, total + 1, rate=rate):
                     raise RecordLost(job_id)
                 status, current = store.fields(job_id, "status", "attempt")
             except REDIS_DOWN:  # keep computing; the result is written once Redis is back

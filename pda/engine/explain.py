@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from ..decisions import use_incremental
-from ..defaults import OUTPUT_LAYERS, PREDICTION_TOP, SAMPLERS
+from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
 from ..errors import InvalidParameterError
 from ..params import ExplainParams, parse_target
+from ..params import faithfulness_passes as planned_faithfulness_passes
 from .backends import BackendReadout, build_net, resolve_backend, torch_threads
 from .device import auto_batch_size, check_precision
 from .drilldown import explain_drilldown
-from .faithfulness import passes_needed, score_explanation
+from .faithfulness import score
 from .geometry import check_window, window_positions
 from .incremental import IncrementalUnsupportedError, window_readout
 from .samplers import make_sampler
@@ -88,6 +89,9 @@ class Setup:
     runtime: dict[str, Any] | None = None
     torch_threads: int | None = None  # torch's threads while the backend runs
     window_readout: WindowReadout | None = None  # exact incremental inference, when used
+    score_backend: str = "torch"  # what runs the faithfulness scores (concrete, never auto)
+    backend_fallback: bool = False  # the caller left the backend to auto
+    cache_dir: Any = None  # converted graphs on disk (the scores' net too)
 
 
 def prepare(
@@ -152,6 +156,9 @@ def prepare(
         net, note = _net(model, params.layer, backend, asked == "auto", precision=precision,
                          batch_size=batch_size, cache_dir=cache_dir)
         readout = BackendReadout(net, params.layer, targets, model.device)
+    # the scores run where a naive sweep would (incremental inference only helps windows);
+    # a model the backend could not convert stays on torch for them too
+    score_backend = "torch" if note else backend
     runtime = {**readout.runtime.as_dict(), "incremental": windows is not None,
                "incremental_mode": mode, **({"incremental_note": why} if why else {}),
                **({"backend_note": note} if note else {})}
@@ -160,7 +167,9 @@ def prepare(
                  readout=readout, sampler=sampler, batch_size=batch_size,
                  precision=precision, fixed_batch=readout.fixed_batch, started=started,
                  channels_last=readout.channels_last, runtime=runtime,
-                 torch_threads=readout.torch_threads, window_readout=windows)
+                 torch_threads=readout.torch_threads, window_readout=windows,
+                 score_backend=score_backend, backend_fallback=asked == "auto",
+                 cache_dir=cache_dir)
 
 
 def _net(model: Any, layer: str, backend: str, fallback: bool, **kw: Any
@@ -329,11 +338,8 @@ def explain(
 def faithfulness_passes(setup: Setup) -> int:
     """Forward passes :func:`add_faithfulness` makes: 0 when off or for a hidden layer
     (a channel has no class probability to delete)."""
-    p = setup.params
-    if not (p.faithfulness and p.layer in OUTPUT_LAYERS):
-        return 0
     C, H, W = setup.x.shape
-    return passes_needed(H * W, len(setup.targets))
+    return planned_faithfulness_passes(setup.params, (H, W), len(setup.targets))
 
 
 def split_progress(progress: Progress | None, extra: int
@@ -361,13 +367,31 @@ def add_faithfulness(model: Any, setup: Setup, expl: Explanation, *,
     if expl.faithfulness is not None or not faithfulness_passes(setup):
         return expl
     start = time.perf_counter()
-    expl.faithfulness, used = score_explanation(
-        model, setup.x, torch.from_numpy(expl.relevance), setup.targets,
-        seed=setup.params.seed, batch_size=setup.batch_size, progress=progress)
+    probabilities, note = score_readout(model, setup)
+    began = time.perf_counter()  # after a first-time conversion of the scores' graph
+    with torch_threads(probabilities.torch_threads):
+        expl.faithfulness, used = score(
+            probabilities, setup.x, torch.from_numpy(expl.relevance).to(setup.x.device),
+            seed=setup.params.seed, batch_size=setup.batch_size, progress=progress)
+    rate = used / max(time.perf_counter() - began, 1e-9)
     expl.faithfulness_passes = used
     expl.forward_passes += used
     expl.seconds += time.perf_counter() - start
+    expl.runtime = {**(expl.runtime or {}), "faithfulness": {
+        **probabilities.runtime.as_dict(), "passes_per_second": round(rate, 2),
+        **({"backend_note": note} if note else {})}}
     return expl
+
+
+def score_readout(model: Any, setup: Setup) -> tuple[BackendReadout, str | None]:
+    """The faithfulness scores' readout, softmax probabilities of the targets (B, T): the
+    sweep's backend at its batch size, always fp32 (the protocol scores fp32 probabilities),
+    so the scores run as fast as the sweep (docs/performance.md) and equal eager torch's
+    to float rounding. The net is the sweep's own when the sweep ran the backend in fp32
+    (memoised per model); else it is converted once per process (or read from the cache)."""
+    net, note = _net(model, "output", setup.score_backend, setup.backend_fallback,
+                     precision="fp32", batch_size=setup.batch_size, cache_dir=setup.cache_dir)
+    return BackendReadout(net, "output", setup.targets, model.device), note
 
 
 def result_document(

@@ -46,6 +46,7 @@ from ..defaults import (
     FAITHFULNESS_STEP,
 )
 from ..errors import InvalidParameterError
+from ..passcount import passes_needed, step_counts
 
 #: (B, C, H, W) pixel-space images -> (B, T) softmax probabilities of the targets
 Probabilities = Callable[[torch.Tensor], torch.Tensor]
@@ -53,22 +54,6 @@ Probabilities = Callable[[torch.Tensor], torch.Tensor]
 BLUR_SIGMA = 5.0
 #: curve values kept in the document
 DECIMALS = 4
-
-
-def step_counts(n_pixels: int, step: float) -> list[int]:
-    """Pixels changed at each curve point: 0, m, 2m, ..., N with m = ceil(step * N)."""
-    if not 0.0 < step <= 1.0:
-        raise InvalidParameterError(f"faithfulness step {step} must lie in (0, 1]")
-    m = max(1, math.ceil(step * n_pixels - 1e-9))
-    return list(range(0, n_pixels, m)) + [n_pixels]
-
-
-def passes_needed(n_pixels: int, targets: int, step: float = FAITHFULNESS_STEP,
-                  orders: int = FAITHFULNESS_ORDERS) -> int:
-    """Forward passes of one scoring: the two shared end points, then the interior points
-    of a deletion and an insertion curve for every target and every random order."""
-    P = len(step_counts(n_pixels, step))
-    return 2 + 2 * (P - 2) * (targets + orders)
 
 
 def relevance_order(relevance: torch.Tensor) -> torch.Tensor:
@@ -248,3 +233,7 @@ def score_explanation(
 
     return score(probabilities, x, relevance.to(x.device), seed=seed, batch_size=batch_size,
                  **protocol)
+
+
+__all__ = ["BLUR_SIGMA", "auc", "block_order", "curves", "fill_canvas", "gaussian_blur",
+           "passes_needed", "relevance_order", "score", "score_explanation", "step_counts"]

@@ -6,13 +6,17 @@ All statistics live in pixel space (RGB in [0, 1]) so one file serves every mode
 - ``images``: (R, 256, 256, 3) uint8, the reference set (shorter side resized to 256,
   centre crop), used by the marginal sampler and to fit Gaussians;
 - ``mean``: (3,) float, the reference mean colour (the constant sampler's default fill);
-- ``gauss_<l>_mu`` (3, l*l) and ``gauss_<l>_cov`` (3, l*l, l*l): per-channel Gaussian
-  fits of l x l patches, as the authors fit them (one Gaussian per colour channel).
+- ``gauss_<l>_mu`` (3, l*l) and ``gauss_<l>_cov_triu`` (3, l*l*(l*l+1)/2): per-channel
+  Gaussian fits of l x l patches, as the authors fit them (one Gaussian per colour
+  channel), the symmetric covariance stored as its upper triangle (row-major) to halve
+  the file; older files hold the full ``gauss_<l>_cov`` (3, l*l, l*l), also read.
   Fits for other patch sizes are computed on demand from ``images`` and cached.
 
 ``pda fit-sampler DIR --out FILE`` writes one; the built-in default is fitted from the
-freely licensed photos in ``worker/pda/data/reference`` by
-``pda fit-sampler worker/pda/data/reference --out worker/pda/data/default_stats.npz``.
+freely licensed photos in ``pda/data/reference`` by
+``pda fit-sampler pda/data/reference --out pda/data/default_stats.npz``, with the patch
+sizes of the default window and of every preset (:data:`DEFAULT_PATCH_SIZES`), so
+neither ever fits at request time.
 """
 
 from __future__ import annotations
@@ -24,14 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import DEFAULT_PADDING, DEFAULT_WINDOW, PRESETS
 from ..errors import InvalidImageError, SamplerStatsError
 
 REFERENCE_SIDE = 256
 #: random patches per Gaussian fit (the authors used 20000)
 FIT_PATCHES = 20_000
-#: patch sizes fitted ahead of time: l = k + 2p for the paper (10, 2) and the service
-#: default (16, 2)
-DEFAULT_PATCH_SIZES = (14, 20)
+
+
+def preset_patch_sizes() -> tuple[int, ...]:
+    """Conditional patch sides l = k + 2p of the default window and of every preset
+    (default 32 + 2 x 2 = 36, paper 10 + 2 x 2 = 14): the fits the built-in file ships."""
+    return tuple(sorted({
+        p.get("window", DEFAULT_WINDOW) + 2 * p.get("padding", DEFAULT_PADDING)
+        for p in ({}, *PRESETS.values())}))
+
+
+#: patch sizes fitted ahead of time (derived, so a new default or preset cannot be missed)
+DEFAULT_PATCH_SIZES = preset_patch_sizes()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 DEFAULT_STATS_PATH = Path(__file__).parent.parent / "data" / "default_stats.npz"
@@ -78,8 +92,9 @@ class SamplerStats:
         arrays: dict[str, np.ndarray] = {"images": self.images, "mean": self.mean}
         for l_ in patch_sizes:
             mu, cov = self.gaussian(l_)
+            rows, cols = np.triu_indices(l_ * l_)
             arrays[f"gauss_{l_}_mu"] = mu.astype(np.float32)
-            arrays[f"gauss_{l_}_cov"] = cov.astype(np.float32)
+            arrays[f"gauss_{l_}_cov_triu"] = cov[:, rows, cols].astype(np.float32)
         arrays["meta"] = np.array(json.dumps({"source": self.source}))
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -95,15 +110,26 @@ class SamplerStats:
                 for key in data.files:
                     if key.startswith("gauss_") and key.endswith("_mu"):
                         l_ = int(key.split("_")[1])
-                        stats._gauss[l_] = (
-                            data[key].astype(np.float64),
-                            data[f"gauss_{l_}_cov"].astype(np.float64),
-                        )
+                        stats._gauss[l_] = (data[key].astype(np.float64),
+                                            _covariance(data, l_))
         except SamplerStatsError:
             raise
         except Exception as exc:  # zip, key or dtype errors all mean "not our file"
             raise SamplerStatsError(f"cannot read sampler statistics {path}: {exc}") from exc
         return stats
+
+
+def _covariance(data: np.lib.npyio.NpzFile, patch: int) -> np.ndarray:
+    """The (3, l*l, l*l) float64 covariance of a file's l x l fit, full or packed."""
+    if f"gauss_{patch}_cov" in data.files:
+        return data[f"gauss_{patch}_cov"].astype(np.float64)
+    n = patch * patch
+    packed = data[f"gauss_{patch}_cov_triu"]  # (3, n(n+1)/2)
+    rows, cols = np.triu_indices(n)
+    cov = np.zeros((packed.shape[0], n, n))
+    cov[:, rows, cols] = packed
+    cov[:, cols, rows] = packed  # the mirror image; the diagonal is written twice, equal
+    return cov
 
 
 def fit_gaussian(

@@ -51,6 +51,7 @@ class JobRecord(BaseModel):
     planned_passes: int = 0
     progress_done: int = 0
     progress_total: int = 0
+    progress_rate: float | None = None  # passes/s this attempt measured (pda.eta)
     image: dict[str, Any] = {}
     # running
     started_at: str | None = None

@@ -186,11 +186,14 @@ class JobStore:
     def heartbeat(self, job_id: str) -> None:
         self.r.zadd(keys.RUNNING, {job_id: time.time()}, xx=True)
 
-    def set_progress(self, job_id: str, done: int, total: int) -> bool:
-        """Progress and a heartbeat; False if the record is gone (nothing written)."""
+    def set_progress(self, job_id: str, done: int, total: int,
+                     rate: float | None = None) -> bool:
+        """Progress, the attempt's measured passes/s (pda.eta) and a heartbeat; False if
+        the record is gone (nothing written)."""
         return self._hset_existing(
             keys.job(job_id),
-            {"progress_done": done, "progress_total": total, "heartbeat_at": time.time()},
+            {"progress_done": done, "progress_total": total, "heartbeat_at": time.time(),
+             **({"progress_rate": rate} if rate else {})},
             zadd=(keys.RUNNING, job_id))
 
     def set_progress_done(self, job_id: str, done: int) -> bool:

@@ -19,14 +19,14 @@ from pda import document as docs
 from pda.errors import ModelLoadError, ModelNotInstalledError
 from pda.jobs import lifecycle
 from pda.jobs.lifecycle import Submission
-from pda.jobs.record import JobRecord
+from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.render import render_overlay
 
 from .. import forms
 from ..deps import OwnerDep, StateDep, StoreDep
-from ..jobs_view import expired, job_public, require_results, retry_after
+from ..jobs_view import expired, job_public, recent_rate, require_results, retry_after
 from ..limits import caller_of
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, field_errors
@@ -135,11 +135,12 @@ def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], fi
 def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Response):
     """The job: status, progress with ETA, prediction once known, links when finished."""
     rec = _get_job(state.store, job_id, owner)
-    alive = None
+    alive = rate = None
     if rec.status.active:
         response.headers["Retry-After"] = retry_after(rec)
         alive = state.registry.alive_count()
-    return job_public(rec, alive)
+        rate = recent_rate(state.store.r) if rec.status == JobStatus.QUEUED else None
+    return job_public(rec, alive, rate)
 
 
 def _file(store: JobStore, rec: JobRecord, name: str) -> bytes:
