@@ -26,7 +26,7 @@ from pda.jobs.record import JobRecord, JobStatus
 from pda.keys import RUNNING
 from pda.params import count_windows
 from pda.settings import Settings, get_settings
-from worker import tasks
+from worker import interleave, tasks
 from worker.liveness import Pulse, start_beat
 
 log = logging.getLogger("pda.worker")
@@ -85,6 +85,7 @@ def _sweep_chunk(store, chunks: Chunks, settings: Settings, record: JobRecord, p
                 raise ChunkTaken(job_id)
         if tasks.shutdown_requested.is_set():
             raise tasks.Requeue(job_id)
+        interleave.between_batches(settings)  # callers of /v1/predictions wait no longer
 
     job = tasks.prepare_job(store, settings, record, targets=record.targets)
     ids = torch.arange(*entry["range"])

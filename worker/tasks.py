@@ -47,7 +47,7 @@ from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
 from pda.params import ExplainParams, count_windows, passes_per_window
 from pda.settings import Settings, get_settings
-from worker import checkpoints
+from worker import checkpoints, interleave
 from worker.announce import announce_model
 from worker.liveness import Pulse, start_beat
 
@@ -301,6 +301,7 @@ def _explain(
                 raise Superseded(job_id)
         if shutdown_requested.is_set():
             raise Requeue(job_id)
+        interleave.between_batches(settings)  # callers of /v1/predictions wait no longer
 
     def on_prediction(prediction: list[dict[str, Any]]) -> None:
         if not store.update(job_id, prediction=prediction):

@@ -312,6 +312,20 @@ def get_model(
         return model
 
 
+def loaded_models(device: str | torch.device = "cpu",
+                  settings: Settings | None = None) -> dict[str, LoadedModel]:
+    """The models this process has already loaded on ``device`` with real weights, by the
+    name they were asked for: never loads. A worker answers a prediction from these in the
+    middle of a sweep, where loading a model would stall the sweep."""
+    settings = settings or get_settings()
+    dev = str(resolve_device(str(device)))
+    dirs = (settings.model_dir, settings.weights_dir)
+    with _CACHE_LOCK:
+        return {key[0]: model for key, model in _CACHE.items()
+                if key[1] == dev and key[2:4] == dirs
+                and not dict(key[4]).get("random_weights")}
+
+
 def clear_model_cache() -> None:
     """Forget cached models (tests; or to pick up replaced model files)."""
     with _CACHE_LOCK:
