@@ -28,7 +28,6 @@ from pda.engine.explain import (
     add_faithfulness,
     conclude,
     faithfulness_passes,
-    predict,
     prepare,
     result_document,
     split_progress,
@@ -39,7 +38,7 @@ from pda.engine.stats import get_stats
 from pda.errors import Canceled, ModelNotInstalledError, PDAError
 from pda.eta import RateMeter
 from pda.images import open_image, original_size
-from pda.jobs import lifecycle, predictions
+from pda.jobs import lifecycle
 from pda.jobs.chunks import Chunks, split
 from pda.jobs.queue import connect
 from pda.jobs.record import JobRecord, JobStatus
@@ -158,29 +157,6 @@ def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: in
         "type": "/problems/job-failed", "title": "Job failed", "status": 500,
         "detail": f"the explanation failed after {attempt} attempts: {one_line(exc)}"})
     return "failed"
-
-
-def run_prediction(pred_id: str) -> str:
-    """Answer one /v1/predictions request (the API process is waiting for it)."""
-    settings = get_settings()
-    conn = store_for(settings).r
-    loaded = predictions.load(conn, pred_id)
-    if loaded is None:
-        return "gone"  # the caller gave up; its request expired
-    request, data = loaded
-    try:
-        model = get_model(request["model"], resolve_device(settings.device), settings,
-                          allow_paths=False)
-        announce_model(conn, model)
-        image = open_image(data, max_pixels=settings.max_image_pixels,
-                           fit_to=model.input_size)
-        x, _ = preprocess(image, model.input_size, request["fit"])
-        body = {"model": model.name, "input_size": list(model.input_size),
-                "prediction": predict(model, x.to(model.device), top=request["top"])}
-    except PDAError as exc:  # found only here: a model file that does not load, ...
-        body = {"error": problem(exc, 422)}
-    predictions.answer(conn, pred_id, body)
-    return "answered"
 
 
 def persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
