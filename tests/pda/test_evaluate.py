@@ -126,3 +126,17 @@ def test_unknown_configurations_families_and_the_image_limit(tmp_path):
     assert [p.name for p in ev.list_images(tmp_path)] == ["a.jpg", "b.png"]
     assert [p.name for p in ev.list_images(tmp_path, 1)] == ["a.jpg"]
     assert len(ev.list_images(ev.REFERENCE_DIR)) == 8
+
+
+def test_the_evaluation_photos_are_many_small_listed_and_not_the_fitting_set():
+    from PIL import Image
+
+    files = ev.list_images(ev.EVAL_DIR)
+    assert len(files) >= 24 and ev.EVAL_DIR != ev.REFERENCE_DIR
+    readme = (ev.EVAL_DIR / "README.md").read_text()
+    reference = {p.stem for p in ev.list_images(ev.REFERENCE_DIR)}
+    for f in files:
+        assert f"`{f.name}`" in readme  # each photo has its source and licence row
+        assert f.stem not in reference
+        assert max(Image.open(f).size) <= 256
+    assert sum(f.stat().st_size for f in files) < 3 * 2**20
