@@ -43,6 +43,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "context": {"window": 32, "stride": 8},
     "fine": {"window": 10, "stride": 4, "samples": 10},
     "drilldown": {"drilldown": 0.25},  # approximate: coarse sweep, top quarter refined
+    # the class's logit, not its weight of evidence against all others (the issue's
+    # hypothesis that the contrastive readout ranks shared evidence last)
+    "logits": {"layer": "logits"},
     "random": {"method": "random"},  # a random map on the stride's cells: no passes
     "gradient": {"method": "gradient"},  # Simonyan et al. 2014 saliency: 1 fwd + 1 bwd
 }
