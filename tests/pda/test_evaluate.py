@@ -140,3 +140,21 @@ def test_the_evaluation_photos_are_many_small_listed_and_not_the_fitting_set():
         assert f.stem not in reference
         assert max(Image.open(f).size) <= 256
     assert sum(f.stat().st_size for f in files) < 3 * 2**20
+
+
+def test_the_cli_says_how_long_before_it_starts(tmp_path, capsys):
+    import shutil
+
+    from pda.cli import main
+
+    shutil.copy(ev.EVAL_DIR / "tiger.jpg", tmp_path / "tiger.jpg")
+    code = main(["evaluate", str(tmp_path), "--configs", "occlusion", "--families",
+                 "removal", "--backend", "torch", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 0
+    # occlusion k32 s8 at 224: 625 windows + 1; removal 2 fills x (2 + 2 x 9); the random
+    # baseline 2 x (2 + 3 x 9), once per photo
+    assert "about 724 forward passes at " in err and " passes/s measured now: ~" in err
+    assert "ROAD's sparse solves" in err
+    assert main(["evaluate", str(tmp_path), "--families", "nope"]) == 2
+    assert "unknown metric family 'nope'" in capsys.readouterr().err
