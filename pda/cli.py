@@ -223,41 +223,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pda import evaluate as ev
-    from pda.engine.device import resolve_device
-    from pda.engine.inputs import preprocess
-    from pda.engine.stats import get_stats
-    from pda.images import open_image
-    from pda.models.registry import get_model
-    from pda.settings import get_settings
+    from pda.evaluate_cli import main as evaluate_main
 
-    settings = get_settings()
-    configs = ev.pick_configs(args.configs.split(",") if args.configs else None)
-    folder = Path(args.directory) if args.directory else ev.REFERENCE_DIR
-    if not folder.is_dir():
-        return _fail(f"{folder} is not a folder")
-    files = ev.list_images(folder, args.images)
-    if not files:
-        return _fail(f"no images in {folder}")
-    device = resolve_device(args.device or settings.device)
-    model = get_model(args.model or settings.default_model, device, settings)
-    images = []
-    for f in files:
-        img = open_image(str(f), max_pixels=settings.max_image_pixels, fit_to=model.input_size)
-        images.append((f.name, preprocess(img, model.input_size, args.fit)[0]))
-    print(f"pda: evaluating {len(configs)} configurations on {len(images)} images of "
-          f"{folder} with {model.name}", file=sys.stderr)
-    rows = ev.run(model, images, configs, get_stats(settings.sampler_stats),
-                  target=args.target, seed=args.seed, batch_size=args.batch_size,
-                  log=lambda m: print(f"pda: {m}", file=sys.stderr))
-    table = ev.summarize(rows)
-    meta = {"model": model.name, "directory": str(folder), "target": args.target,
-            "fit": args.fit, "seed": args.seed, "images": [f.name for f in files],
-            "command": " ".join(["pda evaluate", *sys.argv[2:]])}
-    md, js = ev.write(Path(args.out), rows, table, configs, meta)
-    print(ev.markdown(table, configs))
-    print(f"pda: wrote {md} and {js}", file=sys.stderr)
-    return 0
+    return evaluate_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -341,19 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="faithfulness and cost of several configurations "
                        "over a folder of images")
-    v.add_argument("directory", nargs="?",
-                   help="folder of images (default: the shipped reference photos)")
-    v.add_argument("--model", help="built-in name or model file (default efficientnet_lite0)")
-    v.add_argument("--configs", help="comma-separated configurations (default "
-                   "default,marginal,constant,wide,drilldown; also context, samples16, fine)")
-    v.add_argument("--images", type=int, help="use at most this many images (sorted by name)")
-    v.add_argument("--target", default="top1", help="explained classes (default top1)")
-    v.add_argument("--fit", choices=["crop", "pad", "squash"], default="squash")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--device", help="auto (default), cpu or cuda")
-    v.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
-    v.add_argument("--out", default="pda-evaluate",
-                   help="folder for evaluation.md and evaluation.json (default ./pda-evaluate)")
+    from pda.evaluate_cli import add_arguments as evaluate_arguments
+
+    evaluate_arguments(v)
     v.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", help="measure raw model and sweep throughput")

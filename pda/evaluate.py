@@ -1,43 +1,62 @@
 """``pda evaluate DIR``: faithfulness and cost of several configurations over a folder.
 
-Every image is explained under every configuration (top-1 class by default); each map is
-scored by deletion/insertion AUC (:mod:`pda.engine.faithfulness`) against random block
-orders. The table gives per configuration the mean AUCs with 95% bootstrap confidence
-intervals over the images, the mean gap to the random baseline (map minus random: below
-0 is good for deletion, above 0 for insertion), and mean seconds and forward passes per
-image. docs/faithfulness.md shows the table for the shipped reference photos.
+Every image's top-1 class is explained under every configuration, and each map is scored
+by the metric families of :mod:`pda.engine.metrics` (docs/faithfulness.md, "Metric
+families"): MoRF/LeRF removal curves under several fills against random block orders,
+faithfulness correlation, and the last-layer randomisation check. The tables
+(:mod:`pda.evaluate_report`) give each metric's mean with a 95% bootstrap interval over
+the images, paired differences against a reference configuration, and the cost per image
+in seconds and forward passes. Progress and an up-front time estimate go to ``log``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
-from .defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW, DETERMINISTIC_SAMPLERS
+from .defaults import DEFAULT_STRIDE, DETERMINISTIC_SAMPLERS
+from .evaluate_report import BOOTSTRAP, markdown, mean_ci, paired, summarize, write
+from .params import ExplainParams, parse_target
 
-#: the configurations ``pda evaluate`` knows; each is ExplainParams fields over the defaults
+__all__ = ["BOOTSTRAP", "CONFIGS", "DEFAULT_CONFIGS", "FAMILIES", "Progress", "estimate",
+           "list_images", "markdown", "mean_ci", "paired", "pick_configs", "run",
+           "summarize", "write"]
+
+#: the configurations ``pda evaluate`` knows: ExplainParams fields over the service
+#: defaults, or ``method`` for a map that is not PDA's (the cheap baselines)
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
+    "occlusion": {"sampler": "constant"},  # constant sampler, S = 1: plain occlusion
+    "constant": {"sampler": "constant"},  # the older name of occlusion
     "marginal": {"sampler": "marginal"},
-    "constant": {"sampler": "constant"},  # plain occlusion with the reference mean colour
-    "samples16": {"samples": 16},  # less sample noise, same geometry
-    "wide": {"window": 32, "stride": 16},  # more context per window, coarser map
-    "context": {"window": 32, "stride": 8},  # wide's context at the default's resolution
-    "fine": {"window": 10, "stride": 4, "samples": 10},  # the issue's finer settings
+    "window16": {"window": 16},
+    "window48": {"window": 48},
+    "samples2": {"samples": 2},
+    "samples8": {"samples": 8},
+    "samples16": {"samples": 16},
+    "stride4": {"stride": 4},  # finer map, 4x the windows
+    "wide": {"window": 32, "stride": 16},
+    "context": {"window": 32, "stride": 8},
+    "fine": {"window": 10, "stride": 4, "samples": 10},
     "drilldown": {"drilldown": 0.25},  # approximate: coarse sweep, top quarter refined
+    # the class's logit, not its weight of evidence against all others (the issue's
+    # hypothesis that the contrastive readout ranks shared evidence last)
+    "logits": {"layer": "logits"},
+    "random": {"method": "random"},  # a random map on the stride's cells: no passes
+    "gradient": {"method": "gradient"},  # Simonyan et al. 2014 saliency: 1 fwd + 1 bwd
 }
-#: what runs when --configs is not given (``fine`` costs ~29,000 passes an image: opt in)
-DEFAULT_CONFIGS = ("default", "marginal", "constant", "wide", "drilldown")
-#: the shipped reference photos (pda/data/reference, docs/algorithm.md §3)
+#: what runs when --configs is not given
+DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
+#: the metric families (``--families``)
+FAMILIES = ("removal", "correlation", "randomisation")
+#: the shipped evaluation photos (docs/faithfulness.md; not the sampler's fitting set)
+EVAL_DIR = Path(__file__).parent / "data" / "evaluation"
 REFERENCE_DIR = Path(__file__).parent / "data" / "reference"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-BOOTSTRAP = 2000
-METRICS = ("deletion_auc", "insertion_auc", "deletion_gap", "insertion_gap")
 
 
 def list_images(directory: Path, limit: int | None = None) -> list[Path]:
@@ -58,15 +77,118 @@ def pick_configs(names: list[str] | None) -> dict[str, dict[str, Any]]:
     return {n: CONFIGS[n] for n in chosen}
 
 
-def mean_ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval (a point interval for one value)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()), float(v.mean()), float(v.mean())
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)  # (BOOTSTRAP,)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), float(lo), float(hi)
+def pick_families(names: list[str] | None) -> tuple[str, ...]:
+    from .errors import InvalidParameterError
+
+    chosen = tuple(names or FAMILIES)
+    bad = [f for f in chosen if f not in FAMILIES]
+    if bad:
+        raise InvalidParameterError(f"unknown metric family {bad[0]!r}; choose from "
+                                    f"{', '.join(FAMILIES)}")
+    return chosen
+
+
+def sweep_passes(fields: dict[str, Any], H: int, W: int) -> int:
+    """Forward passes of one map (the drill-down's full sweep: an upper bound)."""
+    from .engine.geometry import count_windows
+
+    method = fields.get("method")
+    if method == "random":
+        return 0
+    if method == "gradient":
+        return 2  # a backward pass costs about a forward pass
+    p = ExplainParams(**fields)
+    S = 1 if p.sampler in DETERMINISTIC_SAMPLERS else p.samples
+    return count_windows(H, W, p.window, p.stride) * S + 1
+
+
+def estimate(configs: dict[str, dict[str, Any]], n_images: int, H: int, W: int,
+             protocol: Any, families: tuple[str, ...]) -> int:
+    """Forward passes of the whole run."""
+    total = 0
+    for fields in configs.values():
+        sweep = sweep_passes(fields, H, W)
+        per = sweep * (2 if "randomisation" in families else 1)
+        if "removal" in families:
+            per += protocol.removal_passes(with_baseline=False)
+        if "correlation" in families:
+            per += protocol.correlation_passes()
+        total += per * n_images
+    if "removal" in families:  # the random baseline, once per image
+        total += n_images * (protocol.removal_passes(True) - protocol.removal_passes(False))
+    return total
+
+
+class Progress:
+    """Progress lines on ``log``: configuration, image, phase, passes, elapsed, ETA;
+    at most one line every ``every`` seconds (and one at every phase change)."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0) -> None:
+        self.total, self.log, self.every = max(1, total), log, every
+        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+        self.where = ""
+
+    def phase(self, where: str) -> None:
+        self.where = where
+        self._say(force=True)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self._say()
+
+    def _say(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        el = now - self.start
+        eta = el / self.done * max(0, self.total - self.done) if self.done else float("nan")
+        self.log(f"{self.where}  passes {self.done}/{self.total}  elapsed {_hms(el)}  "
+                 f"ETA {_hms(eta)}")
+
+
+def _hms(s: float) -> str:
+    if s != s:  # NaN: no rate yet
+        return "?"
+    m, sec = divmod(int(s), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{sec:02d}s"
+
+
+def _sweep_progress(bar: Progress) -> Callable[[int, int], None]:
+    seen = [0]
+
+    def cb(done: int, _total: int) -> None:
+        bar.add(done - seen[0])
+        seen[0] = done
+    return cb
+
+
+def _make_map(model: Any, x: torch.Tensor, fields: dict[str, Any], target: int,
+              stats: Any, seed: int, batch_size: int | None, backend: str,
+              progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, int]:
+    """The configuration's (H, W) map of class ``target`` and its forward passes."""
+    from .engine.explain import explain
+    from .engine.metrics import gradient_saliency, random_map
+
+    method = fields.get("method")
+    C, H, W = x.shape
+    if method == "random":
+        return random_map(H, W, DEFAULT_STRIDE, seed), 0
+    if method == "gradient":
+        return gradient_saliency(model, x, target), 2
+    params = ExplainParams(**{**fields, "target": str(target), "seed": seed,
+                              "faithfulness": False})
+    expl = explain(model, x, params, stats, batch_size=batch_size, backend=backend,
+                   progress=progress)
+    return torch.from_numpy(expl.relevance[0]), expl.forward_passes
+
+
+def top_class(model: Any, x: torch.Tensor, target: str) -> int:
+    """The class scored: the top-1 prediction for ``topK``, else the first index given."""
+    kind, spec = parse_target(target)
+    if kind == "indices":
+        return int(spec[0])  # type: ignore[index]
+    return int(model(x[None]).float().argmax(1)[0])
 
 
 def run(
@@ -78,104 +200,93 @@ def run(
     target: str = "top1",
     seed: int = 0,
     batch_size: int | None = None,
+    backend: str = "auto",
+    protocol: Any = None,
+    families: tuple[str, ...] = FAMILIES,
     log: Callable[[str], None] = lambda _m: None,
-    on_explanation: Callable[[str, str, Any], None] | None = None,
+    progress: Progress | None = None,
+    on_map: Callable[[str, str, torch.Tensor], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (configuration, image): the top target's scores, time and passes.
-    ``images`` are (name, pixel-space tensor (3, H, W)) pairs; ``on_explanation(config,
-    image, explanation)`` sees every explanation (scripts/faithfulness_study.py keeps the
-    maps)."""
-    from .engine.explain import explain
-    from .params import ExplainParams
+    """One row per (configuration, image), configuration-major: the scored class, each
+    family's numbers, seconds and passes. ``images`` are (name, pixel-space tensor
+    (3, H, W)) pairs; ``on_map(config, image, map)`` sees every map."""
+    from .engine.backends import build_readout
+    from .engine.device import auto_batch_size
+    from .engine.metrics import ImageScorer, Protocol, randomisation_scores, randomised_model
 
-    rows = []
-    for cname, fields in configs.items():
-        params = ExplainParams(**{**fields, "target": target, "seed": seed,
-                                  "faithfulness": True})
-        for name, x in images:
-            t = time.perf_counter()
-            expl = explain(model, x, params, stats, batch_size=batch_size, backend="auto")
-            seconds = time.perf_counter() - t
-            f = expl.faithfulness[0]
-            row = {
-                "config": cname, "image": name, "target": expl.targets[0],
-                "label": expl.labels[0], "probability": _probability(expl),
-                "deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
-                "baseline_deletion_auc": f["baseline"]["deletion_auc"],
-                "baseline_insertion_auc": f["baseline"]["insertion_auc"],
-                "deletion_gap": f["deletion_auc"] - f["baseline"]["deletion_auc"],
-                "insertion_gap": f["insertion_auc"] - f["baseline"]["insertion_auc"],
-                "seconds": seconds,
-                "sweep_passes": expl.forward_passes - expl.faithfulness_passes,
-                "faithfulness_passes": expl.faithfulness_passes,
-            }
-            log(f"{cname:<10} {name:<28} del {row['deletion_auc']:.3f} (random "
-                f"{row['baseline_deletion_auc']:.3f})  ins {row['insertion_auc']:.3f} (random "
-                f"{row['baseline_insertion_auc']:.3f})  {seconds:.1f} s")
+    protocol = protocol or Protocol(seed=seed)
+    bar = progress or Progress(0, lambda _m: None)
+    rmodel = randomised_model(model, seed) if "randomisation" in families else None
+    rows: list[dict[str, Any]] = []
+    for i, (name, x) in enumerate(images):
+        x = x.to(model.device)
+        C, H, W = x.shape
+        bs = batch_size or auto_batch_size(x.device, (H, W), model)
+        t = top_class(model, x, target)
+        score = build_readout(model, "output", [t], backend=backend, batch_size=bs)
+        scorer = ImageScorer(score, x, protocol, batch_size=bs, progress=bar.add)
+        p = float(torch.softmax(model(x[None]).float(), 1)[0, t])
+        for j, (cname, fields) in enumerate(configs.items()):
+            where = f"[{j + 1}/{len(configs)} {cname}] image {i + 1}/{len(images)} {name}"
+            bar.phase(f"{where}: map")
+            t0 = time.perf_counter()
+            rel, passes = _make_map(model, x, fields, t, stats, seed, batch_size, backend,
+                                    _sweep_progress(bar))
+            seconds = time.perf_counter() - t0
+            if fields.get("method") == "gradient":
+                bar.add(passes)
+            row: dict[str, Any] = {
+                "config": cname, "image": name, "target": t,
+                "label": model.labels[t] if t < len(model.labels) else str(t),
+                "probability": p, "seconds": seconds, "sweep_passes": passes}
+            t1, used = time.perf_counter(), 0
+            if "removal" in families:
+                bar.phase(f"{where}: removal curves ({', '.join(protocol.fills)})")
+                scores, n = scorer.removal(rel)
+                row.update(scores)
+                used += n
+            if "correlation" in families:
+                bar.phase(f"{where}: faithfulness correlation")
+                row["correlation"], n = scorer.correlation(rel)
+                used += n
+            if rmodel is not None:
+                bar.phase(f"{where}: randomised last layer")
+                rrel, n = _make_map(rmodel, x, fields, t, stats, seed, batch_size, backend,
+                                    _sweep_progress(bar))
+                row.update({f"rand_{k}": v for k, v in randomisation_scores(rel, rrel).items()})
+                used += n
+            row["metric_passes"], row["metric_seconds"] = used, time.perf_counter() - t1
+            log(_line(row, protocol.fills))
             rows.append(row)
-            if on_explanation is not None:
-                on_explanation(cname, name, expl)
-    return rows
+            if on_map is not None:
+                on_map(cname, name, rel)
+    order = list(configs)
+    return sorted(rows, key=lambda r: order.index(r["config"]))  # stable: images in order
 
 
-def _probability(expl: Any) -> float:
-    t = expl.targets[0]
-    return next((p["probability"] for p in expl.prediction if p["class_index"] == t), float("nan"))
+def _line(row: dict[str, Any], fills: tuple[str, ...]) -> str:
+    parts = [f"{row['config']:<10} {row['image']:<24}"]
+    for f in fills:
+        if f"{f}_morf" in row:
+            parts.append(f"{f}: MoRF {row[f'{f}_morf']:.3f} LeRF {row[f'{f}_lerf']:.3f} "
+                         f"(random {row[f'{f}_random']:.3f})")
+    if "correlation" in row:
+        parts.append(f"corr {row['correlation']:+.3f}")
+    if "rand_spearman" in row:
+        parts.append(f"rand rho {row['rand_spearman']:+.3f}")
+    parts.append(f"{row['seconds']:.1f} s, {row['sweep_passes']} passes")
+    return "  ".join(parts)
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per configuration (first-seen order): n, each metric's mean and 95% CI, mean
-    seconds and passes per image."""
-    table = []
-    for cname in dict.fromkeys(r["config"] for r in rows):
-        mine = [r for r in rows if r["config"] == cname]
-        entry: dict[str, Any] = {"config": cname, "images": len(mine)}
-        for m in METRICS + ("baseline_deletion_auc", "baseline_insertion_auc"):
-            mean, lo, hi = mean_ci([r[m] for r in mine])
-            entry[m] = {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)]}
-        entry["deletion_beats_random"] = sum(r["deletion_gap"] < 0 for r in mine)
-        entry["seconds"] = round(float(np.mean([r["seconds"] for r in mine])), 2)
-        entry["sweep_passes"] = round(float(np.mean([r["sweep_passes"] for r in mine])))
-        entry["faithfulness_passes"] = round(float(np.mean(
-            [r["faithfulness_passes"] for r in mine])))
-        table.append(entry)
-    return table
+def settings_text(fields: dict[str, Any]) -> str:
+    """A configuration in one short string: ``conditional k32 s8 S4``."""
+    from .defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_WINDOW
 
-
-def markdown(table: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> str:
-    """The table as GitHub markdown."""
-    def cell(e: dict[str, Any], m: str) -> str:
-        v = e[m]
-        return f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
-
-    head = ("| config | settings | images | deletion AUC ↓ | random deletion | deletion − "
-            "random ↓ | del < random | insertion AUC ↑ | random insertion | insertion − "
-            "random ↑ | s / image | sweep passes | score passes |")
-    lines = [head, "|" + "---|" * 13]
-    for e in table:
-        lines.append(
-            f"| {e['config']} | {_settings(configs.get(e['config'], {}))} | {e['images']} | "
-            f"{cell(e, 'deletion_auc')} | {cell(e, 'baseline_deletion_auc')} | "
-            f"{cell(e, 'deletion_gap')} | {e['deletion_beats_random']}/{e['images']} | "
-            f"{cell(e, 'insertion_auc')} | {cell(e, 'baseline_insertion_auc')} | "
-            f"{cell(e, 'insertion_gap')} | {e['seconds']:.1f} | {e['sweep_passes']} | "
-            f"{e['faithfulness_passes']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _settings(fields: dict[str, Any]) -> str:
-    s = {"sampler": "conditional", "window": DEFAULT_WINDOW, "stride": DEFAULT_STRIDE,
+    if "method" in fields:
+        return {"random": f"random map on {DEFAULT_STRIDE} px cells",
+                "gradient": "gradient saliency max|dp/dx|"}[fields["method"]]
+    s = {"sampler": DEFAULT_SAMPLER, "window": DEFAULT_WINDOW, "stride": DEFAULT_STRIDE,
          "samples": DEFAULT_SAMPLES, **fields}
     extra = f", drilldown {s['drilldown']}" if "drilldown" in s else ""
     S = 1 if s["sampler"] in DETERMINISTIC_SAMPLERS else s["samples"]
     return f"{s['sampler']} k{s['window']} s{s['stride']} S{S}{extra}"
-
-
-def write(out: Path, rows: list[dict[str, Any]], table: list[dict[str, Any]],
-          configs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple[Path, Path]:
-    """``evaluation.md`` and ``evaluation.json`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "evaluation.md", out / "evaluation.json"
-    md.write_text(markdown(table, configs))
-    js.write_text(json.dumps({"meta": meta, "table": table, "rows": rows}, indent=1))
-    return md, js
