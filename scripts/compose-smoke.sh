@@ -13,12 +13,15 @@
 #    checks the job still finishes with the same map;
 # 5. scales the workers to 2; restarts Redis and checks the finished result survived;
 # 6. starts the dashboard (monitoring profile) and waits for it to be healthy;
-# 7. tears the stack down (volumes too) and prints one line of figures.
+# 7. with ROLLING=1, rolls the API and the workers under 20 clients (compose_rolling.py);
+# 8. tears the stack down (volumes too) and prints one line of figures.
 #
 # Environment: PYTHON_IMAGE and TORCH_INDEX_URL (build args; on a machine without Docker
 # Hub: PYTHON_IMAGE=pda-local/python:3.11-bookworm, TORCH_INDEX_URL=$(docker-offline.sh
 # index)), REDIS_IMAGE (default pda-local/redis:7 when present, else compose's own), DOCKER
-# (the docker CLI, default docker), KEEP=1 (leave the stack up on failure to look at it).
+# (the docker CLI, default docker), KEEP=1 (leave the stack up on failure to look at it),
+# ROLLING=1 (then scripts/compose_rolling.py: a rolling restart of the API and the workers
+# under 20 clients, 0 failed requests and 0 lost jobs).
 # Images keep their compose names (pda-api:0.1.0-cpu, ...) and stay after the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -180,8 +183,16 @@ compose --profile monitoring up -d --no-build --wait --wait-timeout 120 rq-dashb
     > "$WORK/dash.log" 2>&1 || { cat "$WORK/dash.log" >&2; fail "dashboard"; }
 curl -sf -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/" || fail "dashboard does not answer"
 
+# --- 6b. rolling restart under load (ROLLING=1; it leaves the API on random ports, so last) --
+rolling=""
+if [ "${ROLLING:-0}" = 1 ]; then
+  rolling=$(python3 scripts/compose_rolling.py --docker "$DOCKER") || { echo "$rolling" >&2; fail "rolling restart"; }
+  say "$rolling"
+  rolling=" | ${rolling#compose-rolling: }"
+fi
+
 # --- 7. figures --------------------------------------------------------------------------------
 sizes="api $(size_mb pda-api:0.1.0-cpu) MB, worker $(size_mb pda-worker:0.1.0-cpu) MB, dashboard $(size_mb pda-dashboard:0.1.0) MB"
 compose --profile monitoring down -v --remove-orphans > /dev/null 2>&1
 trap - EXIT
-echo "compose-smoke: PASS $(date -u +%FT%TZ) | build api ${api_classic}s classic / ${api_kit}s BuildKit (no torch), worker ${worker_t}s, dashboard ${dash_t}s | images ${sizes} | stack healthy ${up_t}s | README job ${job_t}s, backend ${backend} | worker killed at ${done_} passes: job done ${kill_t}s after submit, same map (${diff2}) | 2 workers | Redis restart: result kept | dashboard up"
+echo "compose-smoke: PASS $(date -u +%FT%TZ) | build api ${api_classic}s classic / ${api_kit}s BuildKit (no torch), worker ${worker_t}s, dashboard ${dash_t}s | images ${sizes} | stack healthy ${up_t}s | README job ${job_t}s, backend ${backend} | worker killed at ${done_} passes: job done ${kill_t}s after submit, same map (${diff2}) | 2 workers | Redis restart: result kept | dashboard up${rolling}"
