@@ -112,9 +112,9 @@ poll() {  # poll ID TIMEOUT: until finished; seconds on stdout
   done
   echo $((SECONDS - t0))
 }
-submit() { curl -s -F image=@examples/chelsea.png "$BASE/v1/explanations" | tee "$WORK/submit.json" \
+submit() { curl -s -F "image=@$1" "$BASE/v1/explanations" | tee "$WORK/submit.json" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])'; }
-ID=$(submit)
+ID=$(submit examples/chelsea.png)
 job_t=$(poll "$ID" 900)
 curl -s -o "$WORK/overlay.png" -w '%{http_code}' "$BASE/v1/explanations/$ID/overlay.png" \
   | grep -q 200 || fail "overlay"
@@ -139,7 +139,11 @@ EOF
 }
 
 # --- 4. kill the worker mid-job ----------------------------------------------------------------
-ID2=$(submit)
+# The API answers an identical request with the job it already has (same image bytes and
+# parameters), so the second job gets the same pixels in other bytes: a PNG text chunk.
+python3 scripts/compose_rolling.py --png-variant smoke-kill > "$WORK/chelsea-2.png"
+ID2=$(submit "$WORK/chelsea-2.png")
+[ "$ID2" != "$ID" ] || fail "the second submission was not a new job"
 worker=$(compose ps -q worker | head -1)
 t0=$SECONDS
 while :; do  # until the sweep has done some passes

@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,20 +91,32 @@ def request(eps: Endpoints, stats: Stats, method: str, path: str, body: bytes | 
         return None
 
 
+def png_variant(png: bytes, text: str) -> bytes:
+    """``png`` with a tEXt chunk before IEND: the same pixels in other bytes. The API
+    answers a request identical to an earlier one (same bytes, same parameters) with the
+    earlier job, so each submission here carries its own text."""
+    chunk = b"tEXt" + b"Comment\0" + text.encode()
+    crc = zlib.crc32(chunk).to_bytes(4, "big")
+    new = len(chunk[4:]).to_bytes(4, "big") + chunk + crc
+    end = png.rindex(b"IEND") - 4  # IEND's length field
+    return png[:end] + new + png[end:]
+
+
 def multipart() -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
+    image = png_variant(IMAGE, boundary)
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
              for k, v in PARAMS.items()]
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
                  f'filename="chelsea.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
-                 + IMAGE + b"\r\n")
+                 + image + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 def client(eps: Endpoints, stats: Stats, stop: threading.Event) -> None:
-    body, ctype = multipart()
     while not stop.is_set():
+        body, ctype = multipart()
         job = request(eps, stats, "POST", "/v1/explanations", body, ctype)
         if not job:
             time.sleep(0.5)
@@ -173,7 +186,12 @@ def main() -> int:
     ap.add_argument("--docker", default=os.environ.get("DOCKER", "docker"))
     ap.add_argument("--pre-stop", type=float, default=5.0, help="seconds out of the endpoints "
                     "before SIGTERM (the preStop sleep)")
+    ap.add_argument("--png-variant", metavar="TEXT",
+                    help="only write examples/chelsea.png with TEXT in a chunk to stdout")
     args = ap.parse_args()
+    if args.png_variant:
+        sys.stdout.buffer.write(png_variant(IMAGE, args.png_variant))
+        return 0
     os.environ["API_PORT"] = "0"  # every API replica on a port of its own
     stack, eps, stats = Stack(args.docker), Endpoints(), Stats()
     stack.scale(api=2, worker=2)
