@@ -53,7 +53,7 @@ def test_a_broken_compose_file_is_rejected(
 def test_default_stack_is_redis_api_and_a_cpu_worker(compose: dict[str, Any]) -> None:
     default = sorted(n for n, s in compose["services"].items() if "profiles" not in s)
     assert default == ["api", "redis", "worker"]
-    assert compose["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert compose["services"]["api"]["ports"] == ["127.0.0.1:${API_PORT:-8000}:8000"]
     assert compose["services"]["worker"]["environment"]["PDA_DEVICE"] == "cpu"
     for name in ("api", "worker"):
         assert compose["services"][name]["depends_on"] == {
@@ -127,3 +127,29 @@ def test_redis_maxmemory_applies_well_inside_its_memory_limit(compose: dict[str,
     cmd = redis["command"]
     maxmemory = to_bytes(cmd[cmd.index("--maxmemory") + 1])
     assert 0 < maxmemory <= 0.7 * to_bytes(redis["mem_limit"])
+
+
+def test_every_service_restarts_unless_stopped(compose: dict[str, Any]) -> None:
+    # the dashboard once crashed at start and, with no policy, stayed exited
+    for name, service in compose["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_builds_pass_pip_settings_through(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        args = service["build"]["args"]
+        for arg in ("PYTHON_IMAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST",
+                    "BUILD_CA_CERT"):
+            assert arg in args, (name, arg)
+        # a bare key is taken from the environment, or not passed at all
+        assert args["PIP_INDEX_URL"] is None
+    assert compose["services"]["worker"]["build"]["args"]["TORCH_INDEX_URL"] is None
+    assert compose["services"]["worker-gpu"]["build"]["args"]["WORKER_DEVICE"] == "cuda"
+
+
+def test_the_dashboard_is_built_on_the_light_base() -> None:
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert "FROM build-api AS build-dashboard" in text
+    assert "FROM base AS dashboard" in text

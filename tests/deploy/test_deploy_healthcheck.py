@@ -96,3 +96,73 @@ def test_probe_command_runs_as_a_module(tmp_path: Path) -> None:
     path.touch()
     fresh = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     assert (fresh.returncode, fresh.stdout) == (0, "")
+
+
+def test_probe_defaults_are_the_settings_defaults() -> None:
+    # the probe reads PDA_ variables itself (no pydantic): its defaults must not drift
+    from pda.settings import Settings
+
+    fields = Settings.model_fields
+    assert healthcheck.DEFAULT_HEARTBEAT_FILE == fields["heartbeat_file"].default
+    assert (
+        healthcheck.DEFAULT_HEARTBEAT_INTERVAL_SECONDS
+        == fields["heartbeat_interval_seconds"].default
+    )
+    assert healthcheck.heartbeat_settings({}) == (
+        fields["heartbeat_file"].default,
+        fields["heartbeat_interval_seconds"].default,
+    )
+
+
+def test_probe_reads_the_variables_as_settings_does(tmp_path: Path) -> None:
+    env = {"PDA_HEARTBEAT_FILE": str(tmp_path / "hb"), "pda_heartbeat_interval_seconds": "2.5"}
+    assert healthcheck.heartbeat_settings(env) == (tmp_path / "hb", 2.5)
+    # and Settings agrees on the same environment (names in any case)
+    from pda.settings import Settings
+
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.lower().startswith("pda_")}
+    try:
+        os.environ.update(env)
+        s = Settings()
+        assert (s.heartbeat_file, s.heartbeat_interval_seconds) == (tmp_path / "hb", 2.5)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(old)
+
+
+@pytest.mark.parametrize("bad", ["soon", "0", "-1"])
+def test_invalid_interval_is_unhealthy_in_one_line(
+    heartbeat: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, bad: str
+) -> None:
+    heartbeat.touch()
+    monkeypatch.setenv("PDA_HEARTBEAT_INTERVAL_SECONDS", bad)
+    assert healthcheck.main([]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert out.startswith("unhealthy: invalid PDA_ settings: PDA_HEARTBEAT_INTERVAL_SECONDS=")
+
+
+def _imported(cmd: list[str], env: dict[str, str]) -> set[str]:
+    """Top-level names of every module ``python -X importtime`` reports for ``cmd``."""
+    run = subprocess.run([sys.executable, "-X", "importtime", *cmd], env=env, cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in run.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line and "self [us]" not in line
+    }
+
+
+def test_probe_imports_only_the_standard_library(tmp_path: Path) -> None:
+    """The probe runs under a timeout beside a busy worker: importing pydantic and the
+    settings cost 0.6-7 s and timed it out. -X importtime lists every module it loads;
+    what the interpreter's own start loads here (site hooks) is subtracted."""
+    path = tmp_path / "hb"
+    path.touch()
+    env = {**os.environ, "PDA_HEARTBEAT_FILE": str(path), "PYTHONPATH": str(REPO)}
+    baseline = _imported(["-c", "pass"], env)
+    imported = _imported(["-m", "worker.healthcheck", "--max-age", "60"], env)
+    assert "worker" in imported  # the parse found the probe itself
+    assert imported - baseline - set(sys.stdlib_module_names) == {"worker"}

@@ -271,3 +271,52 @@ def test_container_commands_name_real_code(built: dict[str, Objs], name: str) ->
     for dep in ("pda-api", "pda-worker"):
         c = container(built[name], "Deployment", dep)
         assert check_command(c["command"]) is None, c["command"]
+
+
+# --- rolling updates and probes ------------------------------------------------------------
+
+
+def _healthchecks() -> dict[str, list[str]]:
+    """The worker's liveness command as the Dockerfile, compose and k8s each run it."""
+    from .deploy_checks import dockerfile_commands
+
+    docker = [argv for i, argv in dockerfile_commands(REPO / "docker" / "Dockerfile")
+              if i == "HEALTHCHECK" and "worker.healthcheck" in argv]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return {"dockerfile": docker[0],
+            "compose": compose["services"]["worker"]["healthcheck"]["test"][1:]}
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_worker_probes_run_the_images_healthcheck(built: dict[str, Objs], name: str) -> None:
+    worker = container(built[name], "Deployment", "pda-worker")
+    checks = _healthchecks()
+    assert checks["dockerfile"] == checks["compose"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert worker[probe]["exec"]["command"] == checks["dockerfile"], probe
+        # the probe's max age must outlast a few missed beats and the probe period
+        argv = worker[probe]["exec"]["command"]
+        assert float(argv[argv.index("--max-age") + 1]) >= 3 * 10
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_api_rolls_without_failing_requests(built: dict[str, Objs], name: str) -> None:
+    api = find(built[name], "Deployment", "pda-api")
+    assert api["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = api["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sleep = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) >= 5
+    # preStop runs inside the grace period: leave uvicorn time to drain after it
+    assert pod["terminationGracePeriodSeconds"] >= int(sleep[1]) + 15
+    assert "readinessProbe" in c
+
+
+def test_cpu_workers_roll_with_a_surge(built: dict[str, Objs]) -> None:
+    worker = find(built["cpu"], "Deployment", "pda-worker")
+    assert worker["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = worker["spec"]["template"]["spec"]
+    assert "lifecycle" not in pod["containers"][0]  # SIGTERM itself starts the warm stop
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    grace = int(compose["services"]["worker"]["stop_grace_period"].rstrip("s"))
+    assert pod["terminationGracePeriodSeconds"] == grace
