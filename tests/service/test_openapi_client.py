@@ -128,6 +128,11 @@ def test_a_generated_client_runs_the_whole_flow(generated, settings, start_worke
                  ex.get_input.sync(quick.id, client=client)):
         assert isinstance(data, types.File)
         assert data.payload.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the second PNG type declared is what the server sends a client that asks for it
+    for accept, sent in (("application/octet-stream", "application/octet-stream"),
+                         ("*/*", "image/png")):
+        r = server.http.get(quick.links.input_, headers={"Accept": accept})
+        assert r.headers["content-type"] == sent and r.content.startswith(b"\x89PNG")
     npy = ex.get_relevance_npy.sync(quick.id, client=client)
     grids = np.load(io.BytesIO(npy.payload.read()), allow_pickle=False)
     np.testing.assert_allclose(grids[0], grid, atol=1e-5)
