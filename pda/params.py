@@ -7,6 +7,7 @@ No torch here: the API validates with this module alone.
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from .defaults import (
     DETERMINISTIC_SAMPLERS,
     MAX_TARGETS,
     OUTPUT_LAYERS,
+    PREDICTION_TOP,
     PRESETS,
 )
 from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
@@ -122,14 +124,54 @@ class ExplainParams(BaseModel):
         return self.layer not in OUTPUT_LAYERS
 
 
+#: the fields a preset sets (window, padding, samples, stride)
+PRESET_FIELDS = tuple(sorted({name for values in PRESETS.values() for name in values}))
+
+
 def with_preset(values: dict[str, Any], preset: str | None) -> dict[str, Any]:
-    """Fill in a preset's settings (``paper``); explicit values win."""
+    """Fill in a preset's settings (``paper``); explicit values win.
+
+    "Explicit" means sent: the API schema gives the preset's fields no default
+    (:func:`request_properties`), so a client generated from it sends them only when its
+    caller sets them, and a value a caller sets on purpose is honoured as documented."""
     if preset in (None, ""):
         return values
     if preset not in PRESETS:
         raise InvalidParameterError(
             f"unknown preset {preset!r}; use {' or '.join(PRESETS)}", field="preset")
     return {**PRESETS[preset], **values}
+
+
+def request_properties() -> dict[str, dict[str, Any]]:
+    """JSON-schema properties of the request fields, derived from :class:`ExplainParams`.
+
+    A field a preset sets carries no ``default`` (its description says what absent means:
+    the preset's value, else the service default), and neither does a field whose default
+    is null: client generators send every schema default explicitly, and an explicit
+    ``window=32`` from a generated client would otherwise override ``preset=paper``."""
+    props = copy.deepcopy(ExplainParams.model_json_schema()["properties"])
+    for name, prop in props.items():
+        prop.pop("title", None)
+        if name in PRESET_FIELDS:
+            default = prop.pop("default")
+            by_preset = ", ".join(f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v)
+            prop["description"] += (f". Absent: the preset's value ({by_preset}), else "
+                                    f"{default}; sent, it wins over the preset")
+        elif "default" in prop and prop["default"] is None:
+            del prop["default"]
+    return props
+
+
+class PredictParams(BaseModel):
+    """The fields of ``POST /v1/predictions`` beside the image."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=200, description="a built-in name or a model "
+                              "file in PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL)")
+    top: int = Field(PREDICTION_TOP, ge=1, le=MAX_TARGETS, description="classes to return")
+    fit: Literal["crop", "pad", "squash"] = Field(
+        DEFAULT_FIT, description="how the photo fits the model input (as for explanations)")
 
 
 def parse_target(spec: str) -> tuple[str, int | list[int]]:

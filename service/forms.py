@@ -10,16 +10,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pda.defaults import DEFAULT_FIT, FITS, MAX_TARGETS, PREDICTION_TOP, PRESETS
-from pda.params import ExplainParams
+from pda.defaults import DEFAULT_FAITHFULNESS, DEFAULT_STRIDE, DEFAULT_WINDOW, PRESETS
+from pda.params import PRESET_FIELDS, PredictParams, request_properties
 
 #: request fields beside the explanation parameters
 META: dict[str, dict[str, Any]] = {
     "model": {"type": "string", "description": "a built-in name or a model file in "
               "PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL, efficientnet_lite0)"},
     "preset": {"type": "string", "enum": list(PRESETS),
-               "description": "paper = window 10, padding 2, samples 10, stride 1 (explicit "
-               "fields win)"},
+               "description": "paper = " + ", ".join(f"{k} {v}" for k, v in
+                                                     PRESETS["paper"].items())
+               + f" (Zintgraf et al. 2017). The preset's fields ({', '.join(PRESET_FIELDS)}) "
+               "have no schema default: leave them out and the preset sets them; a field "
+               "you do send wins over the preset"},
 }
 IMAGE = {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP, BMP, TIFF "
          "or GIF (one frame)"}
@@ -28,14 +31,17 @@ IMAGE = {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP, 
 def param_properties(*, form: bool) -> dict[str, dict[str, Any]]:
     """JSON-schema properties of the explanation parameters; in a form, ``fill`` is the
     text ``R,G,B``."""
-    props = copy.deepcopy(ExplainParams.model_json_schema()["properties"])
-    for prop in props.values():
-        prop.pop("title", None)
+    props = request_properties()
     if form:
         props["fill"] = {"type": "string", "pattern": r"^[0-9.]+,[0-9.]+,[0-9.]+$",
                          "example": "0.5,0.5,0.5",
                          "description": props["fill"]["description"]}
     return props
+
+
+#: an example request: the current defaults, spelled out
+EXAMPLE_PARAMS = {"window": DEFAULT_WINDOW, "stride": DEFAULT_STRIDE,
+                  "faithfulness": DEFAULT_FAITHFULNESS}
 
 
 def explanation_body() -> dict[str, Any]:
@@ -52,31 +58,41 @@ def explanation_body() -> dict[str, Any]:
                 "schema": {"type": "object", "required": ["image_base64"], "properties": {
                     "image_base64": {"type": "string", "format": "byte"},
                     "params": params}},
-                "example": {"image_base64": "iVBORw0KGgo...",
-                            "params": {"window": 16, "stride": 8}}},
+                "example": {"image_base64": "iVBORw0KGgo...", "params": EXAMPLE_PARAMS}},
         },
     }
 
 
-PREDICTION_FIELDS = {
-    "model": META["model"],
-    "top": {"type": "integer", "minimum": 1, "maximum": MAX_TARGETS, "default": PREDICTION_TOP},
-    "fit": {"type": "string", "enum": list(FITS), "default": DEFAULT_FIT},
-}
+def prediction_fields() -> dict[str, dict[str, Any]]:
+    """JSON-schema properties of :class:`pda.params.PredictParams`."""
+    props = copy.deepcopy(PredictParams.model_json_schema()["properties"])
+    for prop in props.values():
+        prop.pop("title", None)
+    props["model"] = META["model"]
+    return props
 
 
 def prediction_body() -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of ``POST /v1/predictions``."""
+    fields = prediction_fields()
     return {
-        "required": True,
+        # the image is required (a request without one answers 422, declared), but the
+        # body is declared optional: openapi-python-client (0.29) types every body with
+        # two content types as `... | Unset = UNSET` yet imports Unset only when the
+        # body is optional, so a required one makes its create_prediction module fail
+        # to import (create_explanation imports it for its Idempotency-Key header)
+        "required": False,
+        "description": "the image, as a multipart file or base64 in JSON: required (422 "
+                       "without it)",
         "content": {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["image"],
-                "properties": {"image": IMAGE, **PREDICTION_FIELDS}}},
+                "properties": {"image": IMAGE, **fields}}},
             "application/json": {
                 "schema": {"type": "object", "required": ["image_base64"], "properties": {
                     "image_base64": {"type": "string", "format": "byte"},
-                    "params": {"type": "object", "properties": PREDICTION_FIELDS}}},
+                    "model": META["model"],
+                    "params": {"type": "object", "properties": fields}}},
                 "example": {"image_base64": "iVBORw0KGgo...", "params": {"top": 3}}},
         },
     }

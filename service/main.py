@@ -55,7 +55,11 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         yield
 
     app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # served offline by docs.install
+                  docs_url=None, redoc_url=None,  # served offline by docs.install
+                  # operation ids are the handlers' names: a generated client's functions
+                  # are create_explanation, get_relevance, ... rather than FastAPI's
+                  # create_explanation_v1_explanations_post
+                  generate_unique_id_function=lambda route: route.name)
     app.state.pda = state
     problems.install(app)
     limits.install(app, settings)  # 413 for bodies over the cap, even chunked
@@ -65,7 +69,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     app.include_router(predictions.router)
     app.include_router(health.router)
     ui.install(app)
-    docs.install(app)
+    docs.install(app, settings)
     return app
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from pda.params import ExplainParams
+
+#: a link present only once the job has finished: left out (not null) before
+_LATER = {"default": None, "exclude_if": lambda v: v is None}
 
 
 class Progress(BaseModel):
@@ -24,13 +29,63 @@ class PredictionEntry(BaseModel):
     probability: float
 
 
+class JobParams(ExplainParams):
+    """The parameters a job runs with: every field, the preset applied."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ImageMeta(BaseModel):
+    """The uploaded photo."""
+
+    model_config = ConfigDict(extra="allow")
+
+    width: int
+    height: int
+    filename: str | None = None
+    bytes: int | None = Field(None, description="size of the upload")
+
+
+class TargetEntry(BaseModel):
+    """One explained class (or channel), with its faithfulness summary when scored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target: int
+    label: str
+    faithfulness: dict[str, Any] | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class JobLinks(BaseModel):
+    """Where the job and, once it has finished, its results are."""
+
+    self: str
+    relevance: str | None = Field(description="the result document", **_LATER)
+    relevance_npy: str | None = Field(description="the grids as .npy", **_LATER)
+    input: str | None = Field(description="the model's input as PNG", **_LATER)
+    overlays: dict[str, str] | None = Field(description="target -> overlay PNG", **_LATER)
+
+
+class PreviousAttempt(BaseModel):
+    """How the attempt before the current one ended (the job was rerun)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attempt: int
+    ended: Literal["worker_lost", "stalled", "shutdown", "crashed", "message_lost"]
+    at: str
+    resumed_from: int | None = Field(
+        None, description="forward passes already done when this attempt resumed from its "
+        "checkpoints", exclude_if=lambda v: v is None)
+
+
 class ExplanationPublic(BaseModel):
     """A job: its status, progress, parameters, prediction, and links to its results."""
 
     id: str
     status: Literal["queued", "running", "finished", "failed", "canceled"]
     model: str
-    params: dict[str, Any]
+    params: JobParams
     progress: Progress
     eta_seconds: float | None = Field(None, description="estimated seconds until finished")
     note: str | None = Field(None, description="why the job may wait, e.g. no worker alive")
@@ -39,14 +94,13 @@ class ExplanationPublic(BaseModel):
     finished_at: str | None = None
     expires_at: str | None = Field(None, description="when the results are deleted")
     attempt: int = 1
-    previous_attempt: dict[str, Any] | None = Field(
-        None, description="of a rerun job: {attempt, ended: worker_lost | stalled | shutdown "
-        "| crashed | message_lost, at, resumed_from: the progress it resumed at}")
-    image: dict[str, Any] = Field(default_factory=dict)
+    previous_attempt: PreviousAttempt | None = Field(
+        None, description="of a rerun job: how the attempt before this one ended")
+    image: ImageMeta
     prediction: list[PredictionEntry] | None = None
-    targets: list[dict[str, Any]] | None = None
+    targets: list[TargetEntry] | None = None
     error: dict[str, Any] | None = Field(None, description="a problem document when failed")
-    links: dict[str, Any] = Field(default_factory=dict)
+    links: JobLinks
     chunks: ChunkCount | None = Field(None, description="a split job's chunks (any worker "
                                       "runs each); null when it runs whole on one worker")
 
@@ -80,3 +134,72 @@ class PredictionPublic(BaseModel):
     input_size: list[int]
     prediction: list[PredictionEntry]
     seconds: float
+
+
+class ModelRef(BaseModel):
+    name: str
+    input_size: list[int] = Field(description="[H, W]: the grids' size")
+
+
+class ImageBox(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    width: int
+    height: int
+    crop_box: list[int] = Field(description="[left, top, right, bottom] in the photo")
+
+
+class ExplanationGrid(BaseModel):
+    """One target's relevance map."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target: int
+    label: str
+    unit: Literal["bits", "activation"]
+    max_abs: float | None = None
+    relevance: list[list[float]] = Field(description="H rows of W values (model-input "
+                                         "pixels): positive = evidence for the target")
+    faithfulness: dict[str, Any] | None = Field(
+        None, description="deletion/insertion AUCs, curves, protocol and random baseline")
+
+
+class ResultDocument(BaseModel):
+    """The result document (docs: the contract's result.json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: ModelRef
+    image: ImageBox
+    params: dict[str, Any] = Field(description="the parameters as run, with the Laplace "
+                                   "correction's train_size and num_classes")
+    prediction: list[PredictionEntry]
+    explanations: list[ExplanationGrid]
+    coverage: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+    approximation: dict[str, Any] | None = Field(None, description="drill-down's estimate")
+    runtime: dict[str, Any] | None = Field(None, description="backend and precision used")
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str | int] = Field(description="redis: ok or why not; workers: alive")
+    workers: dict[str, Any] = Field(description="the workers' summary (alive, busy, ...)")
+    mode: Literal["embedded", "redis"]
+
+
+class ProblemDoc(BaseModel):
+    """RFC 9457 problem details; ``errors`` names the fields at fault on 422."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, str]] | None = None

@@ -30,15 +30,11 @@ from ..jobs_view import expired, job_public, recent_rate, require_results, retry
 from ..limits import caller_of
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, field_errors
-from ..schemas import ExplanationPublic
+from ..schemas import ExplanationPublic, ResultDocument
 from ..uploads import decode_slot, decode_upload, read_upload
 
 router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
 
-UPLOAD_EXAMPLE = (
-    "curl -F image=@examples/chelsea.png -F window=16 -F stride=8 -F samples=4 "
-    "http://127.0.0.1:8000/v1/explanations"
-)
 
 
 #: what new_job_id() makes (22 URL-safe characters), with room to change it
@@ -87,30 +83,25 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
 
 
-def _accepted(rec: JobRecord, status: int = 202) -> JSONResponse:
+def _accepted(rec: JobRecord, replayed: bool = False) -> JSONResponse:
     body = job_public(rec)
-    return JSONResponse(body, status_code=status, headers={
-        "Location": body["links"]["self"], "Retry-After": retry_after(rec)})
+    headers = {"Location": body["links"]["self"], "Retry-After": retry_after(rec)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 @router.post("", status_code=202, response_model=ExplanationPublic,
-             openapi_extra={"requestBody": forms.explanation_body(),
-                            "x-codeSamples": [{"lang": "curl", "source": UPLOAD_EXAMPLE}]},
-             responses={202: {"description": "accepted; poll the Location"},
-                        413: {"description": "upload too large"},
-                        415: {"description": "not a supported image"},
-                        422: {"description": "invalid parameters (field named)"},
-                        429: {"description": "rate limit, or too many queued jobs for this "
-                              "API key; see Retry-After"},
-                        503: {"description": "queue full, or the job store unavailable; "
-                              "see Retry-After"}})
+             openapi_extra={"requestBody": forms.explanation_body()},
+             responses={202: {"description": "accepted; poll the Location"}})
 async def create_explanation(
     request: Request, state: StateDep, owner: OwnerDep,
     idempotency_key: str | None = Header(None, max_length=200),
 ) -> JSONResponse:
     """Submit an image for explanation; answers 202 with the job and its Location.
 
-    Example: `curl -F image=@examples/chelsea.png -F window=16 http://127.0.0.1:8000/v1/explanations`
+    Example: `curl -F image=@examples/chelsea.png http://127.0.0.1:8000/v1/explanations`
+    (the default job), or `-F preset=paper` for the paper's settings.
     """
     data, raw, filename = await read_upload(request, state.settings)
     return await run_in_threadpool(_create, state, owner, caller_of(request, owner), data, raw,
@@ -128,7 +119,7 @@ def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], fi
     rec, created = lifecycle.submit(state.store, state.queue, state.settings, sub)
     if created:
         JOBS_SUBMITTED.labels(model=model_name).inc()
-    return _accepted(rec)
+    return _accepted(rec, replayed=not created)
 
 
 @router.get("/{job_id}", response_model=ExplanationPublic)
@@ -158,7 +149,8 @@ def _results(store: JobStore, rec: JobRecord) -> tuple[dict, np.ndarray, np.ndar
     return document, relevance, counts
 
 
-@router.get("/{job_id}/relevance", responses={200: {"description": "the result document"}})
+@router.get("/{job_id}/relevance",
+            responses={200: {"model": ResultDocument, "description": "the result document"}})
 def get_relevance(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The result document: prediction and one relevance grid (H x W) per target."""
     rec = _get_job(store, job_id, owner)
@@ -167,7 +159,7 @@ def get_relevance(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
 
 
 @router.get("/{job_id}/relevance.npy",
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={200: {"description": "float32 array (T, H, W), NumPy .npy format"}})
 def get_relevance_npy(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The relevance grids as a NumPy array (T, H, W) float32, targets in document order."""
     rec = _get_job(store, job_id, owner)
@@ -176,9 +168,17 @@ def get_relevance_npy(job_id: str, store: StoreDep, owner: OwnerDep) -> Response
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
 
 
-@router.get("/{job_id}/overlay.png", responses={200: {"content": {"image/png": {}}}})
+def _png(request: Request, png: bytes) -> Response:
+    """PNG bytes as image/png, or as application/octet-stream to a client that asks for
+    that and not for an image type (client generators map only that type to bytes)."""
+    accept = request.headers.get("accept", "")
+    binary = "application/octet-stream" in accept and "image/" not in accept
+    return Response(png, media_type="application/octet-stream" if binary else "image/png")
+
+
+@router.get("/{job_id}/overlay.png", responses={200: {"description": "the overlay PNG"}})
 def get_overlay(
-    job_id: str, state: StateDep, owner: OwnerDep,
+    request: Request, job_id: str, state: StateDep, owner: OwnerDep,
     target: int | None = Query(None, ge=0, description="default: the first target"),
     scale: Literal["shared", "own"] = Query(
         "shared", description="shared: one colour range for all targets of the job (as the "
@@ -206,7 +206,7 @@ def get_overlay(
         image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
         png = _render(state, render_overlay, document, relevance, counts, index,
                       input_image=image, scale=scale, view="input")
-    return Response(png, media_type="image/png")
+    return _png(request, png)
 
 
 def _render(state, fn, *args, **kwargs) -> bytes:
@@ -215,11 +215,11 @@ def _render(state, fn, *args, **kwargs) -> bytes:
         return fn(*args, **kwargs)
 
 
-@router.get("/{job_id}/input.png", responses={200: {"content": {"image/png": {}}}})
-def get_input(job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
+@router.get("/{job_id}/input.png", responses={200: {"description": "the input PNG"}})
+def get_input(request: Request, job_id: str, store: StoreDep, owner: OwnerDep) -> Response:
     """The image exactly as the model saw it (resized and cropped, before normalisation)."""
     rec = _get_job(store, job_id, owner)
-    return Response(_file(store, rec, docs.INPUT), media_type="image/png")
+    return _png(request, _file(store, rec, docs.INPUT))
 
 
 @router.delete("/{job_id}", response_model=ExplanationPublic)

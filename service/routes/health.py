@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..deps import StateDep
 from ..metrics import metrics_response
+from ..schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez")
+@router.get("/livez", response_model=Liveness)
 def livez() -> dict:
     """The process is up (no dependencies checked)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(state: StateDep) -> JSONResponse:
     """Ready when this pod can accept and serve requests: the app started and Redis answers.
 
@@ -40,7 +41,7 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics")
-def metrics():
+@router.get("/metrics", response_class=Response)
+def metrics() -> Response:
     """Prometheus text format."""
     return metrics_response()

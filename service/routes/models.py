@@ -14,13 +14,13 @@ from ..schemas import ModelDetail, ModelPublic
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=list[ModelPublic])
+@router.get("/models", response_model=list[ModelPublic], name="list_models")
 def list_models_route(state: StateDep, owner: OwnerDep):
     """The models this installation can serve (available = weights installed)."""
     return catalog.list_models(state.settings, state.conn, local_is_truth=state.embedded)
 
 
-@router.get("/models/{name}", response_model=ModelDetail)
+@router.get("/models/{name}", response_model=ModelDetail, name="get_model")
 def get_model_route(name: str, state: StateDep, owner: OwnerDep):
     """One model's metadata, with its layers (names, channels, output sizes)."""
     try:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
 from pda import catalog
-from pda.defaults import DEFAULT_FIT, FITS, MAX_TARGETS, PREDICTION_TOP
 from pda.errors import ModelNotInstalledError
 from pda.jobs import predictions
 from pda.jobs.store import new_job_id
+from pda.params import PredictParams
 
+from .. import forms
 from ..deps import OwnerDep, StateDep
-from ..problems import Problem
+from ..problems import Problem, field_errors
 from ..schemas import PredictionPublic
 from ..uploads import decode_upload, read_upload
 
@@ -27,8 +28,8 @@ BUSY_RETRY_AFTER = 5
 
 
 @router.post("/predictions", response_model=PredictionPublic,
-             responses={503: {"description": "no worker answered in time; see Retry-After"}},
-             openapi_extra={"x-codeSamples": [{"lang": "curl", "source":
+             openapi_extra={"requestBody": forms.prediction_body(),
+                            "x-codeSamples": [{"lang": "curl", "source":
                             "curl -F image=@examples/chelsea.png "
                             "http://127.0.0.1:8000/v1/predictions"}]})
 async def create_prediction(request: Request, state: StateDep, owner: OwnerDep):
@@ -46,19 +47,17 @@ def _invalid(field: str, message: str) -> Problem:
 
 def _request(state, raw: dict[str, Any]) -> dict[str, Any]:
     settings = state.settings
-    top_raw = str(raw.get("top", PREDICTION_TOP)).strip()
-    # ASCII digits only: '²'.isdigit() is True, and int('²') raises
-    if not re.fullmatch(r"[0-9]{1,3}", top_raw) or not 1 <= int(top_raw) <= MAX_TARGETS:
-        raise _invalid("top", f"must be an integer from 1 to {MAX_TARGETS}")
-    fit = str(raw.get("fit") or DEFAULT_FIT)
-    if fit not in FITS:
-        raise _invalid("fit", f"must be one of {', '.join(FITS)}")
-    info = catalog.model_info(str(raw.get("model") or settings.default_model), settings,
+    try:
+        params = PredictParams(**raw)
+    except ValidationError as exc:
+        err = field_errors(exc)[0]
+        raise _invalid(err["field"], err["message"]) from exc
+    info = catalog.model_info(params.model or settings.default_model, settings,
                               state.conn, local_is_truth=state.embedded)
     if info.get("available") is False and info["source"] == "builtin":
         raise ModelNotInstalledError(f"model {info['name']!r} is known but its weights are "
                                      f"not installed: {info['install']}")
-    return {"model": info["name"], "top": int(top_raw), "fit": fit,
+    return {"model": info["name"], "top": params.top, "fit": params.fit,
             "input_size": info.get("input_size")}
 
 

