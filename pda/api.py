@@ -130,14 +130,16 @@ def explain(
     checked = explain_params(params, preset)
     loaded = load(model, settings, input_size=input_size, mean=mean, std=std, labels=labels,
                   device=device)
-    was_training = loaded.module.training
+    # a caller's module: dropout and batch-norm statistics off while explaining, and back
+    # to training mode after (registry models are in eval mode for good)
+    was_training = isinstance(model, nn.Module) and model.training
     try:
-        _eval(loaded.module)  # dropout and batch-norm statistics off while explaining
+        _eval(loaded.module)
         return _run(image, loaded, checked, settings, backend=backend, precision=precision,
                     batch_size=batch_size, compile=compile, sampler_stats=sampler_stats,
                     progress=progress, announce=announce)
     finally:
-        if was_training:  # a module being trained goes back to training mode
+        if was_training:
             loaded.module.train(True)
 
 
