@@ -5,6 +5,25 @@ This package is the shared library of both processes. Its top level (settings, p
 errors, model metadata, images, rendering, the job life cycle) imports no torch, so the
 API process stays light; the torch side lives in :mod:`pda.engine` and :mod:`pda.models`,
 which only workers and the CLI load. docs/architecture.md draws the picture.
+
+``pda.explain(image, model=..., **params)`` is the CLI's explanation as a function
+(:mod:`pda.api`); it is imported on first use, so ``import pda`` stays torch-free.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Result, explain
+
 __version__ = "0.2.0"
+__all__ = ["Result", "explain"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("explain", "Result"):  # lazily: the API process never loads torch
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pda' has no attribute {name!r}")

@@ -168,7 +168,7 @@ def run_bench(
     from pda.images import open_image
 
     dev = model.device
-    x = preprocess(open_image(image or SAMPLE_IMAGE), model.input_size)[0].to(dev)
+    x = preprocess(open_image(image or SAMPLE_IMAGE), model.input_size, fit="crop")[0].to(dev)
     C, H, W = x.shape
     batch_sizes = batch_sizes or (GPU_BATCHES if dev.type == "cuda" else CPU_BATCHES)
     if precisions is None:
@@ -414,7 +414,7 @@ def _main_backends(args: argparse.Namespace, model: Any) -> int:
 
     dev = model.device
     x = preprocess(open_image(Path(args.image) if args.image else SAMPLE_IMAGE),
-                   model.input_size)[0].to(dev)
+                   model.input_size, fit="crop")[0].to(dev)
     sizes = _csv(args.batch_sizes, int, "--batch-sizes")
     bs = sizes[0] if sizes else auto_batch_size(dev, model.input_size, model)
     doc = {"model": model.name, "weights": "random" if args.random_weights else "real",

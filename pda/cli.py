@@ -54,19 +54,9 @@ class _Progress:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from pda.api import explain, explain_params
+    from pda.errors import InvalidParameterError
 
-    from pda.artifacts import cli_files, stored_files
-    from pda.engine.device import auto_batch_size, resolve_device
-    from pda.engine.explain import explain, result_document
-    from pda.engine.inputs import preprocess, to_uint8
-    from pda.engine.stats import get_stats
-    from pda.images import check_min_side, open_image, original_size
-    from pda.models.registry import get_model
-    from pda.params import ExplainParams, plan, with_preset
-    from pda.settings import get_settings
-
-    settings = get_settings()
     given = {
         k: v for k, v in {
             "sampler": args.sampler, "window": args.window, "padding": args.padding,
@@ -77,48 +67,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "incremental": args.incremental,
         }.items() if v is not None
     }
-    try:
-        params = ExplainParams(**with_preset(given, args.preset))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        return _fail(f"--{where.replace('_', '-')}: {err['msg']}")
-    device = resolve_device(args.device or settings.device)
-    model = get_model(args.model or settings.default_model, device, settings)
-    image = open_image(args.image, max_pixels=settings.max_image_pixels,
-                       fit_to=model.input_size)
-    check_min_side(original_size(image))
-    if params.layer not in ("output", "logits"):
-        model.get_layer(params.layer)  # fail before any work on an unknown layer
-    x, crop = preprocess(image, model.input_size, params.fit)
-    n = plan(params, model.input_size)
-    stats = get_stats(args.sampler_stats or settings.sampler_stats)
-    batch = args.batch_size or settings.batch_size or auto_batch_size(
-        device, model.input_size, model)
-    precision = args.precision or settings.precision
-    print(f"pda: {model.name} on {device} ({args.backend or settings.backend} backend), "
-          f"{n['windows']} windows, "
-          f"{'at most ' if params.drilldown is not None else ''}{n['forward_passes']} "
-          f"forward passes, batch {batch}", file=sys.stderr)
+    try:  # the same check explain() makes, first, so that a bad flag is named as one
+        explain_params(given, args.preset)
+    except InvalidParameterError as exc:
+        flag = f"--{exc.field.replace('_', '-')}: " if exc.field else ""
+        return _fail(f"{flag}{exc}")
     bar = _Progress(not args.quiet)
-    try:
-        expl = explain(model, x, params, stats, batch_size=batch, progress=bar,
-                       precision=precision, compile=args.compile or settings.compile,
-                       incremental_default=settings.incremental,
-                       backend=args.backend or settings.backend,
-                       cache_dir=settings.backend_cache_dir)
+    try:  # the library's explanation (pda.api): one code path, one set of defaults
+        result = explain(args.image, args.model, preset=args.preset, backend=args.backend,
+                         device=args.device, precision=args.precision,
+                         batch_size=args.batch_size, compile=args.compile,
+                         sampler_stats=args.sampler_stats, progress=bar,
+                         announce=lambda line: print(line, file=sys.stderr), **given)
     finally:
         bar.close()
-    doc = result_document(
-        expl, model_name=model.name, input_size=model.input_size,
-        image_size=original_size(image), crop_box=crop, params=params,
-        num_classes=model.num_classes,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stored = stored_files(expl, to_uint8(x), image, doc)
-    for name, data in cli_files(stored, scale=args.scale).items():
-        (out / name).write_bytes(data)
+    expl, doc = result.explanation, result.document
+    out = result.save(args.out, scale=args.scale)
     if approx := doc.get("approximation"):
         err = approx["error"]
         print(f"pda: drill-down used {approx['forward_passes']} of "
@@ -234,23 +198,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _default(field: str) -> str:
+    """``default X`` from the one parameter model (pda.params.ExplainParams), so that the
+    help cannot drift from what an explanation does when a flag is left out."""
+    from pda.params import ExplainParams
+
+    value = getattr(ExplainParams(), field)  # what an explanation uses when none is given
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return f"default {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pda.defaults import PRESETS
+
     p = argparse.ArgumentParser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="explain a classifier's decision on one image")
     e.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF)")
     e.add_argument("--model", help="built-in name (default efficientnet_lite0) or NAME.pt2/.pt")
-    e.add_argument("--sampler", help="conditional (default), marginal or constant")
-    e.add_argument("--window", type=int, help="window side k in pixels (default 16)")
-    e.add_argument("--padding", type=int, help="conditional sampler ring width (default 2)")
-    e.add_argument("--samples", type=int, help="samples per window (default 4)")
-    e.add_argument("--stride", type=int, help="window step in pixels (default 8)")
+    e.add_argument("--sampler", help=f"conditional, marginal or constant ({_default('sampler')})")
+    e.add_argument("--window", type=int, help=f"window side k in pixels ({_default('window')})")
+    e.add_argument("--padding", type=int,
+                   help=f"conditional sampler ring width ({_default('padding')})")
+    e.add_argument("--samples", type=int, help=f"samples per window ({_default('samples')})")
+    e.add_argument("--stride", type=int, help=f"window step in pixels ({_default('stride')})")
     e.add_argument("--fill", type=_fill, help="constant sampler colour R,G,B in [0, 1]")
-    e.add_argument("--target", help="topK (default top3) or class indices I,J,...")
-    e.add_argument("--layer", help="output (default), logits or a module name")
-    e.add_argument("--seed", type=int, help="random seed (default 0)")
-    e.add_argument("--train-size", type=int, help="Laplace correction N (default 100000)")
+    e.add_argument("--target", help=f"topK or class indices I,J,... ({_default('target')})")
+    e.add_argument("--layer", help=f"output, logits or a module name ({_default('layer')})")
+    e.add_argument("--seed", type=int, help=f"random seed ({_default('seed')})")
+    e.add_argument("--train-size", type=int,
+                   help=f"Laplace correction N ({_default('train_size')})")
     e.add_argument("--drilldown", type=float, metavar="FRACTION",
                    help="approximate: coarse sweep, then the fine stride only in this top "
                         "fraction of the image by |relevance| (0..1; the result reports its "
@@ -259,12 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drill-down's coarse stride, a multiple of --stride (default 4x)")
     e.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
                    help="score each map by deletion/insertion AUC against random block "
-                   "orders (default on; about 100 passes per target and random order)")
+                   f"orders ({_default('faithfulness')}; about 100 passes per target and "
+                   "random order)")
     e.add_argument("--incremental", choices=["auto", "on", "off"],
-                   help="exact incremental inference: same map, less compute (default auto: "
-                        "PDA_INCREMENTAL, or where the bench measured it faster)")
-    e.add_argument("--preset", choices=["default", "paper"],
-                   help="paper = window 10, padding 2, samples 10, stride 1")
+                   help="exact incremental inference: same map, less compute "
+                        f"({_default('incremental')}: PDA_INCREMENTAL, or where the bench "
+                        "measured it faster)")
+    e.add_argument("--preset", choices=list(PRESETS),
+                   help="paper = " + ", ".join(f"{k} {v}" for k, v in PRESETS["paper"].items()))
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
     e.add_argument("--compile", action="store_true",
@@ -276,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
     e.add_argument("--fit", choices=["crop", "pad", "squash"],
-                   help="how the photo fits the model input: squash (default: the whole "
-                   "photo, stretched), pad (whole, letterboxed) or crop (centre crop)")
+                   help="how the photo fits the model input: squash (the whole photo, "
+                   "stretched), pad (whole, letterboxed) or crop (centre crop) "
+                   f"({_default('fit')})")
     e.add_argument("--scale", choices=["shared", "own"], default="shared",
                    help="overlay colour scale: shared by all targets (default) or each its own")
     e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")

@@ -75,7 +75,7 @@ def exact_table(image: str, a: argparse.Namespace) -> dict[str, Any]:
     if out.exists():
         return torch.load(out)
     model = get_model(a.model, torch.device("cpu"))
-    x, _ = preprocess(open_image(image), model.input_size)
+    x, _ = preprocess(open_image(image), model.input_size, fit="crop")
     C, H, W = x.shape
     probs = torch.softmax(model(x[None]).float(), 1)[0]
     targets = probs.topk(TOP).indices  # (T,)
@@ -197,7 +197,7 @@ def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
         return None
     per = torch.cat([torch.load(p) for p in parts])  # (n, S, T)
     model = get_model(a.model, torch.device("cpu"))
-    x, _ = preprocess(open_image(image), model.input_size)
+    x, _ = preprocess(open_image(image), model.input_size, fit="crop")
     H, W = x.shape[1:]
     gw = (W - a.window) // a.stride + 1
     rows = len(per) // gw

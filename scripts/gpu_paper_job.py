@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = resolve_device(args.device)
     model = get_model(args.model, dev, random_weights=args.random_weights)
-    x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)[0]
+    x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size, fit="crop")[0]
     params = ExplainParams(**PAPER)
     bs = args.batch_size or auto_batch_size(dev, model.input_size, model)
     for precision in args.precision.split(","):  # one model load for every precision

@@ -37,7 +37,8 @@ def main() -> None:
     from pda.settings import get_settings
 
     model = get_model(get_settings().default_model)
-    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)
+    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size,
+                      ExplainParams().fit)
     params = ExplainParams(**({"stride": args.stride} if args.stride else {}))
     n = plan(params, model.input_size)
     sweep_total = n["sweep_passes"] - 1  # the engine's progress leaves out the image's pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pda.cli import main
+from pda.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "chelsea.png"
@@ -146,3 +147,25 @@ def test_the_console_script_exits_nonzero_without_a_traceback(tmp_path):
 def test_evaluate_refuses_bad_input_before_loading_a_model(args, needle, capsys):
     code, err = run(args, capsys)
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_explain_help_states_the_parameter_models_defaults():
+    """Each `(default X)` in `pda explain --help` is what ExplainParams() uses (issue 19:
+    the help said window 16 while the default was 32)."""
+    from pda.params import ExplainParams
+
+    explain = build_parser()._subparsers._group_actions[0].choices["explain"]  # noqa: SLF001
+    defaults = ExplainParams()
+    checked = 0
+    for action in explain._actions:  # noqa: SLF001
+        field = action.dest
+        m = re.search(r"\(default ([^;:,)]+)", action.help or "")
+        if field not in ExplainParams.model_fields or m is None:
+            continue
+        value = getattr(defaults, field)
+        if value is None:  # derived elsewhere (drill-down's coarse stride: 4x --stride)
+            continue
+        expected = ("on" if value else "off") if isinstance(value, bool) else str(value)
+        assert m.group(1) == expected, f"--{field}: help says {m.group(1)}, default {expected}"
+        checked += 1
+    assert checked >= 10  # every parameter flag that states a default

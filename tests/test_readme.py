@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from pda.catalog import builtin_metadata
 from pda.cli import build_parser
@@ -58,3 +61,165 @@ def test_every_cli_example_in_the_readme_parses_and_names_files_that_exist():
         if getattr(args, "layer", None) not in (None, "output", "logits"):
             names = [x["name"] for x in builtin_metadata("efficientnet_lite0")["layers"]]
             assert args.layer in names, line
+
+
+# --------------------------------------------------------------------------------------
+# Every shell and Python example runs (issue 19), with the quick settings its marker names:
+# an HTML comment right above the block, unseen on the rendered page:
+#   <!-- readme-test: skip: WHY (and where it is run instead) -->
+#   <!-- readme-test: server; quick: ARGS -->   (a `pda serve` at the README's address)
+#   <!-- readme-test: quick: pda explain ARGS -->   (ARGS appended to each such line)
+#   <!-- readme-test: quick: pda.explain K=V, ... -->   (keywords for every pda.explain call)
+
+BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>.*?) -->\n)?```(?P<lang>bash|python)\n"
+                   r"(?P<body>.*?)\n```", re.S)
+README_URL = "http://127.0.0.1:8000"
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    return [(m["marker"] or "", m["lang"], m["body"]) for m in BLOCK.finditer(README)]
+
+
+def quick(marker: str, command: str) -> str:
+    """The arguments the marker adds to lines of ``command`` (``pda explain``, ...)."""
+    for part in marker.split(";"):
+        part = part.strip()
+        if part.startswith(f"quick: {command} "):
+            return part[len(f"quick: {command} "):]
+    return ""
+
+
+def test_every_readme_example_is_run_or_says_why_not():
+    blocks = readme_blocks()
+    assert len(blocks) >= 6
+    for marker, _lang, body in blocks:
+        if marker.startswith("skip"):
+            assert len(marker) > len("skip: ") + 20, f"a skip must say why: {body[:60]}"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A folder like the repository root for the examples' outputs, and their env."""
+    import os
+
+    root = tmp_path_factory.mktemp("readme")
+    (root / "examples").symlink_to(ROOT / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
+    env.update(PYTHONPATH=str(ROOT), PDA_BACKEND_CACHE_DIR=str(root / "cache"),
+               PDA_LOG_LEVEL="warning")
+    return root, env
+
+
+def bash(script: str, cwd: Path, env: dict[str, str], timeout: float = 900
+         ) -> subprocess.CompletedProcess:
+    import sys
+
+    # `pda` is this checkout's CLI, whatever an installed script points at
+    prelude = f'set -euo pipefail\npda() {{ "{sys.executable}" -m pda.cli "$@"; }}\n'
+    return subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def command_lines(body: str) -> list[str]:
+    return [line.split("  #")[0].strip() for line in body.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.slow
+def test_the_readme_command_line_examples_run(sandbox):
+    root, env = sandbox
+    ran = 0
+    for marker, lang, body in readme_blocks():
+        if lang != "bash" or marker.startswith("skip") or "server" in marker:
+            continue
+        for line in command_lines(body):
+            cmd = line.split()[:2]
+            extra = quick(marker, " ".join(cmd))
+            proc = bash(f"{line} {extra}", root, env)
+            assert proc.returncode == 0, f"{line} {extra}\n{proc.stderr[-2000:]}"
+            ran += 1
+            if cmd == ["pda", "explain"]:
+                out = root / line.split("--out ")[1].split()[0]
+                assert json.loads((out / "result.json").read_text())["explanations"]
+    assert ran >= 6
+
+
+@pytest.mark.slow
+def test_the_readme_curl_session_runs_against_pda_serve(sandbox):
+    import socket
+    import sys
+    import time
+
+    root, env = sandbox
+    (marker, _, body), = [b for b in readme_blocks() if "server" in b[0]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "pda.cli", "serve", "--port", str(port)],
+                              cwd=root, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):  # embedded mode: the worker loads the model first
+            if bash(f"curl -sf {url}/livez >/dev/null", root, env).returncode == 0:
+                break
+            time.sleep(0.5)
+        extra = quick(marker, "").strip() or marker.split("quick: ", 1)[1]
+        script = body.replace(README_URL, url).replace("-F image=@", f"{extra} -F image=@")
+        proc = bash(script, root, env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (root / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((root / "relevance.json").read_text())
+    assert len(doc["explanations"][0]["relevance"]) == 224
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(sandbox):
+    import sys
+
+    root, env = sandbox
+    (marker, _, body), = [b for b in readme_blocks() if b[1] == "python"]
+    kwargs = marker.split("quick: pda.explain ", 1)[1]
+    program = ("import functools\nimport pda\nimport pda.api\n"
+               f"pda.explain = functools.partial(pda.api.explain, {kwargs})\n" + body)
+    proc = subprocess.run([sys.executable, "-c", program], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = body.splitlines()[[i for i, x in enumerate(body.splitlines())
+                               if x.startswith("print(")][0]]
+    promised = first.split("# ", 1)[1].strip()  # what the README says it prints
+    assert promised in proc.stdout, proc.stdout
+    assert (root / "out" / "result.json").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# Figures: each measured figure the README quotes is one docs/ holds; counts are computed.
+
+FIGURE = re.compile(r"(?<![\w.-])(\d+(?:[.,]\d+)*(?:e-\d+)?(?:x| ?(?:min|s|bits|minutes))"
+                    r"|\d+ h \d+ min)(?![\w/])")
+
+
+def test_every_figure_the_readme_quotes_is_in_docs():
+    docs = " ".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    docs = re.sub(r"\s+", " ", docs)
+    prose = re.sub(r"\s+", " ", README)  # code comments quote figures too
+    prose = prose.replace("`PDA_RESULT_TTL_SECONDS` (24 h)", "")  # a setting, checked below
+    quoted = set(FIGURE.findall(prose))
+    assert {"2.9x", "46 min", "2 h 14 min", "33.5 s"} <= quoted
+    missing = sorted(f for f in quoted if f not in docs)
+    assert not missing, f"README quotes figures docs/ does not hold: {missing}"
+    assert Settings.model_fields["result_ttl_seconds"].default == 24 * 3600
+
+
+def test_the_readme_pass_counts_are_the_planners():
+    from pda.defaults import PAPER
+    from pda.engine.faithfulness import passes_needed
+    from pda.params import ExplainParams, plan
+
+    size = (224, 224)
+    assert f"{plan(ExplainParams(), size)['forward_passes']:,} forward passes" in README
+    assert f"{plan(ExplainParams(**PAPER), size)['forward_passes']:,} forward passes" in README
+    assert f"plus {passes_needed(224 * 224, 3)}\nfor the three targets" in README

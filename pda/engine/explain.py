@@ -105,7 +105,7 @@ def prepare(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    backend: str = "torch",
+    backend: str,  # required: the CLI's default (auto) lives in the settings (issue 19)
     cache_dir: Any = None,
     incremental_default: str = "auto",
 ) -> Setup:
@@ -306,7 +306,7 @@ def explain(
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    backend: str = "torch",
+    backend: str,  # required: the CLI's default (auto) lives in the settings (issue 19)
     cache_dir: Any = None,
     incremental_default: str = "auto",
 ) -> Explanation:

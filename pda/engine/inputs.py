@@ -19,7 +19,7 @@ def to_tensor(a: np.ndarray) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0).contiguous()
 
 
-def preprocess(img: Image.Image, input_size: tuple[int, int], fit: str = "crop"
+def preprocess(img: Image.Image, input_size: tuple[int, int], fit: str
                ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """The model input x (3, H, W) in [0, 1] and the photo's crop box (left, top, right,
     bottom) in its original pixels (:func:`pda.images.fit_array`)."""

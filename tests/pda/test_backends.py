@@ -190,7 +190,8 @@ def real_case():
     from pda.models.registry import get_model
 
     model = get_model("efficientnet_lite0")
-    x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)[0]  # (C, H, W)
+    x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size,
+                   fit="crop")[0]  # (C, H, W)
     kw = dict(k=10, stride=71, samples=2, batch_size=8, x=x, stats=get_stats())
     ref, _ = sweep_map(model, "output", [281, 285], "torch", **kw)
     return model, kw, ref
@@ -248,7 +249,7 @@ def test_explain_runs_on_the_chosen_backend_and_records_it(layer, tmp_path):
     model = wrap(ConvNet(classes=5), SIZE, classes=5)
     x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     params = ExplainParams(window=4, stride=2, samples=2, target="top2", layer=layer)
-    ref = explain(model, x, params, random_stats(), batch_size=8)
+    ref = explain(model, x, params, random_stats(), batch_size=8, backend="torch")
     got = explain(model, x, params, random_stats(), batch_size=8, backend="auto",
                   cache_dir=tmp_path)
     auto = resolve_backend("auto", torch.device("cpu"))

@@ -44,7 +44,7 @@ def bands_300x200() -> Image.Image:
 
 def test_landscape_image_is_scaled_to_height_and_cropped_at_the_centre() -> None:
     # 300x200 -> scale 224/200 = 1.12 -> 336x224, crop 56 px each side = 50 original px
-    x, box = preprocess(bands_300x200(), (224, 224))
+    x, box = preprocess(bands_300x200(), (224, 224), fit="crop")
     assert box == (50, 0, 250, 200)
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     # the kept region is the green band; only the outermost column sees a little of its
@@ -55,14 +55,14 @@ def test_landscape_image_is_scaled_to_height_and_cropped_at_the_centre() -> None
 
 
 def test_portrait_image_is_cropped_top_and_bottom() -> None:
-    x, box = preprocess(bands_300x200().rotate(90, expand=True), (224, 224))  # 200x300
+    x, box = preprocess(bands_300x200().rotate(90, expand=True), (224, 224), fit="crop")  # 200x300
     assert box == (0, 50, 200, 250)
     assert x.shape == (3, 224, 224)
 
 
 def test_non_square_input_size_covers_height_by_width() -> None:
     # (H, W) = (224, 112): aspect 1:2, so a 300x200 image keeps a 100x200 centre strip
-    x, box = preprocess(bands_300x200(), (224, 112))
+    x, box = preprocess(bands_300x200(), (224, 112), fit="crop")
     assert box == (100, 0, 200, 200)
     assert x.shape == (3, 224, 112)
     assert crop_box_for((300, 200), (100, 300)) == (0, 50, 300, 150)  # wide target: crop rows
@@ -70,7 +70,7 @@ def test_non_square_input_size_covers_height_by_width() -> None:
 
 def test_image_already_at_input_size_is_used_bit_for_bit() -> None:
     img = noise(224, 224)
-    x, box = preprocess(img, (224, 224))
+    x, box = preprocess(img, (224, 224), fit="crop")
     assert box == (0, 0, 224, 224)
     expected = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
     assert torch.equal(x, expected)
@@ -78,7 +78,7 @@ def test_image_already_at_input_size_is_used_bit_for_bit() -> None:
 
 
 def test_small_image_is_upscaled() -> None:
-    x, box = preprocess(noise(30, 20), (224, 224))
+    x, box = preprocess(noise(30, 20), (224, 224), fit="crop")
     assert box == (5, 0, 25, 20)
     assert x.shape == (3, 224, 224) and 0.0 <= x.min() and x.max() <= 1.0
 

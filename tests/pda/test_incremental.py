@@ -214,7 +214,7 @@ def test_efficientnet_lite0_on_a_real_photo_gives_the_naive_map():
     from pda.models.registry import get_model
 
     model = get_model("efficientnet_lite0")
-    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)
+    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size, fit="crop")
     k, stride = 10, 53  # windows on every border and in the middle, 25 of them
     positions = window_positions(224, 224, k, stride)
     sampler = make_sampler("conditional", x, k, positions, get_stats())
@@ -242,7 +242,7 @@ def test_explain_with_incremental_on_gives_the_off_map_and_says_so(layer):
     for mode in ("off", "on"):
         params = ExplainParams(window=4, stride=3, samples=2, target="top2", layer=layer,
                                incremental=mode)
-        expl = explain(model, x, params, random_stats(), batch_size=8)
+        expl = explain(model, x, params, random_stats(), batch_size=8, backend="torch")
         docs[mode] = (expl, result_document(expl, model_name="toy", input_size=(size, size),
                                             image_size=(size, size), crop_box=(0, 0, size, size),
                                             params=params))

@@ -244,7 +244,7 @@ def test_layers_can_be_listed_and_looked_up() -> None:
 def test_efficientnet_recognises_chelsea_as_an_egyptian_cat() -> None:
     model = load_model("efficientnet_lite0", settings=Settings())
     img = open_image(EXAMPLES / "chelsea.png")
-    x, box = preprocess(img, model.input_size)
+    x, box = preprocess(img, model.input_size, fit="crop")
     assert box == (75, 0, 375, 300)
     p = model(x[None]).softmax(dim=1)[0]
     top = p.topk(3)
@@ -252,7 +252,8 @@ def test_efficientnet_recognises_chelsea_as_an_egyptian_cat() -> None:
     # the contract's crop loses part of the cat, so the model is less sure than on the
     # whole photo; squashing the full image to 224 x 224 gives the familiar ~0.77
     assert 0.33 < float(top.values[0]) < 0.43
-    whole, _ = preprocess(img.resize((224, 224), resample=3), model.input_size)  # bicubic
+    whole, _ = preprocess(img.resize((224, 224), resample=3),  # bicubic
+                          model.input_size, fit="crop")
     p_whole = model(whole[None]).softmax(dim=1)[0]
     assert int(p_whole.argmax()) == 285 and 0.6 < float(p_whole[285]) < 0.9
 

@@ -69,7 +69,7 @@ def test_the_plan_at_submit_is_every_pass_the_engine_runs(update):
     params = ExplainParams(**{"sampler": "marginal", "window": 8, "stride": 8, "samples": 2,
                               "target": "top3", **update})
     seen: list[tuple[int, int]] = []
-    expl = explain(model, x, params, random_stats(), batch_size=8,
+    expl = explain(model, x, params, random_stats(), batch_size=8, backend="torch",
                    progress=lambda d, t: seen.append((d, t)))
     n = plan(params, (24, 24))
     assert n["forward_passes"] == expl.forward_passes  # sweep + image + scores

@@ -39,9 +39,9 @@ def cat_on_astronaut() -> Image.Image:
 
 def test_default_model_sees_a_cat_in_chelsea_and_explains_it_in_the_input_shape():
     model = get_model("efficientnet_lite0")
-    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size)
+    x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size, fit="crop")
     params = ExplainParams(window=32, stride=32, samples=2, target="top1")
-    expl = explain(model, x, params, get_stats(), batch_size=32)
+    expl = explain(model, x, params, get_stats(), batch_size=32, backend="torch")
     assert expl.prediction[0]["class_index"] in CAT_CLASSES
     assert expl.relevance.shape == (1, 224, 224)
     assert np.isfinite(expl.relevance).all()
@@ -50,10 +50,10 @@ def test_default_model_sees_a_cat_in_chelsea_and_explains_it_in_the_input_shape(
 
 def test_evidence_for_the_cat_lies_on_the_cat_not_on_the_astronaut():
     model = get_model("efficientnet_lite0")
-    x, _ = preprocess(cat_on_astronaut(), model.input_size)
+    x, _ = preprocess(cat_on_astronaut(), model.input_size, fit="crop")
     params = ExplainParams(sampler="conditional", window=16, stride=16, samples=2,
                            target="top1", seed=0)
-    expl = explain(model, x, params, get_stats(), batch_size=32)
+    expl = explain(model, x, params, get_stats(), batch_size=32, backend="torch")
     assert expl.prediction[0]["class_index"] in CAT_CLASSES
     rel = expl.relevance[0]
     inside = np.zeros_like(rel, dtype=bool)

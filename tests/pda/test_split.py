@@ -36,15 +36,16 @@ def test_chunked_map_equals_one_process_map(model, sampler, layer):
     params = ExplainParams(window=4, stride=1, samples=3, sampler=sampler, layer=layer,
                            target="top2", seed=11)
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
-    whole = explain(model, x, params, stats, batch_size=16)
+    whole = explain(model, x, params, stats, batch_size=16, backend="torch")
 
-    setup = prepare(model, x, params, stats, batch_size=7)  # another batch size too
+    setup = prepare(model, x, params, stats, batch_size=7,  # another batch size too
+                    backend="torch")
     n_w = 29 * 29
     ranges = split(n_w, chunk_passes=3 * BLOCK_WINDOWS * 3, passes_per_window=3)
     assert len(ranges) == 5 and ranges[0] == (0, 192)  # 3 blocks of 64 windows per chunk
     parts = [pack_partial(sweep_part(setup, torch.arange(a, b))) for a, b in ranges]
     merged = conclude(setup, merge_partials(parts[::-1], n_w))  # any order of arrival
-    # the worker scores a merged map as explain() scores its own (result_files)
+    # the worker scores a merged map as explain(, backend="torch") scores its own (result_files)
     merged = add_faithfulness(model, setup, merged)
 
     peak = abs(whole.relevance).max()
@@ -59,7 +60,7 @@ def test_chunked_map_equals_one_process_map(model, sampler, layer):
 def test_a_chunk_missing_or_twice_is_refused(model):
     params = ExplainParams(window=4, stride=2, samples=2, seed=1)
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
-    setup = prepare(model, x, params, random_stats(), batch_size=8)
+    setup = prepare(model, x, params, random_stats(), batch_size=8, backend="torch")
     a = pack_partial(sweep_part(setup, torch.arange(0, 100)))
     b = pack_partial(sweep_part(setup, torch.arange(100, 225)))
     assert merge_partials([a, b], 225).window_means.shape[0] == 225
@@ -73,4 +74,5 @@ def test_fixed_targets_are_kept(model):
     """Chunks reuse the planning run's targets rather than choosing their own."""
     params = ExplainParams(window=4, stride=4, samples=1, target="top1")
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
-    assert prepare(model, x, params, random_stats(), targets=[4, 0]).targets == [4, 0]
+    setup = prepare(model, x, params, random_stats(), targets=[4, 0], backend="torch")
+    assert setup.targets == [4, 0]

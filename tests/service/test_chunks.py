@@ -52,7 +52,7 @@ def one_process_map() -> np.ndarray:
     x, _ = preprocess(image, model.input_size, params.fit)
     try:
         return explain(model, x, params, get_stats(settings.sampler_stats),
-                       batch_size=8).relevance
+                       batch_size=8, backend="torch").relevance
     finally:
         torch.set_num_threads(threads)
 

@@ -14,7 +14,8 @@ module name = that module's per-channel spatial means [:, targets]. The converte
 returns all logits (or all channel means) and the readout takes the softmax and the
 target columns in fp32 torch, so one conversion serves every job on the model
 (:mod:`.graphs`). Conversions are memoised on the model object (once per worker process)
-and, given ``cache_dir``, kept on disk across restarts.
+and, given ``cache_dir``, kept on disk across restarts, both keyed on the weights as they
+are at the call (:func:`build_net`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from ...errors import InvalidParameterError
 from ..device import check_precision, prefers_channels_last
 from . import onnx_backend, openvino_backend
-from .graphs import graph_kind
+from .graphs import graph_kind, weights_digest
 from .torch_backend import compiled_net, eager_net
 
 BACKENDS = ("auto", "torch", "compile", "openvino", "onnxruntime")
@@ -129,27 +130,38 @@ class BackendNet:
 def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str = "fp32",
               batch_size: int = 4, cache_dir: Path | str | None = None) -> BackendNet:
     """The backend's net for ``model``'s ``layer`` graph, memoised on the model object
-    (converted once per process; from ``cache_dir`` when an earlier process did)."""
+    (converted once per process; from ``cache_dir`` when an earlier process did).
+
+    A converted or compiled graph holds a copy of the weights, so it is keyed on the
+    weights as they are now (:func:`.graphs.weights_digest`, taken at every call): after
+    an in-place change, or on a deep copy whose weights changed, the memo and the disk
+    cache miss and the model is converted again. Eager torch runs the live module and
+    needs no key."""
     dev = model.device
     name = resolve_backend(backend, dev, precision)
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     fixed = name != "torch"
     key = (graph_kind(layer), name, precision, batch_size if fixed else None, cache_dir)
     with _LOCK:
+        digest = weights_digest(model.module) if fixed else None
         nets = model.__dict__.setdefault("_backend_nets", {})
-        if key not in nets:
-            nets[key] = _make(model, layer, name, precision, batch_size, cache_dir)
-        return nets[key]
+        held = nets.get(key)
+        if held is None or held[0] != digest:  # replaced: one graph per key, the current
+            nets[key] = (digest, _make(model, layer, name, precision, batch_size, cache_dir,
+                                       digest))
+        return nets[key][1]
 
 
 def _make(model: Any, layer: str, name: str, precision: str, batch_size: int,
-          cache_dir: Path | None) -> BackendNet:
+          cache_dir: Path | None, digest: str | None) -> BackendNet:
     dev = model.device
     if name == "openvino":
-        net = openvino_backend.openvino_net(model, layer, precision, batch_size, cache_dir)
+        net = openvino_backend.openvino_net(model, layer, precision, batch_size, cache_dir,
+                                            digest=digest)
         return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
     if name == "onnxruntime":
-        net = onnx_backend.onnx_net(model, layer, precision, batch_size, cache_dir)
+        net = onnx_backend.onnx_net(model, layer, precision, batch_size, cache_dir,
+                                    digest=digest)
         return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
     channels_last = prefers_channels_last(dev)
     if name == "compile":

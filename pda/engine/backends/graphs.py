@@ -12,8 +12,8 @@ vector out.
   model whose layers can be hooked, including ones torch.fx cannot trace (the default
   EfficientNet-Lite0 pads by input shape).
 
-:func:`graph_key` names a graph for the on-disk cache: a hash of the weights, the
-normalisation, the readout and the batch shape.
+:func:`graph_key` names a graph for the on-disk cache: a hash of the weights as they are
+at the call, the normalisation, the readout and the batch shape.
 """
 
 from __future__ import annotations
@@ -85,23 +85,18 @@ def graph_kind(layer: str) -> str:
 
 
 def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, shapes, dtypes and bytes); memoised on
-    the module, whose weights a worker never changes."""
-    cached = getattr(module, "_pda_digest", None)
-    if cached is not None:
-        return cached
+    """SHA-256 of every parameter and buffer (names, shapes, dtypes and bytes), as they are
+    now. Never memoised: a digest kept on the module goes stale after an in-place change
+    and is copied by ``copy.deepcopy`` onto a copy whose weights then change (issue 19);
+    hashing the default model costs milliseconds against a sweep's seconds (notes)."""
     h = hashlib.sha256(type(module).__qualname__.encode())
-    state = module.state_dict()
+    state = module.state_dict(keep_vars=False)
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
+        t = state[name].detach()
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest = h.hexdigest()
-    try:
-        module._pda_digest = digest  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):  # ScriptModules refuse new attributes
-        pass
-    return digest
+        if t.numel():  # the bytes as they are, without a copy on the CPU
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def usable_cache_dir(cache_dir: Path | str | None, sub: str) -> Path | None:
@@ -122,8 +117,11 @@ def usable_cache_dir(cache_dir: Path | str | None, sub: str) -> Path | None:
     return path
 
 
-def graph_key(model: Any, layer: str, shape: tuple[int, ...], *extra: str) -> str:
-    """Cache key of the graph for (weights, normalisation, readout, batch shape, extra)."""
-    parts = [weights_digest(model.module), repr(tuple(model.mean)), repr(tuple(model.std)),
+def graph_key(model: Any, layer: str, shape: tuple[int, ...], *extra: str,
+              digest: str | None = None) -> str:
+    """Cache key of the graph for (weights, normalisation, readout, batch shape, extra);
+    ``digest``: the weights' :func:`weights_digest`, when the caller has just taken it."""
+    parts = [digest or weights_digest(model.module), repr(tuple(model.mean)),
+             repr(tuple(model.std)),
              graph_kind(layer), repr(tuple(shape)), *extra]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]

@@ -63,15 +63,16 @@ def _export(model: Any, layer: str, shape: tuple[int, ...], path: Path) -> None:
 
 
 def onnx_net(model: Any, layer: str, precision: str, batch_size: int,
-             cache_dir: Path | None) -> Net:
-    """A static-shape (batch_size, C, H, W) ONNX Runtime net: pixel batch -> (B, K | ch)."""
+             cache_dir: Path | None, *, digest: str | None = None) -> Net:
+    """A static-shape (batch_size, C, H, W) ONNX Runtime net: pixel batch -> (B, K | ch);
+    ``digest`` as for :func:`.openvino_backend.openvino_net`."""
     import tempfile
 
     import onnxruntime as ort
 
     check(precision, model.device)
     shape = (batch_size, 3, *model.input_size)
-    key = graph_key(model, layer, shape, f"onnx {torch.__version__}")
+    key = graph_key(model, layer, shape, f"onnx {torch.__version__}", digest=digest)
     folder = usable_cache_dir(cache_dir, "onnx") or Path(tempfile.mkdtemp(prefix="pda-onnx-"))
     path = folder / f"{key}.onnx"
     if not path.exists():

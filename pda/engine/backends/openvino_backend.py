@@ -76,11 +76,12 @@ def _convert(model: Any, layer: str, shape: tuple[int, ...], path: Path | None) 
 
 
 def openvino_net(model: Any, layer: str, precision: str, batch_size: int,
-                 cache_dir: Path | None) -> Net:
+                 cache_dir: Path | None, *, digest: str | None = None) -> Net:
     """A static-shape (batch_size, C, H, W) OpenVINO net: pixel batch -> (B, K | ch) fp32.
 
     The caller pads batches to ``batch_size``. One infer request, behind a lock: the net
-    is shared by the jobs of a worker process.
+    is shared by the jobs of a worker process. ``digest``: the weights' digest the caller
+    just took (:func:`.graphs.weights_digest`; taken here when None).
     """
     import openvino as ov
 
@@ -88,7 +89,8 @@ def openvino_net(model: Any, layer: str, precision: str, batch_size: int,
     shape = (batch_size, 3, *model.input_size)
     folder, path = usable_cache_dir(cache_dir, "openvino"), None
     if folder is not None:
-        path = folder / f"{graph_key(model, layer, shape, f'openvino {ov.__version__}')}.xml"
+        key = graph_key(model, layer, shape, f"openvino {ov.__version__}", digest=digest)
+        path = folder / f"{key}.xml"
     ov_model = _convert(model, layer, shape, path)
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
     if folder is not None:
