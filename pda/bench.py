@@ -258,14 +258,18 @@ def measure_occlusion(bench: _Bench, passes: float, rounds: int) -> dict[str, An
 
 
 def estimates(model: Any, sweeps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Paper and service-default jobs (conditional sampler) at the measured rate."""
+    """Paper and service-default sweeps (conditional sampler) at the measured rate; the
+    whole job adds the faithfulness scores' passes (``job_passes``), run on the same
+    backend at about the sweep's rate (docs/performance.md)."""
     rate = next((s["passes_per_s"] for s in sweeps if s["sampler"] == "conditional"), None)
     out: dict[str, Any] = {"passes_per_s": rate}
     for name, params in (("paper", ExplainParams(**PAPER)), ("default", ExplainParams())):
         n = plan(params, model.input_size)
         out[name] = {**params.model_dump(include={"window", "padding", "stride", "samples"}),
-                     "windows": n["windows"], "passes": n["forward_passes"],
-                     "seconds": n["forward_passes"] / rate if rate else None}
+                     "windows": n["windows"], "passes": n["sweep_passes"],
+                     "seconds": n["sweep_passes"] / rate if rate else None,
+                     "job_passes": n["forward_passes"],
+                     "job_seconds": n["forward_passes"] / rate if rate else None}
     return out
 
 
@@ -348,7 +352,9 @@ def format_table(doc: dict[str, Any]) -> str:
                 f"difference| {occ['max_abs_diff']:.1e} (max |map| {occ['max_abs']:.1e})"]
     out += ["", f"estimates at the conditional rate ({est['passes_per_s'] or 0:.1f} passes/s)"]
     out += [f"  {label}: k={e['window']}, stride {e['stride']}, S={e['samples']}: "
-            f"{e['windows']:,} windows, {e['passes']:,} passes -> {_duration(e['seconds'])}"
+            f"{e['windows']:,} windows, {e['passes']:,} passes -> {_duration(e['seconds'])} "
+            f"(the job with its scores: {e['job_passes']:,} passes -> "
+            f"{_duration(e['job_seconds'])})"
             for label, e in (("paper job      ", est["paper"]),
                              ("service default", est["default"]))]
     out += ["", "precision (conditional sweep under autocast, beside fp32)"] * bool(

@@ -173,8 +173,8 @@ def _head(sweep: Sweep, n: int) -> Sweep:
 
 
 def _estimates(model: Any, rate: float) -> dict[str, float]:
-    """Seconds for the paper job and the service default at ``rate`` passes/s."""
-    return {name: plan(params, model.input_size)["forward_passes"] / rate
+    """Seconds for the paper and the service-default sweeps at ``rate`` passes/s."""
+    return {name: plan(params, model.input_size)["sweep_passes"] / rate
             for name, params in (("paper", ExplainParams(**PAPER)),
                                  ("default", ExplainParams()))}
 

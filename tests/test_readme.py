@@ -220,6 +220,8 @@ def test_the_readme_pass_counts_are_the_planners():
     from pda.params import ExplainParams, plan
 
     size = (224, 224)
-    assert f"{plan(ExplainParams(), size)['forward_passes']:,} forward passes" in README
-    assert f"{plan(ExplainParams(**PAPER), size)['forward_passes']:,} forward passes" in README
+    default, paper = plan(ExplainParams(), size), plan(ExplainParams(**PAPER), size)
+    assert f"{default['sweep_passes']:,} sweep passes" in README
+    assert f"{default['forward_passes']:,} forward passes, the job's" in README
+    assert f"{paper['sweep_passes']:,} sweep passes, {paper['forward_passes']:,} forward" in README
     assert f"plus {passes_needed(224 * 224, 3)}\nfor the three targets" in README
