@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,10 +49,8 @@ def run_chunk(job_id: str, part: int, attempt: int) -> str:
     record = store.get(job_id)
     if record is None:
         return "gone"
-    pulse = Pulse()
-    stop = start_beat(_beat(chunks, job_id, part), pulse, settings.stale_job_seconds / 3,
-                      settings.stall_seconds, f"job {job_id} chunk {part} attempt {attempt}")
-    tasks.current_job = member(job_id, part)
+    pulse, stop = _start_beat(chunks, settings, job_id, part,
+                              f"job {job_id} chunk {part} attempt {attempt}")
     try:
         partial = _sweep_chunk(store, chunks, settings, record, part, attempt, entry, pulse)
     except Exception as exc:
@@ -138,10 +137,8 @@ def run_merge(job_id: str) -> str:
     attempt = tasks.persist(chunks.claim_merge, job_id)
     if attempt is None:
         return "skipped (the job is not running)"
-    pulse = Pulse()
-    stop = start_beat(_beat(chunks, job_id, MERGE), pulse, settings.stale_job_seconds / 3,
-                      settings.stall_seconds, f"job {job_id} merge attempt {attempt}")
-    tasks.current_job = member(job_id, MERGE)
+    pulse, stop = _start_beat(chunks, settings, job_id, MERGE,
+                              f"job {job_id} merge attempt {attempt}")
     try:
         return _merge(store, settings, record, partials, attempt, pulse)
     except Exception as exc:
@@ -217,6 +214,17 @@ def _elapsed(record: JobRecord) -> float:
         return 0.0
     begun = datetime.fromisoformat(record.started_at.replace("Z", "+00:00")).timestamp()
     return time.time() - begun
+
+
+def _start_beat(chunks: Chunks, settings: Settings, job_id: str, part: int | str,
+                what: str) -> tuple[Pulse, threading.Event]:
+    """Beat for a chunk or the merge while it makes progress (:mod:`worker.liveness`), and
+    name it as this process's current job; set the returned event to stop beating."""
+    pulse = Pulse()
+    stop = start_beat(_beat(chunks, job_id, part), pulse, settings.stale_job_seconds / 3,
+                      settings.stall_seconds, what)
+    tasks.current_job = member(job_id, part)
+    return pulse, stop
 
 
 def _beat(chunks: Chunks, job_id: str, part: int | str) -> Callable[[], None]:
