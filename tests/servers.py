@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -107,3 +108,13 @@ def _pings(conn: redis.Redis) -> bool:
         return bool(conn.ping())
     except redis.RedisError:
         return False
+
+
+def record_figures(artifact: Path, name: str, figures: dict[str, float], digits: int) -> None:
+    """Keep a test's measured figures for the report, merged across tests in ``artifact``
+    (test-artifacts/), and print them."""
+    artifact.parent.mkdir(exist_ok=True)
+    data = json.loads(artifact.read_text()) if artifact.exists() else {}
+    data[name] = {k: round(v, digits) for k, v in figures.items()}
+    artifact.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\n{name}: {data[name]}")

@@ -20,7 +20,7 @@ import redis
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
 
-from ..servers import RedisServer, worker_loaded
+from ..servers import RedisServer, record_figures, worker_loaded
 from .conftest import CAT, ROOT, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,11 +46,7 @@ def start_worker(start_worker):
 
 def record(name: str, **figures: float) -> None:
     """Keep a fault's recovery figures for the report (merged across tests)."""
-    ARTIFACT.parent.mkdir(exist_ok=True)
-    data = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
-    data[name] = {k: round(v, 2) for k, v in figures.items()}
-    ARTIFACT.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\n{name}: {data[name]}")
+    record_figures(ARTIFACT, name, figures, digits=2)
 
 
 def post(server, data, image=PNG, **kw) -> dict:

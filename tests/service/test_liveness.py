@@ -9,7 +9,6 @@ Figures go to ``test-artifacts/liveness.json`` (docs/reliability.md quotes them)
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
 
-from ..servers import worker_loaded
+from ..servers import record_figures, worker_loaded
 from .conftest import CAT, ROOT, env_for, wait_for
 from .test_faults import BIG, post, wait_until
 
@@ -35,11 +34,7 @@ PLAIN = {"PDA_BACKEND": "torch", "PDA_INCREMENTAL": "off"}
 
 
 def record(name: str, **figures: float) -> None:
-    ARTIFACT.parent.mkdir(exist_ok=True)
-    data = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
-    data[name] = {k: round(v, 3) for k, v in figures.items()}
-    ARTIFACT.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\n{name}: {data[name]}")
+    record_figures(ARTIFACT, name, figures, digits=3)
 
 
 class SlowWorker:
