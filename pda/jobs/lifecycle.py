@@ -173,10 +173,12 @@ def requeue(store: JobStore, settings: Settings, job_id: str, attempt: int, pass
 
 def fail(store: JobStore, rec_or_id: JobRecord | str, model: str, error: dict[str, Any]
          ) -> None:
-    """End a job as failed with ``error`` (a problem document), counting it."""
+    """End a job as failed with ``error`` (a problem document), counting it; a job that
+    ended meanwhile (canceled, finished) keeps its status and is not counted."""
     job_id = rec_or_id if isinstance(rec_or_id, str) else rec_or_id.id
-    store.end(job_id, JobStatus.FAILED, error=error)
-    store.count(JobStatus.FAILED, model)
+    if store.end(job_id, JobStatus.FAILED, error=error,
+                 only_from=(JobStatus.QUEUED, JobStatus.RUNNING)):
+        store.count(JobStatus.FAILED, model)
 
 
 def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:

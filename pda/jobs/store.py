@@ -202,17 +202,24 @@ class JobStore:
         return self._hset_existing(keys.job(job_id),
                                    {"progress_done": done, "heartbeat_at": time.time()})
 
-    def end(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+    def end(self, job_id: str, status: JobStatus, *,
+            only_from: tuple[JobStatus, ...] | None = None, **fields: Any) -> bool:
         """Failed or canceled: drop image and files, keep the record as a tombstone.
 
         A record Redis has lost is not re-created (False): a tombstone without its
-        creation fields would answer for a job nobody can see."""
+        creation fields would answer for a job nobody can see. With ``only_from``, a job
+        in any other status is left as it is (False): a chunk that fails because a DELETE
+        just removed its image must not turn the canceled job into a failed one."""
         key = keys.job(job_id)
         mapping = encode({"status": status, "finished_at": now_iso(),
                           "expires_at": now_iso(time.time() + self.result_ttl), **fields})
 
         def write(pipe: redis.client.Pipeline) -> bool:
             exists = pipe.exists(key)
+            if exists and only_from is not None:
+                current = pipe.hget(key, "status")
+                if current is None or json.loads(current) not in only_from:
+                    return False
             pipe.multi()
             if exists:
                 pipe.hset(key, mapping=mapping)

@@ -161,3 +161,30 @@ def test_a_worker_never_recreates_a_record_lost_mid_job(clean_redis, start_worke
         time.sleep(1.5)
         assert clean_redis.exists(f"pda:job:{job_id}") == 0
         assert clean_redis.zscore("pda:running", job_id) is None
+
+
+def test_a_failure_after_a_cancel_keeps_the_job_canceled(clean_redis):
+    # a chunk whose image a DELETE just removed fails in its preparation; that must not
+    # turn the canceled job into a failed one (CI saw 'failed' after a DELETE once)
+    from pda.jobs import lifecycle
+    from pda.jobs.record import JobRecord, JobStatus
+
+    store = JobStore(clean_redis)
+    for status in (JobStatus.CANCELED, JobStatus.FINISHED):
+        job_id = new_job_id()
+        store.create(JobRecord(id=job_id, status=JobStatus.RUNNING, owner="o", attempt=1,
+                               model="m"), b"img", 60)
+        if status == JobStatus.CANCELED:
+            assert store.end(job_id, JobStatus.CANCELED)
+        else:
+            assert store.finish(job_id, {"document.json": b"{}"}, attempt=1)
+        lifecycle.fail(store, job_id, "m", {"detail": "the image is gone"})
+        rec = store.get(job_id)
+        assert rec.status == status and rec.error is None
+    assert "failed|m" not in store.metrics()[0]
+    job_id = new_job_id()  # a running job still fails, and is counted
+    store.create(JobRecord(id=job_id, status=JobStatus.RUNNING, owner="o", attempt=1,
+                           model="m"), b"img", 60)
+    lifecycle.fail(store, job_id, "m", {"detail": "boom"})
+    assert store.get(job_id).status == JobStatus.FAILED
+    assert store.metrics()[0]["failed|m"] == 1
