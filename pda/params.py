@@ -33,6 +33,7 @@ from .defaults import (
 )
 from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
+from .grid import count_windows, passes_per_window
 from .passcount import passes_needed
 
 
@@ -193,18 +194,6 @@ def parse_target(spec: str) -> tuple[str, int | list[int]]:
     raise InvalidParameterError(
         f"target {spec!r} is neither topK (e.g. top3) nor indices (e.g. 281,285)", field="target"
     )
-
-
-def passes_per_window(sampler: str, samples: int) -> int:
-    """Forward passes one window costs: S samples, or one for a deterministic sampler."""
-    return 1 if sampler in DETERMINISTIC_SAMPLERS else samples
-
-
-def count_windows(height: int, width: int, window: int, stride: int) -> int:
-    """Window positions of a sweep (windows sit fully inside the image)."""
-    if window > height or window > width:
-        return 0
-    return ((height - window) // stride + 1) * ((width - window) // stride + 1)
 
 
 def plan(params: ExplainParams, input_size: tuple[int, int]) -> dict[str, int]:

@@ -17,9 +17,9 @@ import torch
 from pda.defaults import PAPER
 from pda.engine.device import auto_batch_size, resolve_device
 from pda.engine.explain import prepare, sweep_part
-from pda.engine.geometry import count_windows
 from pda.engine.inputs import preprocess
 from pda.engine.stats import get_stats
+from pda.grid import count_windows
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.params import ExplainParams

@@ -26,10 +26,10 @@ from collections.abc import Callable
 import torch
 
 from pda.engine.explain import Setup, merge_partials, pack_partial, sweep_part
-from pda.engine.sweep import BLOCK_WINDOWS, Sweep
+from pda.engine.sweep import Sweep
+from pda.grid import BLOCK_WINDOWS, count_windows, passes_per_window
 from pda.jobs.record import JobStatus
 from pda.jobs.store import JobStore, checkpoint_key
-from pda.params import count_windows, passes_per_window
 
 log = logging.getLogger("pda.worker")
 Progress = Callable[[int, int], None]

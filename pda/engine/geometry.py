@@ -12,25 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidParameterError
-
-
-def check_window(height: int, width: int, window: int, stride: int) -> None:
-    """Raise :class:`InvalidParameterError` unless the window/stride fit the image."""
-    if window < 1:
-        raise InvalidParameterError(f"window must be at least 1, got {window}", field="window")
-    if window > height or window > width:
-        raise InvalidParameterError(
-            f"window {window} exceeds the image size {height}x{width} (the model's input)",
-            field="window",
-        )
-    if stride < 1:
-        raise InvalidParameterError(f"stride must be at least 1, got {stride}", field="stride")
-
-
-def grid_shape(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
-    """Number of window positions along each axis."""
-    return (height - window) // stride + 1, (width - window) // stride + 1
+from ..grid import check_window, count_windows, grid_shape  # noqa: F401 (re-exported)
 
 
 def window_positions(
@@ -42,11 +24,6 @@ def window_positions(
     rows = torch.arange(gh, device=device) * stride
     cols = torch.arange(gw, device=device) * stride
     return torch.cartesian_prod(rows, cols).reshape(-1, 2)  # (gh*gw, 2)
-
-
-def count_windows(height: int, width: int, window: int, stride: int) -> int:
-    gh, gw = grid_shape(height, width, window, stride)
-    return gh * gw
 
 
 def windows_to_pixels(

@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from ..defaults import DEFAULT_TRAIN_SIZE
 from ..errors import InvalidParameterError
+from ..grid import BLOCK_WINDOWS, passes_per_window
 from .device import autocast, prefers_channels_last
 from .geometry import window_positions, windows_to_pixels
 from .samplers import Sampler
@@ -32,9 +33,6 @@ Readout = Callable[[torch.Tensor], torch.Tensor]
 #: replaced, for evaluators that never build the full images (exact incremental inference)
 WindowReadout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
-
-BLOCK_WINDOWS = 64
-
 
 @dataclass
 class Sweep:
@@ -63,12 +61,6 @@ def weight_of_evidence(
     full = laplace(p_full.double(), train_size, num_classes)
     without = laplace(p_without.double(), train_size, num_classes)
     return log2_odds(full) - log2_odds(without)
-
-
-def passes_per_window(sampler: Sampler, samples: int) -> int:
-    """Forward passes per window: S, or one for a deterministic sampler (the count
-    :func:`pda.params.plan` makes from the sampler's name)."""
-    return 1 if sampler.deterministic else samples
 
 
 def run_sweep(

@@ -29,14 +29,12 @@ import redis
 from rq import Queue
 
 from .. import keys
+from ..grid import BLOCK_WINDOWS
 from ..settings import Settings
 from .queue import BACKSTOP_SECONDS
 from .record import JobStatus, encode
 from .store import JobStore, now_iso
 
-#: window blocks: chunks hold whole blocks, so randomness (seeded per block) does not
-#: depend on how a sweep is cut (pda.engine.sweep.BLOCK_WINDOWS)
-BLOCK_WINDOWS = 64
 MERGE = "merge"
 PENDING, QUEUED, RUNNING, DONE = "pending", "queued", "running", "done"
 

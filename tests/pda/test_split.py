@@ -18,7 +18,8 @@ from pda.engine.explain import (
     prepare,
     sweep_part,
 )
-from pda.jobs.chunks import BLOCK_WINDOWS, split
+from pda.grid import BLOCK_WINDOWS
+from pda.jobs.chunks import split
 from pda.params import ExplainParams
 from tests.pda.toys import ConvNet, random_stats, wrap
 
