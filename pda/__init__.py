@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import Result, explain
 
-__version__ = "0.2.0"
-__all__ = ["Result", "explain"]
+from .version import __version__
+
+__all__ = ["Result", "__version__", "explain"]
 
 
 def __getattr__(name: str) -> Any:

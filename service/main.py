@@ -18,6 +18,7 @@ from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
+from pda.version import __version__
 
 from . import docs, limits, memory, metrics, problems
 from .deps import AppState
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             app.state.worker_thread = worker(settings)
         yield
 
-    app = FastAPI(title="pda", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+    app = FastAPI(title="pda", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # served offline by docs.install
                   # operation ids are the handlers' names: a generated client's functions
                   # are create_explanation, get_relevance, ... rather than FastAPI's

@@ -173,7 +173,11 @@ def test_house_rules_catch_a_missing_label_and_limits(built: dict[str, Objs]) ->
 
 
 def test_version_label_and_image_tags_follow_pyproject(built: dict[str, Objs]) -> None:
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    from pda.version import __version__
+
+    assert "version" in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "dynamic"]  # the package's one version: pda.__version__
+    version = __version__
     for name in ("cpu", "gpu"):
         for obj in built[name]:
             assert obj["metadata"]["labels"]["app.kubernetes.io/version"] == version
