@@ -210,7 +210,7 @@ def _default(field: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pda.defaults import PRESETS
+    from pda.defaults import BACKENDS, FITS, INCREMENTAL_MODES, PRECISIONS, PRESETS
 
     p = argparse.ArgumentParser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each map by deletion/insertion AUC against random block "
                    f"orders ({_default('faithfulness')}; about 100 passes per target and "
                    "random order)")
-    e.add_argument("--incremental", choices=["auto", "on", "off"],
+    e.add_argument("--incremental", choices=INCREMENTAL_MODES,
                    help="exact incremental inference: same map, less compute "
                         f"({_default('incremental')}: PDA_INCREMENTAL, or where the bench "
                         "measured it faster)")
@@ -250,13 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
     e.add_argument("--compile", action="store_true",
                    help="torch.compile the model first (pays off on long sweeps)")
-    e.add_argument("--backend", choices=["auto", "torch", "compile", "openvino", "onnxruntime"],
+    e.add_argument("--backend", choices=BACKENDS,
                    help="execution backend (default PDA_BACKEND, auto: the fastest exact one "
                    "for the device)")
-    e.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    e.add_argument("--precision", choices=PRECISIONS,
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
-    e.add_argument("--fit", choices=["crop", "pad", "squash"],
+    e.add_argument("--fit", choices=FITS,
                    help="how the photo fits the model input: squash (the whole photo, "
                    "stretched), pad (whole, letterboxed) or crop (centre crop) "
                    f"({_default('fit')})")

@@ -14,6 +14,12 @@ DETERMINISTIC_SAMPLERS = ("constant",)
 OUTPUT_LAYERS = ("output", "logits")
 #: how a photo is fitted to the model input (pda.images.Placement)
 FITS = ("crop", "pad", "squash")
+#: execution backends (pda.engine.backends); auto: the fastest exact one installed
+BACKENDS = ("auto", "torch", "compile", "openvino", "onnxruntime")
+#: forward-pass precisions (pda.engine.device); inputs and sums stay fp32/fp64
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: exact incremental inference (pda.engine.incremental); auto: where measured faster
+INCREMENTAL_MODES = ("auto", "on", "off")
 
 #: the service default, sized so one job finishes in seconds on a 2-core CPU with OpenVINO
 #: (docs/performance.md); window 32 rather than 16 because the faithfulness evaluation

@@ -26,10 +26,13 @@ from .defaults import (
     DEFAULT_TRAIN_SIZE,
     DEFAULT_WINDOW,
     DETERMINISTIC_SAMPLERS,
+    FITS,
+    INCREMENTAL_MODES,
     MAX_TARGETS,
     OUTPUT_LAYERS,
     PREDICTION_TOP,
     PRESETS,
+    SAMPLERS,
 )
 from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
@@ -42,7 +45,7 @@ class ExplainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["conditional", "marginal", "constant"] = Field(
+    sampler: Literal[SAMPLERS] = Field(
         DEFAULT_SAMPLER, description="what replaces a window: conditional (the paper's), "
         "marginal or constant")
     window: int = Field(DEFAULT_WINDOW, ge=1, le=512, description="window side k in pixels")
@@ -62,7 +65,7 @@ class ExplainParams(BaseModel):
         DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
         description="Laplace correction N (training-set size)",
     )
-    fit: Literal["crop", "pad", "squash"] = Field(
+    fit: Literal[FITS] = Field(
         DEFAULT_FIT, description="how the photo fits the model input: crop (centre crop), pad "
         "(whole photo, letterboxed) or squash (whole photo, stretched)")
     faithfulness: bool = Field(
@@ -78,7 +81,7 @@ class ExplainParams(BaseModel):
         None, ge=1, le=512, description="drill-down's coarse stride, a multiple of stride "
         "(default 4 x stride)",
     )
-    incremental: Literal["auto", "on", "off"] = Field(
+    incremental: Literal[INCREMENTAL_MODES] = Field(
         "auto", description="exact incremental inference (same map, less compute): on, off, "
         "or auto = the deployment's PDA_INCREMENTAL, which by default uses it where "
         "`python -m pda.bench_incremental` measured it faster for the model and device",
@@ -171,7 +174,7 @@ class PredictParams(BaseModel):
     model: str | None = Field(None, max_length=200, description="a built-in name or a model "
                               "file in PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL)")
     top: int = Field(PREDICTION_TOP, ge=1, le=MAX_TARGETS, description="classes to return")
-    fit: Literal["crop", "pad", "squash"] = Field(
+    fit: Literal[FITS] = Field(
         DEFAULT_FIT, description="how the photo fits the model input (as for explanations)")
 
 

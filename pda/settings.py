@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .defaults import BACKENDS, INCREMENTAL_MODES, PRECISIONS
+
 #: settings that no longer exist: accepted, ignored, and warned about
 REMOVED = ("PDA_JOB_TIMEOUT_FLOOR_SECONDS", "PDA_ASSUMED_PASSES_PER_SECOND")
 
@@ -43,18 +45,18 @@ class Settings(BaseSettings):
     # --- compute -----------------------------------------------------------------
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int | None = Field(None, ge=1, description="forward batch size; unset = auto")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Literal[PRECISIONS] = Field(
         "fp32", description="fp32, bf16 or fp16 (bf16/fp16 pay off on GPU only)"
     )
     compile: bool = Field(
         False, description="torch.compile the model for output/logits sweeps (needs a C++ "
         "compiler; falls back to eager)"
     )
-    incremental: Literal["auto", "on", "off"] = Field(
+    incremental: Literal[INCREMENTAL_MODES] = Field(
         "auto", description="exact incremental inference when a request leaves it at auto: "
         "on, off, or auto = where the bench measured it faster (pda/data/incremental.json)"
     )
-    backend: Literal["auto", "torch", "compile", "openvino", "onnxruntime"] = Field(
+    backend: Literal[BACKENDS] = Field(
         "auto", description="execution backend: auto = the fastest exact one for the device "
         "(OpenVINO f32 on a CPU where installed, else torch; torch.compile on CUDA)"
     )

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
+from .. import defaults
 from ..errors import InvalidParameterError
 
 #: the precisions a sweep can run in; bf16/fp16 use autocast around the model call only
 #: (inputs, readouts and accumulation stay fp32/fp64)
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
-}
+PRECISIONS: dict[str, torch.dtype | None] = dict(zip(
+    defaults.PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 #: CPU batches at 224 x 224 by parameter count (docs/performance.md, 2 cores): convolutional
 #: models run fastest at a few images per call, while activations stay in cache
 #: (EfficientNet-Lite0, GoogLeNet, ResNet-50 peak at 4; Lite0 loses half by 32); models

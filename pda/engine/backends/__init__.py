@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
+from ...defaults import BACKENDS
 from ...errors import InvalidParameterError
 from ..device import check_precision, prefers_channels_last
 from . import onnx_backend, openvino_backend
 from .graphs import graph_kind, weights_digest
 from .torch_backend import compiled_net, eager_net
 
-BACKENDS = ("auto", "torch", "compile", "openvino", "onnxruntime")
 Net = Callable[[torch.Tensor], torch.Tensor]
 _LOCK = threading.Lock()
 
