@@ -34,10 +34,6 @@ def get_state(request: Request) -> AppState:
     return request.app.state.pda
 
 
-def get_settings_dep(state: Annotated[AppState, Depends(get_state)]) -> Settings:
-    return state.settings
-
-
 def get_store(state: Annotated[AppState, Depends(get_state)]) -> JobStore:
     return state.store
 
@@ -76,6 +72,5 @@ def _authenticate(request: Request, keys: list[str]) -> str:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 OwnerDep = Annotated[str, Depends(get_owner)]

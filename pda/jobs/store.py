@@ -291,11 +291,6 @@ class JobStore:
 
         return self.r.transaction(write, key, value_from_callable=True)
 
-    def queued_of(self, caller: str, grace: float = 60.0) -> list[str]:
-        """The caller's jobs that count against the cap now (derived from their records)."""
-        members = self.r.zrange(keys.open_jobs(caller), 0, -1, withscores=True)
-        return self._classify(members, time.time(), grace)[0]
-
     def _classify(self, members: list[tuple[bytes, float]], now: float,
                   grace: float) -> tuple[list[str], list[str]]:
         """(queued, ended) among index members; running ones are neither (they may requeue)."""

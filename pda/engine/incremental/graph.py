@@ -130,11 +130,6 @@ class IncrementalGraph:
                 self.changed.add(node)
                 self.padded[node] = {}
 
-    @property
-    def base_value(self) -> Any:
-        """The stop node's value on the unmodified image."""
-        return self.base[self.stop]
-
     def __call__(self, positions: torch.Tensor, patches: torch.Tensor) -> Any:
         """The stop node's value (dense (B, ...), or a Patch for a hidden stop) when each
         window ``positions[b]`` (B, 2) of the image is replaced by ``patches[b]``

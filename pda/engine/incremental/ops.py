@@ -31,8 +31,6 @@ from torch import fx, nn
 
 from .patch import Patch, affected, region, union
 
-Rule = Callable[[list[Any], dict[str, Any], Callable[..., Any]], Any]
-
 POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU,
     nn.Tanh, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d,
