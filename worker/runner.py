@@ -6,7 +6,8 @@ asks for a warm shutdown: the running sweep stops at the end of its current batc
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
 (:func:`worker.tasks.reap_abandoned`) or whose queue message was lost
-(:func:`worker.tasks.requeue_lost`), and registers itself again if Redis forgot it.
+(:func:`worker.tasks.requeue_lost`). Readiness counts workers by their own beat in
+``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker list.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rq import SimpleWorker, worker_registration
+from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
@@ -47,7 +48,10 @@ class PDAWorker(SimpleWorker):
 
 
 class EmbeddedWorker(PDAWorker):
-    """Runs in a thread of ``pda serve``: no signal handlers, timer-based timeouts."""
+    """Runs in a thread of ``pda serve``: no signal handlers, timer-based timeouts.
+
+    The one override of an RQ internal left (docs/architecture.md, "Job bookkeeping"):
+    Python lets only the main thread install signal handlers, and RQ has no switch."""
 
     death_penalty_class = TimerDeathPenalty
 
@@ -100,8 +104,7 @@ def warm_backend(model: Any, settings: Settings) -> None:
              net.runtime.precision, model.name, time.perf_counter() - t)
 
 
-def maintenance_loop(settings: Settings, stop: threading.Event, name: str,
-                     worker: SimpleWorker | None = None) -> None:
+def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> None:
     """Beat (Redis and the heartbeat file) and reap abandoned jobs until ``stop`` is set.
 
     This thread beats whether or not a job is running, so a worker busy on a two-hour
@@ -122,8 +125,6 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str,
                 registry.beat(name, worker_info(settings, device, started))
                 lifecycle.reap_abandoned(settings, store)
                 lifecycle.requeue_lost(settings, store)
-                if worker is not None:
-                    reregister(worker, store.r)
             except Exception as exc:  # Redis away: the worker loop reports it, keep beating
                 log.warning("maintenance: %s", exc)
             if stop.wait(settings.heartbeat_interval_seconds):
@@ -144,24 +145,6 @@ def worker_info(settings: Settings, device: str, started: float) -> dict:
             "models": settings.worker_model_list}
 
 
-def reregister(worker: SimpleWorker, conn: redis.Redis) -> None:
-    """Put a running worker back on RQ's worker list if Redis lost it (restarted without
-    its data, flushed): /readyz counts workers from there. An idle worker blocked on its
-    queue would otherwise stay unlisted until its next job."""
-    if worker.birth_date is None or worker._stop_requested:
-        return  # not registered yet by RQ itself, or shutting down
-    if conn.sismember(worker.redis_workers_keys, worker.key) and conn.exists(worker.key):
-        return
-    if conn.hexists(worker.key, "death"):
-        return  # it has just said goodbye itself
-    log.warning("worker %s was missing from Redis; registering it again", worker.name)
-    with conn.pipeline() as pipe:
-        pipe.hset(worker.key, mapping=worker.serialize())
-        worker_registration.register(worker, pipe)
-        pipe.expire(worker.key, worker.worker_ttl + 60)
-        pipe.execute()
-
-
 def run_worker(burst: bool = False, name: str | None = None) -> int:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
@@ -178,7 +161,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
         return 1
     stop = threading.Event()
     worker = PDAWorker(queues(settings, conn), connection=conn, name=name)
-    beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name, worker),
+    beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name),
                             daemon=True)
     beat.start()  # alive (and "loading") from here on
     preload(settings, conn)

@@ -25,20 +25,18 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Job
 
 from .. import keys
 from ..errors import IdempotencyConflictError, QueueFullError, TooManyQueuedError
 from ..params import ExplainParams
 from ..settings import Settings
 from .chunks import MERGE, Chunks, member, parse_member, rq_chunk_id
-from .queue import enqueue_attempt, get_queue, job_timeout, rq_job_id
+from .queue import enqueue_attempt, get_queue, job_timeout, message_pending, rq_job_id
 from .record import JobRecord, JobStatus
 from .store import JobStore, new_job_id, now_iso
 
 log = logging.getLogger("pda.jobs")
 #: RQ statuses of a message that will never (again) run its attempt
-RQ_SPENT = (b"finished", b"failed", b"stopped", b"canceled")
 
 
 @dataclass
@@ -262,8 +260,7 @@ def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
         if rec is None or rec.status != JobStatus.QUEUED:
             store.unindex(job_id)  # ended or expired: not a candidate any more
             continue
-        status = store.r.hget(Job.key_for(rq_job_id(job_id, rec.attempt)), "status")
-        if status is not None and status not in RQ_SPENT:
+        if message_pending(store.r, rq_job_id(job_id, rec.attempt)):
             continue  # waiting in the queue, or being picked up
         if store.claim_repair(job_id, rec.attempt) and requeue(
                 store, settings, job_id, rec.attempt, rec.planned_passes, at_front=True,
@@ -282,8 +279,7 @@ def _requeue_lost_chunk(settings: Settings, store: JobStore, job_id: str, part: 
             entry["status"] != "queued":
         store.r.zrem(keys.QUEUED, member(job_id, part))
         return False
-    status = store.r.hget(Job.key_for(rq_chunk_id(job_id, part, entry["attempt"])), "status")
-    if status is not None and status not in RQ_SPENT:
+    if message_pending(store.r, rq_chunk_id(job_id, part, entry["attempt"])):
         return False  # waiting in the queue, or being picked up
     if store.claim_repair(member(job_id, part), entry["attempt"]) and chunks.requeue(
             job_id, part, entry["attempt"]):

@@ -28,9 +28,9 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Job
 
 from .. import keys
+from .queue import forget_message
 
 #: requests and answers expire this long after the caller's deadline
 LINGER_SECONDS = 60
@@ -89,7 +89,7 @@ def withdraw(conn: redis.Redis, queue: Queue, pred_id: str) -> None:
     """The caller gave up: drop the queued message (unless a worker took it meanwhile:
     ``LREM`` decides, as for :func:`claim`) and the stored request."""
     if conn.lrem(queue.key, 1, rq_id(pred_id)):
-        conn.delete(Job.key_for(rq_id(pred_id)))
+        forget_message(conn, rq_id(pred_id))
     conn.delete(request_key(pred_id), image_key(pred_id))
 
 
@@ -112,7 +112,7 @@ def claim(conn: redis.Redis, queue: Queue, models: set[str], limit: int,
             break
         if request is None:
             if conn.lrem(queue.key, 1, job_id):
-                conn.delete(Job.key_for(job_id))
+                forget_message(conn, job_id)
             continue
         try:
             model = json.loads(request)["model"]
@@ -125,7 +125,7 @@ def claim(conn: redis.Redis, queue: Queue, models: set[str], limit: int,
 
 def done(conn: redis.Redis, pred_id: str) -> None:
     """Forget the RQ job of a prediction answered outside RQ's loop (:func:`claim`)."""
-    conn.delete(Job.key_for(rq_id(pred_id)))
+    forget_message(conn, rq_id(pred_id))
 
 
 def load(conn: redis.Redis, pred_id: str) -> tuple[dict[str, Any], bytes] | None:

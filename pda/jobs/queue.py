@@ -10,6 +10,9 @@ import threading
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
 
 from pda.settings import Settings
 
@@ -35,6 +38,31 @@ def connect(settings: Settings) -> redis.Redis:
         if _embedded_server is None:
             _embedded_server = fakeredis.FakeServer()
     return fakeredis.FakeRedis(server=_embedded_server)
+
+
+#: RQ statuses of a message a worker will still run (or is running)
+_PENDING = (RQStatus.QUEUED, RQStatus.STARTED, RQStatus.DEFERRED, RQStatus.SCHEDULED)
+
+
+def message_pending(conn: redis.Redis, rq_id: str) -> bool:
+    """Whether RQ still holds the message ``rq_id`` for a worker to run (or running).
+
+    The job record (pda.jobs.store) is the only truth about a job; RQ only carries the
+    messages that make workers run it. This is the one question asked of RQ about a
+    message, through its public API (docs/architecture.md, "Job bookkeeping")."""
+    try:
+        return Job.fetch(rq_id, connection=conn).get_status(refresh=False) in _PENDING
+    except NoSuchJobError:
+        return False
+
+
+def forget_message(conn: redis.Redis, rq_id: str) -> None:
+    """Drop RQ's copy of a message that was taken off its queue by hand (a prediction a
+    worker answered outside RQ's loop, or one its caller gave up on)."""
+    try:
+        Job.fetch(rq_id, connection=conn).delete(remove_from_queue=False)
+    except NoSuchJobError:
+        pass
 
 
 def get_queue(settings: Settings, conn: redis.Redis) -> Queue:
