@@ -187,13 +187,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pda.evaluate_cli import main as evaluate_main
+    from pda.tools.evaluate_cli import main as evaluate_main
 
     return evaluate_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pda.bench import main as bench_main
+    from pda.tools.bench import main as bench_main
 
     return bench_main(args)
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="faithfulness and cost of several configurations "
                        "over a folder of images")
-    from pda.evaluate_cli import add_arguments as evaluate_arguments
+    from pda.tools.evaluate_cli import add_arguments as evaluate_arguments
 
     evaluate_arguments(v)
     v.set_defaults(func=cmd_evaluate)

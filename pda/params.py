@@ -80,7 +80,7 @@ class ExplainParams(BaseModel):
     incremental: Literal["auto", "on", "off"] = Field(
         "auto", description="exact incremental inference (same map, less compute): on, off, "
         "or auto = the deployment's PDA_INCREMENTAL, which by default uses it where "
-        "`python -m pda.bench_incremental` measured it faster for the model and device",
+        "`python -m pda.tools.bench_incremental` measured it faster for the model and device",
     )
 
     @field_validator("fill")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pda.drilldown_bench import TableScores, record_samples
 from pda.engine.drillcheck import estimate_error
 from pda.engine.drilldown import (
     SweepScores,
@@ -22,6 +21,7 @@ from pda.engine.samplers import make_sampler
 from pda.engine.ssim import data_range, ssim, ssim_map
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams, plan
+from pda.tools.drilldown_bench import TableScores, record_samples
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
