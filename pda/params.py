@@ -31,7 +31,7 @@ from .defaults import (
     PREDICTION_TOP,
     PRESETS,
 )
-from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
+from .drilldown.plan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
 from .passcount import passes_needed
 

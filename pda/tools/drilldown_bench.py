@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from ..engine.drillcheck import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
-from ..engine.drilldown import DEFAULT_MARGIN, drilldown
+from ..drilldown.check import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
+from ..drilldown.refine import DEFAULT_MARGIN, drilldown
+from ..drilldown.ssim import ssim
 from ..engine.geometry import window_positions, windows_to_pixels
 from ..engine.samplers import make_sampler
-from ..engine.ssim import ssim
 from ..engine.stats import get_stats
 from ..engine.sweep import DEFAULT_TRAIN_SIZE, run_sweep, weight_of_evidence
 
