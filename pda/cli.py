@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions",
                    help="also sweep under these autocast precisions, e.g. bf16,fp16 "
                         "(default: bf16,fp16 on a GPU, none on the CPU)")
-    b.add_argument("--image", help="photo to explain (default examples/chelsea.png)")
+    b.add_argument("--image", help="photo to explain (default pda/data/sample/chelsea.png, "
+                   "examples/chelsea.png cropped to 224 x 224)")
     b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (raw)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

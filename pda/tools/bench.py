@@ -32,7 +32,9 @@ from pda.engine.sweep import Sweep, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams, plan
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "examples" / "chelsea.png"
+#: the default photo, inside the package (an installed ``pda bench`` has no examples/):
+#: examples/chelsea.png centre-cropped to 224 x 224, what the default model sees of it
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "data" / "sample" / "chelsea.png"
 CPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 GPU_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
