@@ -8,7 +8,10 @@ The build fails unless a worker made from this image can do what it ships for:
 2. the default model's weights are inside the image (nothing is downloaded at start);
 3. the default model converts on OpenVINO, the CPU workers' backend, and its logits match
    eager torch. This is the step that catches an import the converter makes lazily (its
-   PyTorch frontend imports ``packaging``), which the first two never exercise.
+   PyTorch frontend imports ``packaging``), which the first two never exercise;
+4. ``pda bench``'s default photo is in the installed package (pda/data/sample), so the
+   bench runs in the image without ``--image``. Checked here, not by a ``python -c`` in
+   the Dockerfile: that would run in /src and import the source tree, not the package.
 
 Prints one line of what it found (torch build, OpenVINO version, conversion time).
 """
@@ -46,12 +49,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import openvino
     import torch
+    from PIL import Image
 
     from pda.catalog import list_models
     from pda.engine.backends import build_net
     from pda.models.registry import get_model
     from pda.settings import get_settings
+    from pda.tools.bench import SAMPLE_IMAGE
 
+    try:
+        with Image.open(SAMPLE_IMAGE) as sample:
+            sample.load()
+    except OSError as exc:
+        print(f"worker image check: pda bench's sample photo is not in the package: {exc}")
+        return 1
     settings = get_settings()
     name = settings.default_model
     if not any(m["name"] == name and m["available"] for m in list_models(settings)):

@@ -187,13 +187,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pda.evaluate_cli import main as evaluate_main
+    from pda.tools.evaluate_cli import main as evaluate_main
 
     return evaluate_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pda.bench import main as bench_main
+    from pda.tools.bench import main as bench_main
 
     return bench_main(args)
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="faithfulness and cost of several configurations "
                        "over a folder of images")
-    from pda.evaluate_cli import add_arguments as evaluate_arguments
+    from pda.tools.evaluate_cli import add_arguments as evaluate_arguments
 
     evaluate_arguments(v)
     v.set_defaults(func=cmd_evaluate)
@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions",
                    help="also sweep under these autocast precisions, e.g. bf16,fp16 "
                         "(default: bf16,fp16 on a GPU, none on the CPU)")
-    b.add_argument("--image", help="photo to explain (default examples/chelsea.png)")
+    b.add_argument("--image", help="photo to explain (default pda/data/sample/chelsea.png, "
+                   "examples/chelsea.png cropped to 224 x 224)")
     b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (raw)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

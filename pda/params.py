@@ -34,7 +34,7 @@ from .defaults import (
     PRESETS,
     SAMPLERS,
 )
-from .drillplan import check_drilldown, coarse_stride_for, plan_drilldown
+from .drilldown.plan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
 from .grid import count_windows, passes_per_window
 from .passcount import passes_needed
@@ -84,7 +84,7 @@ class ExplainParams(BaseModel):
     incremental: Literal[INCREMENTAL_MODES] = Field(
         "auto", description="exact incremental inference (same map, less compute): on, off, "
         "or auto = the deployment's PDA_INCREMENTAL, which by default uses it where "
-        "`python -m pda.bench_incremental` measured it faster for the model and device",
+        "`python -m pda.tools.bench_incremental` measured it faster for the model and device",
     )
 
     @field_validator("fill")

@@ -1,6 +1,6 @@
 """Run ``pda evaluate``'s measurement on chosen photos and keep the maps.
 
-Calls :func:`pda.evaluate.run` with the same protocol as ``pda evaluate`` and writes
+Calls :func:`pda.tools.evaluate.run` with the same protocol as ``pda evaluate`` and writes
 evaluation.md/json (the same tables) and maps.npz (every configuration's map of every
 photo, keys ``CONFIG/IMAGE``) to --out, for looking at the maps behind a number:
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pda import evaluate as ev
 from pda.engine.inputs import preprocess
 from pda.engine.metrics import Protocol
 from pda.engine.stats import get_stats
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.settings import get_settings
+from pda.tools import evaluate as ev
 
 
 def main() -> None:

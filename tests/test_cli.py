@@ -53,8 +53,8 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
     assert doc["stats"]["forward_passes"] == 65 + 492 and doc["stats"][
         "faithfulness_passes"] == 492
     # auto: incremental exactly where the bench measured it faster (pda/data/incremental.json)
-    from pda.decisions import use_incremental
     from pda.engine.backends import resolve_backend
+    from pda.engine.incremental.decisions import use_incremental
 
     backend = resolve_backend("auto", torch.device("cpu"))
     expected = use_incremental("auto", "efficientnet_lite0", "cpu", backend)

@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..decisions import use_incremental
 from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
+from ..drilldown.refine import explain_drilldown
 from ..errors import InvalidParameterError
 from ..params import ExplainParams, parse_target
 from ..params import faithfulness_passes as planned_faithfulness_passes
 from .backends import BackendReadout, build_net, resolve_backend, torch_threads
 from .device import auto_batch_size, check_precision
-from .drilldown import explain_drilldown
 from .faithfulness import score
 from .geometry import check_window, window_positions
 from .incremental import IncrementalUnsupportedError, window_readout
+from .incremental.decisions import use_incremental
 from .samplers import make_sampler
 from .stats import SamplerStats
 from .sweep import Progress, Sweep, WindowReadout, relevance_maps, run_sweep
@@ -115,8 +115,8 @@ def prepare(
     ``backend`` runs the readout (:mod:`.backends`: torch, compile, openvino, onnxruntime
     or auto); ``compile`` is the older spelling of backend ``compile``; ``cache_dir``
     keeps converted graphs across restarts. Where exact incremental inference (torch) was
-    measured faster than that backend's naive sweep (:mod:`pda.decisions`), the windows
-    go through it instead; ``incremental_default`` (``PDA_INCREMENTAL``) stands in for a
+    measured faster than that backend's naive sweep (:mod:`.incremental.decisions`), the
+    windows go through it instead; ``incremental_default`` (``PDA_INCREMENTAL``) stands in for a
     request's ``incremental="auto"``."""
     started = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..drilldown.ssim import SIDE, ssim_map
 from ..errors import InvalidParameterError
 from .faithfulness import auc, block_order, fill_canvas, relevance_order
 from .road import noisy_linear_impute
-from .ssim import SIDE, ssim_map
 
 #: (B, C, H, W) pixel-space images -> (B, T) scores
 Score = Callable[[torch.Tensor], torch.Tensor]

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from pda.bench import format_table, run_bench
 from pda.cli import main as cli_main
 from pda.defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW
 from pda.engine.device import auto_batch_size
@@ -23,6 +22,7 @@ from pda.engine.samplers import make_sampler
 from pda.engine.sweep import run_sweep
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams
+from pda.tools.bench import format_table, run_bench
 
 from .toys import ConvNet, random_stats, wrap
 
@@ -181,8 +181,8 @@ def test_explain_picks_a_batch_size_when_none_is_given():
 
 
 def test_backend_bench_puts_every_backend_beside_torch_eager_with_error_and_estimates():
-    from pda.bench_backends import format_backends, run_backend_bench
     from pda.engine.backends import openvino_backend
+    from pda.tools.bench_backends import format_backends, run_backend_bench
 
     model = wrap(ConvNet(classes=5), SIZE, classes=5)
     x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pda.drilldown_bench import TableScores, record_samples
-from pda.engine.drillcheck import estimate_error
-from pda.engine.drilldown import (
+from pda.drilldown.check import estimate_error
+from pda.drilldown.refine import (
     SweepScores,
     axis_nodes,
     cell_importance,
@@ -16,12 +15,13 @@ from pda.engine.drilldown import (
     interpolate,
     refine_cells,
 )
+from pda.drilldown.ssim import data_range, ssim, ssim_map
 from pda.engine.explain import explain, result_document
 from pda.engine.geometry import grid_shape, window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
-from pda.engine.ssim import data_range, ssim, ssim_map
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams, plan
+from pda.tools.drilldown_bench import TableScores, record_samples
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pda import evaluate as ev
 from pda.engine.metrics import Protocol
 from pda.errors import InvalidParameterError
+from pda.tools import evaluate as ev
 
 from .test_faithfulness import _box_case
 from .toys import random_stats, wrap

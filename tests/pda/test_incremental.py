@@ -254,7 +254,7 @@ def test_explain_with_incremental_on_gives_the_off_map_and_says_so(layer):
 
 
 def test_auto_follows_the_measured_decisions_and_the_setting_default():
-    from pda.decisions import _table, use_incremental
+    from pda.engine.incremental.decisions import _table, use_incremental
 
     table = _table()
     for device, backends in table.items():

@@ -1,7 +1,7 @@
 """Approximate drill-down: a coarse sweep everywhere, the fine stride only where it matters.
 
 Shapes: the fine window grid is gh x gw (n_w = gh*gw windows at stride s, row-major as
-:func:`.geometry.window_positions`), m = coarse_stride / s, T targets, H x W pixels.
+:func:`pda.engine.geometry.window_positions`), m = coarse_stride / s, T targets, H x W pixels.
 
 1. **Coarse.** Every m-th window of the fine grid along each axis, plus the last row and
    column, is swept. These are fine-grid windows, so their scores are exact and reused.
@@ -14,11 +14,11 @@ Shapes: the fine window grid is gh x gw (n_w = gh*gw windows at stride s, row-ma
    scale). A cell's rank is the best within ``margin`` cells, which refines the
    neighbourhood of strong windows too. Every fine window of the top ``fraction`` of the
    cells is swept and replaces its interpolated score.
-4. **Check.** :mod:`.drillcheck` estimates the SSIM and max |difference| against the
+4. **Check.** :mod:`.check` estimates the SSIM and max |difference| against the
    exact map from a sample of windows swept both ways.
 
 Only window scores are approximated: the pixel map is still the mean over the covering
-fine windows (:func:`.geometry.windows_to_pixels`). ``fraction=1`` sweeps every window
+fine windows (:func:`pda.engine.geometry.windows_to_pixels`). ``fraction=1`` sweeps every window
 and gives the exact map.
 """
 
@@ -31,18 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..drillplan import (
-    DEFAULT_MARGIN,
-    check_drilldown,
-    coarse_stride_for,
-    plan_drilldown,
-)
-from ..errors import InvalidParameterError
-from .drillcheck import estimate_error
-from .geometry import grid_shape, windows_to_pixels
-from .samplers import Sampler
-from .ssim import SIDE
-from .sweep import (
+from ..engine.geometry import grid_shape, windows_to_pixels
+from ..engine.samplers import Sampler
+from ..engine.sweep import (
     DEFAULT_TRAIN_SIZE,
     Progress,
     Readout,
@@ -50,6 +41,15 @@ from .sweep import (
     run_sweep,
     window_scores,
 )
+from ..errors import InvalidParameterError
+from .check import estimate_error
+from .plan import (
+    DEFAULT_MARGIN,
+    check_drilldown,
+    coarse_stride_for,
+    plan_drilldown,
+)
+from .ssim import SIDE
 
 #: full-grid window ids (n,) sorted and unique -> window scores (n, T), in that order
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -59,7 +59,7 @@ CRITERIA = ("magnitude", "variation")
 
 
 class SweepScores:
-    """A :data:`ScoreFn` over :func:`.sweep.run_sweep`: the asked windows, each with the
+    """A :data:`ScoreFn` over :func:`pda.engine.sweep.run_sweep`: the asked windows, each with the
     samples the full sweep would draw for it; counts every forward pass it makes."""
 
     def __init__(self, readout: Readout, x: torch.Tensor, sampler: Sampler, *, window: int,
@@ -201,7 +201,7 @@ def drilldown(
 
     ``score_fn`` sweeps the given fine windows (``run_sweep(..., window_ids=)``) and
     returns their scores; it is called once per stage (coarse, refine, check). ``check``
-    sizes the error estimate (:func:`.drillcheck.estimate_error` keywords).
+    sizes the error estimate (:func:`.check.estimate_error` keywords).
     """
     m = check_drilldown(stride, coarse_stride, fraction)
     gh, gw = grid_shape(height, width, window, stride)
@@ -247,7 +247,7 @@ def explain_drilldown(
     num_classes: int | None, batch_size: int, progress: Progress | None = None,
     precision: str = "fp32", fixed_batch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, Any]]:
-    """:func:`drilldown` for :func:`.explain.explain`: relevance (T, H, W), counts (H, W),
+    """:func:`drilldown` for :func:`pda.engine.explain.explain`: relevance (T, H, W), counts (H, W),
     forward passes and the result document's ``approximation`` section."""
     C, H, W = x.shape
     k, s = params.window, params.stride

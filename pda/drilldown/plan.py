@@ -1,15 +1,15 @@
 """The approximate drill-down's parameters and pass count, without torch (the API plans
-and caps jobs with them). The algorithm itself is :mod:`pda.engine.drilldown`."""
+and caps jobs with them). The algorithm itself is :mod:`pda.drilldown.refine`."""
 
 from __future__ import annotations
 
 import math
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 DEFAULT_FACTOR = 4  # coarse stride = 4 x the fine stride
 DEFAULT_MARGIN = 1  # cells around a refined cell that are refined too
-#: the error check (pda.engine.drillcheck): SSIM window side, tiles swept
+#: the error check (pda.drilldown.check): SSIM window side, tiles swept
 SSIM_SIDE = 11
 DEFAULT_TILE = 1
 DEFAULT_DRAWS = 8

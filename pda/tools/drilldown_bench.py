@@ -2,8 +2,9 @@
 
 Two steps, both reproducible from the command line:
 
-    python -m pda.drilldown_bench exact examples/chelsea.png --window 10 --stride 4 --samples 4
-    python -m pda.drilldown_bench compare --window 10 --stride 4 --samples 4
+    python -m pda.tools.drilldown_bench exact examples/chelsea.png --window 10 --stride 4 \
+        --samples 4
+    python -m pda.tools.drilldown_bench compare --window 10 --stride 4 --samples 4
 
 ``exact`` sweeps every fine window once with the real model and keeps every sample's
 readout (n_w, S, T) on disk under ``.cache/drilldown/`` (chunked, so an interrupted run
@@ -27,13 +28,13 @@ from typing import Any
 
 import torch
 
-from .engine.drillcheck import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
-from .engine.drilldown import DEFAULT_MARGIN, drilldown
-from .engine.geometry import window_positions, windows_to_pixels
-from .engine.samplers import make_sampler
-from .engine.ssim import ssim
-from .engine.stats import get_stats
-from .engine.sweep import DEFAULT_TRAIN_SIZE, run_sweep, weight_of_evidence
+from ..drilldown.check import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
+from ..drilldown.refine import DEFAULT_MARGIN, drilldown
+from ..drilldown.ssim import ssim
+from ..engine.geometry import window_positions, windows_to_pixels
+from ..engine.samplers import make_sampler
+from ..engine.stats import get_stats
+from ..engine.sweep import DEFAULT_TRAIN_SIZE, run_sweep, weight_of_evidence
 
 CACHE = Path(".cache/drilldown")
 CHUNK_WINDOWS = 1024
@@ -68,8 +69,9 @@ def record_samples(readout: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
 
 def exact_table(image: str, a: argparse.Namespace) -> dict[str, Any]:
     """Every window's per-sample readouts of the top-``TOP`` classes, cached on disk."""
-    from .images import open_image, preprocess
-    from .models.registry import get_model
+    from ..engine.inputs import preprocess
+    from ..images import open_image
+    from ..models.registry import get_model
 
     out = CACHE / f"{_key(image, a)}.pt"
     if out.exists():
@@ -189,8 +191,9 @@ def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
     On a busy machine this allows a comparison before the whole sweep is done; windows
     in those rows have their full-sweep samples, so nothing else changes.
     """
-    from .images import open_image, preprocess
-    from .models.registry import get_model
+    from ..engine.inputs import preprocess
+    from ..images import open_image
+    from ..models.registry import get_model
 
     parts = sorted((CACHE / _key(image, a)).glob("*.pt"))
     if not parts:
@@ -210,7 +213,7 @@ def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pda.drilldown_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pda.tools.drilldown_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=["exact", "compare"])
     p.add_argument("images", nargs="*", default=["examples/chelsea.png"])

@@ -4,7 +4,7 @@ Every image's top-1 class is explained under every configuration, and each map i
 by the metric families of :mod:`pda.engine.metrics` (docs/faithfulness.md, "Metric
 families"): MoRF/LeRF removal curves under several fills against random block orders,
 faithfulness correlation, and the last-layer randomisation check. The tables
-(:mod:`pda.evaluate_report`) give each metric's mean with a 95% bootstrap interval over
+(:mod:`pda.tools.evaluate_report`) give each metric's mean with a 95% bootstrap interval over
 the images, paired differences against a reference configuration, and the cost per image
 in seconds and forward passes. Progress and an up-front time estimate go to ``log``.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .defaults import DEFAULT_STRIDE, DETERMINISTIC_SAMPLERS
+from ..defaults import DEFAULT_STRIDE, DETERMINISTIC_SAMPLERS
+from ..params import ExplainParams, parse_target
 from .evaluate_report import BOOTSTRAP, markdown, mean_ci, paired, summarize, write
-from .params import ExplainParams, parse_target
 
 __all__ = ["BOOTSTRAP", "CONFIGS", "DEFAULT_CONFIGS", "FAMILIES", "Progress", "estimate",
            "list_images", "markdown", "mean_ci", "paired", "pick_configs", "run",
@@ -54,8 +54,8 @@ DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
 #: the metric families (``--families``)
 FAMILIES = ("removal", "correlation", "randomisation")
 #: the shipped evaluation photos (docs/faithfulness.md; not the sampler's fitting set)
-EVAL_DIR = Path(__file__).parent / "data" / "evaluation"
-REFERENCE_DIR = Path(__file__).parent / "data" / "reference"
+EVAL_DIR = Path(__file__).parent.parent / "data" / "evaluation"
+REFERENCE_DIR = Path(__file__).parent.parent / "data" / "reference"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -67,7 +67,7 @@ def list_images(directory: Path, limit: int | None = None) -> list[Path]:
 
 def pick_configs(names: list[str] | None) -> dict[str, dict[str, Any]]:
     """The named configurations, in the order given (default: ``DEFAULT_CONFIGS``)."""
-    from .errors import InvalidParameterError
+    from ..errors import InvalidParameterError
 
     chosen = names or list(DEFAULT_CONFIGS)
     unknown = [n for n in chosen if n not in CONFIGS]
@@ -78,7 +78,7 @@ def pick_configs(names: list[str] | None) -> dict[str, dict[str, Any]]:
 
 
 def pick_families(names: list[str] | None) -> tuple[str, ...]:
-    from .errors import InvalidParameterError
+    from ..errors import InvalidParameterError
 
     chosen = tuple(names or FAMILIES)
     bad = [f for f in chosen if f not in FAMILIES]
@@ -90,7 +90,7 @@ def pick_families(names: list[str] | None) -> tuple[str, ...]:
 
 def sweep_passes(fields: dict[str, Any], H: int, W: int) -> int:
     """Forward passes of one map (the drill-down's full sweep: an upper bound)."""
-    from .engine.geometry import count_windows
+    from ..engine.geometry import count_windows
 
     method = fields.get("method")
     if method == "random":
@@ -167,8 +167,8 @@ def _make_map(model: Any, x: torch.Tensor, fields: dict[str, Any], target: int,
               stats: Any, seed: int, batch_size: int | None, backend: str,
               progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, int]:
     """The configuration's (H, W) map of class ``target`` and its forward passes."""
-    from .engine.explain import explain
-    from .engine.metrics import gradient_saliency, random_map
+    from ..engine.explain import explain
+    from ..engine.metrics import gradient_saliency, random_map
 
     method = fields.get("method")
     C, H, W = x.shape
@@ -210,9 +210,9 @@ def run(
     """One row per (configuration, image), configuration-major: the scored class, each
     family's numbers, seconds and passes. ``images`` are (name, pixel-space tensor
     (3, H, W)) pairs; ``on_map(config, image, map)`` sees every map."""
-    from .engine.backends import build_readout
-    from .engine.device import auto_batch_size
-    from .engine.metrics import ImageScorer, Protocol, randomisation_scores, randomised_model
+    from ..engine.backends import build_readout
+    from ..engine.device import auto_batch_size
+    from ..engine.metrics import ImageScorer, Protocol, randomisation_scores, randomised_model
 
     protocol = protocol or Protocol(seed=seed)
     bar = progress or Progress(0, lambda _m: None)
@@ -280,7 +280,7 @@ def _line(row: dict[str, Any], fills: tuple[str, ...]) -> str:
 
 def settings_text(fields: dict[str, Any]) -> str:
     """A configuration in one short string: ``conditional k32 s8 S4``."""
-    from .defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_WINDOW
+    from ..defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_WINDOW
 
     if "method" in fields:
         return {"random": f"random map on {DEFAULT_STRIDE} px cells",

@@ -32,7 +32,9 @@ from pda.engine.sweep import Sweep, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams, plan
 
-SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
+#: the default photo, inside the package (an installed ``pda bench`` has no examples/):
+#: examples/chelsea.png centre-cropped to 224 x 224, what the default model sees of it
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "data" / "sample" / "chelsea.png"
 CPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 GPU_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -410,13 +412,13 @@ def main(args: argparse.Namespace) -> int:
 
 def _main_backends(args: argparse.Namespace, model: Any) -> int:
     """``pda bench --backends``: the backends and precisions side by side
-    (:mod:`pda.bench_backends`)."""
-    from pda.bench_backends import format_backends
-    from pda.bench_backends import main as backends_main
+    (:mod:`pda.tools.bench_backends`)."""
     from pda.engine.device import auto_batch_size
     from pda.engine.inputs import preprocess
     from pda.images import open_image
     from pda.settings import get_settings
+    from pda.tools.bench_backends import format_backends
+    from pda.tools.bench_backends import main as backends_main
 
     dev = model.device
     x = preprocess(open_image(Path(args.image) if args.image else SAMPLE_IMAGE),

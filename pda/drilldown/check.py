@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..drillplan import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE
-from .geometry import grid_shape, windows_to_pixels
+from ..engine.geometry import grid_shape, windows_to_pixels
+from .plan import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE
 from .ssim import MARGIN, SIDE, data_range, ssim_map
 
 DEFAULT_UNIFORM_SHARE = 0.5

@@ -1,4 +1,4 @@
-"""``python -m pda.bench_incremental``: exact incremental inference against the naive sweep.
+"""``python -m pda.tools.bench_incremental``: exact incremental inference against the naive sweep.
 
 Per model, on one machine and in one run: the theoretical saving (conv and linear
 multiply-accumulates of a full pass over those of one incremental pass, for a k x k
@@ -11,7 +11,7 @@ a fresh subprocess per model and mode, to the end of three batches.
 
 ``--write`` stores the decisions (is incremental faster, per model, device and the naive
 backend it was compared with) in ``pda/data/incremental.json``: ``incremental=auto``
-reads them (:mod:`pda.decisions`).
+reads them (:mod:`pda.engine.incremental.decisions`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from pda.decisions import DECISIONS_FILE
 from pda.engine.incremental import graph_for, window_readout
+from pda.engine.incremental.decisions import DECISIONS_FILE
 from pda.engine.sweep import _perturbed_batch
 
 MODELS = ("vgg16", "alexnet", "resnet50", "googlenet", "efficientnet_lite0")
@@ -140,7 +140,7 @@ def probe_memory(name: str, mode: str, batch: int, k: int) -> float:
 
 
 def _memory(name: str, mode: str, batch: int, k: int) -> float | None:
-    cmd = [sys.executable, "-m", "pda.bench_incremental", "--probe", name, "--mode", mode,
+    cmd = [sys.executable, "-m", "pda.tools.bench_incremental", "--probe", name, "--mode", mode,
            "--batch", str(batch), "--window", str(k)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return json.loads(done.stdout.splitlines()[-1])["peak_mb"] if done.returncode == 0 \
@@ -185,7 +185,7 @@ def decisions(rows: list[dict[str, Any]], device: str, args: argparse.Namespace
     """The measured decisions ``incremental=auto`` reads, merged into the stored file."""
     doc = json.loads(DECISIONS_FILE.read_text()) if DECISIONS_FILE.exists() else {}
     doc.setdefault("measured", {})[device] = {
-        "command": "python -m pda.bench_incremental " + " ".join(sys.argv[1:]),
+        "command": "python -m pda.tools.bench_incremental " + " ".join(sys.argv[1:]),
         "window": args.window, "batch": args.batch, "threads": torch.get_num_threads()}
     table = doc.setdefault("decisions", {}).setdefault(device, {})
     for r in rows:
@@ -200,7 +200,7 @@ def decisions(rows: list[dict[str, Any]], device: str, args: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pda.bench_incremental",
+    ap = argparse.ArgumentParser(prog="python -m pda.tools.bench_incremental",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--modes", default=",".join(MODES), help="naive,incremental,openvino")

@@ -1,8 +1,12 @@
 """Measured decisions: where exact incremental inference beats the naive sweep.
 
-``python -m pda.bench_incremental --write`` measures both, per model, device type and
+``python -m pda.tools.bench_incremental --write`` measures both, per model, device type and
 naive backend, and stores the result in ``pda/data/incremental.json``;
 ``incremental="auto"`` follows it and stays off wherever nothing was measured.
+
+Torch-free itself, but only the torch side reads it (:mod:`pda.engine.explain`,
+:mod:`pda.tools.bench_incremental`), so it lives beside the incremental engine it decides
+for; importing it loads that package (torch).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-DECISIONS_FILE = Path(__file__).resolve().parent / "data" / "incremental.json"
+DECISIONS_FILE = Path(__file__).resolve().parents[2] / "data" / "incremental.json"
 INCREMENTAL_MODES = ("auto", "on", "off")
 
 

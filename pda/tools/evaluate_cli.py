@@ -1,5 +1,5 @@
 """``pda evaluate``'s command line: arguments, the up-front time estimate, progress on
-stderr, the tables on stdout and in ``--out`` (the work is :mod:`pda.evaluate`)."""
+stderr, the tables on stdout and in ``--out`` (the work is :mod:`pda.tools.evaluate`)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _say(message: str) -> None:
 def measure_rate(model: Any, x: Any, backend: str, batch_size: int) -> float:
     """Forward passes per second of the scoring readout on this machine, now (the
     first call converts the graph and is not timed)."""
-    from .engine.backends import build_readout
+    from ..engine.backends import build_readout
 
     score = build_readout(model, "output", [0], backend=backend, batch_size=batch_size)
     batch = x[None].expand(batch_size, *x.shape).contiguous()
@@ -65,15 +65,15 @@ def measure_rate(model: Any, x: Any, backend: str, batch_size: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..cli import _fail
+    from ..engine.device import auto_batch_size, resolve_device
+    from ..engine.inputs import preprocess
+    from ..engine.metrics import Protocol
+    from ..engine.stats import get_stats
+    from ..images import open_image
+    from ..models.registry import get_model
+    from ..settings import get_settings
     from . import evaluate as ev
-    from .cli import _fail
-    from .engine.device import auto_batch_size, resolve_device
-    from .engine.inputs import preprocess
-    from .engine.metrics import Protocol
-    from .engine.stats import get_stats
-    from .images import open_image
-    from .models.registry import get_model
-    from .settings import get_settings
 
     settings = get_settings()
     configs = ev.pick_configs(args.configs.split(",") if args.configs else None)
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--reference {reference} is not among --configs")
     protocol = Protocol(fills=tuple(f for f in args.fills.split(",") if f), step=args.step,
                         seed=args.seed)
-    from .engine.metrics import fractions, make_fill
+    from ..engine.metrics import fractions, make_fill
 
     fractions(protocol.step)  # fail on a bad step before any work
     device = resolve_device(args.device or settings.device)
