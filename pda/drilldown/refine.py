@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine.geometry import grid_shape, windows_to_pixels
+from ..engine.geometry import windows_to_pixels
 from ..engine.samplers import Sampler
 from ..engine.sweep import (
     DEFAULT_TRAIN_SIZE,
@@ -42,6 +42,7 @@ from ..engine.sweep import (
     window_scores,
 )
 from ..errors import InvalidParameterError
+from ..grid import grid_shape
 from .check import estimate_error
 from .plan import (
     DEFAULT_MARGIN,

@@ -20,12 +20,13 @@ from ..defaults import PREDICTION_TOP, SAMPLERS
 from ..document import coverage
 from ..drilldown.refine import explain_drilldown
 from ..errors import InvalidParameterError
+from ..grid import check_window
 from ..params import ExplainParams, parse_target
 from ..params import faithfulness_passes as planned_faithfulness_passes
 from .backends import BackendReadout, build_net, resolve_backend, torch_threads
 from .device import auto_batch_size, check_precision
 from .faithfulness import score
-from .geometry import check_window, window_positions
+from .geometry import window_positions
 from .incremental import IncrementalUnsupportedError, window_readout
 from .incremental.decisions import use_incremental
 from .samplers import make_sampler

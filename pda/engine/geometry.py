@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..grid import check_window, count_windows, grid_shape  # noqa: F401 (re-exported)
+from ..grid import check_window, grid_shape
 
 
 def window_positions(

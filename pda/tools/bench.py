@@ -25,11 +25,12 @@ import torch
 
 from pda.defaults import PAPER
 from pda.engine.device import resolve_device
-from pda.engine.geometry import count_windows, window_positions
+from pda.engine.geometry import window_positions
 from pda.engine.samplers import SAMPLERS, make_sampler
 from pda.engine.stats import SamplerStats, get_stats
 from pda.engine.sweep import Sweep, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
+from pda.grid import count_windows
 from pda.params import ExplainParams, plan
 
 #: the default photo, inside the package (an installed ``pda bench`` has no examples/):

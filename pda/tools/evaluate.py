@@ -90,7 +90,7 @@ def pick_families(names: list[str] | None) -> tuple[str, ...]:
 
 def sweep_passes(fields: dict[str, Any], H: int, W: int) -> int:
     """Forward passes of one map (the drill-down's full sweep: an upper bound)."""
-    from ..engine.geometry import count_windows
+    from ..grid import count_windows
 
     method = fields.get("method")
     if method == "random":

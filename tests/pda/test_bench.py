@@ -17,10 +17,11 @@ from pda.cli import main as cli_main
 from pda.defaults import DEFAULT_SAMPLES, DEFAULT_STRIDE, DEFAULT_WINDOW
 from pda.engine.device import auto_batch_size
 from pda.engine.explain import explain
-from pda.engine.geometry import count_windows, window_positions
+from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import run_sweep
 from pda.errors import InvalidParameterError
+from pda.grid import count_windows
 from pda.params import ExplainParams
 from pda.tools.bench import format_table, run_bench
 

@@ -17,9 +17,10 @@ from pda.drilldown.refine import (
 )
 from pda.drilldown.ssim import data_range, ssim, ssim_map
 from pda.engine.explain import explain, result_document
-from pda.engine.geometry import grid_shape, window_positions, windows_to_pixels
+from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
 from pda.errors import InvalidParameterError
+from pda.grid import grid_shape
 from pda.params import ExplainParams, plan
 from pda.tools.drilldown_bench import TableScores, record_samples
 
