@@ -9,8 +9,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from ..images import fit_array
+
+
+class Normalise(nn.Module):
+    """Pixel space (B, C, H, W) in [0, 1] to a model's input space, (x - mean) / std per
+    channel. The one normalisation: a model's own calls (``LoadedModel.normaliser``),
+    every backend's converted graph and the incremental trace run this module."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std  # (B, C, H, W); float64 input stays float64
 
 
 def to_tensor(a: np.ndarray) -> torch.Tensor:

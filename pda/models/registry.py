@@ -28,6 +28,7 @@ from torch import nn
 from .. import catalog
 from ..catalog import resolve_file
 from ..engine.device import resolve_device
+from ..engine.inputs import Normalise
 from ..errors import (
     ModelLoadError,
     ModelNotInstalledError,
@@ -64,8 +65,9 @@ class LoadedModel:
     hookable: bool = True  # False for exported/TorchScript files: hooks do not fire there
 
     def __post_init__(self) -> None:
-        self._mean_t = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        self._std_t = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        #: the pixel normalisation as a module: backends' graphs and the incremental
+        #: trace include this very module (pda.engine.inputs.Normalise)
+        self.normaliser = Normalise(self.mean, self.std).to(self.device)
 
     @property
     def num_classes(self) -> int:
@@ -73,8 +75,7 @@ class LoadedModel:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel space (N, 3, H, W) in [0, 1] to the model's input space."""
-        x = x.to(self.device)
-        return (x - self._mean_t.to(x.dtype)) / self._std_t.to(x.dtype)
+        return self.normaliser(x.to(self.device))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) for pixel-space images (N, 3, H, W) in [0, 1]."""

@@ -35,32 +35,44 @@ class PixelLogits(nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
+        self.normalise = model.normaliser  # the model's own Normalise module
         self.net = model.module
-        self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)  # (B, K)
+        return self.net(self.normalise(x))  # (B, K)
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once the hidden activation is in (eager runs only)."""
 
 
 class HiddenMeans(nn.Module):
-    """Pixel-space images (B, C, H, W) -> per-channel spatial means of ``layer`` (B, ch)."""
+    """Pixel-space images (B, C, H, W) -> per-channel spatial means of ``layer`` (B, ch).
 
-    def __init__(self, model: Any, layer: str) -> None:
+    The one hidden-layer capture: traced for the converted backends (the tail after the
+    layer is dead code there), and run eagerly by torch with ``stop_early``, where the hook
+    ends the forward pass at the layer so the tail never runs."""
+
+    def __init__(self, model: Any, layer: str, *, stop_early: bool = False) -> None:
         super().__init__()
         self.body = PixelLogits(model)
         self.layer = model.get_layer(layer)  # UnknownLayerError for a bad name or a file
         self.layer_name = layer
+        self.stop_early = stop_early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
             captured.append(out[0] if isinstance(out, tuple) else out)
+            if self.stop_early:
+                raise _Stop
 
         handle = self.layer.register_forward_hook(hook)
         try:
             self.body(x)  # the tail after ``layer`` is dead code in a traced graph
+        except _Stop:
+            pass
         finally:
             handle.remove()
         if not captured:
@@ -69,9 +81,11 @@ class HiddenMeans(nn.Module):
         return out.flatten(2).mean(2) if out.dim() > 2 else out  # (B, ch)
 
 
-def graph_module(model: Any, layer: str) -> nn.Module:
-    """The graph for ``layer`` (output, logits or a module name), in eval mode."""
-    g = PixelLogits(model) if layer in ("output", "logits") else HiddenMeans(model, layer)
+def graph_module(model: Any, layer: str, *, stop_early: bool = False) -> nn.Module:
+    """The graph for ``layer`` (output, logits or a module name), in eval mode;
+    ``stop_early``: a hidden layer's eager run ends at the layer (never traced)."""
+    g = PixelLogits(model) if layer in ("output", "logits") else HiddenMeans(
+        model, layer, stop_early=stop_early)
     try:
         g.eval()
     except NotImplementedError:  # exported programs refuse .eval(); the registry set it

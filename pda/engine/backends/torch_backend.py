@@ -12,18 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
-from ...errors import UnknownLayerError
 from ..device import autocast
 from .graphs import graph_module
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 log = logging.getLogger("pda")
-
-
-class _Stop(Exception):
-    """Raised in a forward hook once the hidden activation is captured."""
 
 
 def eager_net(model: Any, layer: str, precision: str) -> Net:
@@ -35,27 +29,11 @@ def eager_net(model: Any, layer: str, precision: str) -> Net:
                 return model(b).float()  # (B, K)
 
         return logits
-    module = model.get_layer(layer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-        captured["out"] = out[0] if isinstance(out, tuple) else out
-        raise _Stop
+    graph = graph_module(model, layer, stop_early=True)  # the one capture (graphs.py)
 
     def hidden(b: torch.Tensor) -> torch.Tensor:
-        handle = module.register_forward_hook(hook)
-        try:
-            with autocast(b.device, precision):
-                model(b)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        out = captured.pop("out", None)
-        if out is None:
-            raise UnknownLayerError(f"layer {layer!r} is not used in the forward pass")
-        # Fig. 5/6 of the paper: a feature map's units averaged over space
-        return out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()  # (B, ch)
+        with torch.inference_mode(), autocast(b.device, precision):
+            return graph(b)  # (B, ch): Fig. 5/6 of the paper, units averaged over space
 
     return hidden
 

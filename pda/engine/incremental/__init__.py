@@ -34,7 +34,7 @@ def graph_for(model: Any, x: torch.Tensor, layer: str = "output",
     image ``x`` (C, H, W); stops at ``layer`` unless it is ``output``/``logits``."""
     if not getattr(model, "hookable", True):
         raise IncrementalUnsupportedError("exported and TorchScript models are not traced")
-    gm = trace(model.module, model._mean_t.to(x.dtype), model._std_t.to(x.dtype))
+    gm = trace(model.module, model.normaliser)
     stop = None
     if layer not in ("output", "logits"):
         stop = find_layer(gm, layer)

@@ -31,14 +31,13 @@ class IncrementalUnsupportedError(Exception):
 class _Normalised(nn.Module):
     """Pixel space to the model's input space, then the model: one graph for both."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, net: nn.Module, normalise: nn.Module) -> None:
         super().__init__()
+        self.normalise = normalise  # pda.engine.inputs.Normalise, traced through
         self.net = net
-        self.register_buffer("mean", mean.reshape(1, -1, 1, 1))
-        self.register_buffer("std", std.reshape(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.normalise(x))
 
 
 class _Tracer(fx.Tracer):
@@ -50,9 +49,9 @@ class _Tracer(fx.Tracer):
         return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
 
 
-def trace(net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> fx.GraphModule:
+def trace(net: nn.Module, normalise: nn.Module) -> fx.GraphModule:
     """The normalising wrapper around ``net`` as a graph module."""
-    root = _Normalised(net, mean, std)
+    root = _Normalised(net, normalise)
     try:
         graph = _Tracer().trace(root)
     except Exception as e:  # data-dependent control flow, TorchScript, exported programs
