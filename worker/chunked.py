@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from pda.engine.explain import conclude, merge_partials, pack_partial, sweep_part
+from pda.engine.explain import conclude, sweep_part
+from pda.engine.sweep import merge_partials, pack_partial
 from pda.errors import Canceled, JobFailedError, PDAError
 from pda.jobs import lifecycle
 from pda.jobs.chunks import MERGE, Chunks, member

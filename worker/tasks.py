@@ -19,8 +19,7 @@ from typing import Any
 
 import redis
 
-from pda.artifacts import stored_files
-from pda.document import faithfulness_summary
+from pda.document import faithfulness_summary, result_document, stored_files
 from pda.engine.device import auto_batch_size, resolve_device
 from pda.engine.explain import (
     Explanation,
@@ -29,7 +28,6 @@ from pda.engine.explain import (
     conclude,
     faithfulness_passes,
     prepare,
-    result_document,
     split_progress,
     sweep_part,
 )

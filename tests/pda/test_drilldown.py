@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pda.document import result_document
 from pda.drilldown_bench import TableScores, record_samples
 from pda.engine.drillcheck import estimate_error
 from pda.engine.drilldown import (
@@ -16,7 +17,7 @@ from pda.engine.drilldown import (
     interpolate,
     refine_cells,
 )
-from pda.engine.explain import explain, result_document
+from pda.engine.explain import explain
 from pda.engine.geometry import grid_shape, window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
 from pda.engine.ssim import data_range, ssim, ssim_map

@@ -13,11 +13,10 @@ from pda.engine.explain import (
     add_faithfulness,
     conclude,
     explain,
-    merge_partials,
-    pack_partial,
     prepare,
     sweep_part,
 )
+from pda.engine.sweep import merge_partials, pack_partial
 from pda.jobs.chunks import BLOCK_WINDOWS, split
 from pda.params import ExplainParams
 from tests.pda.toys import ConvNet, random_stats, wrap
