@@ -30,7 +30,7 @@ from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.render import render_overlay
 
-from .. import forms
+from .. import forms, overlays
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import (
     expired,
@@ -200,24 +200,35 @@ def get_overlay(
 ) -> Response:
     """The overlay PNG for one target: red = evidence for, blue = against."""
     store = state.store
-    rec = _get_job(store, job_id, owner)
-    require_results(rec)
+    rec = _get_job(store, job_id, owner)  # the record first: a cached PNG of a canceled,
+    require_results(rec)  # deleted or expired job is never served
     targets = [t["target"] for t in rec.targets or []]
     chosen = targets[0] if target is None and targets else target
     if chosen not in targets:
         raise UnknownTargetError(f"job {job_id} has no overlay for target {target}; its "
                                  f"targets are {targets}")
+    key = (rec.id, rec.finished_at, view, chosen, scale)
+    png = overlays.CACHE.get(key)
+    if png is None:
+        png = _overlay(state, rec, targets.index(chosen), scale=scale, view=view)
+        overlays.CACHE.put(key, png)
+    return _png(request, png)
+
+
+def _overlay(state, rec: JobRecord, index: int, *, scale: str, view: str) -> bytes:
+    """Render one overlay from the stored files; the photo view is drawn with the stored
+    content box (or, for a result stored before it was kept, one placed from the job's
+    ``fit``)."""
+    store = state.store
     document, relevance, counts = _results(store, rec)
-    index = targets.index(chosen)
     if view == "photo":
         photo = Image.open(io.BytesIO(_file(store, rec, docs.PHOTO)))
-        png = _render(state, render_overlay, document, relevance, counts, index, photo=photo,
-                      scale=scale)
-    else:
-        image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
-        png = _render(state, render_overlay, document, relevance, counts, index,
-                      input_image=image, scale=scale, view="input")
-    return _png(request, png)
+        box = docs.content_box(document, (rec.params or {}).get("fit"))
+        return _render(state, render_overlay, document, relevance, counts, index,
+                       photo=photo, scale=scale, content_box=box)
+    image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
+    return _render(state, render_overlay, document, relevance, counts, index,
+                   input_image=image, scale=scale, view="input")
 
 
 def _render(state, fn, *args, **kwargs) -> bytes:
@@ -237,4 +248,6 @@ def get_input(request: Request, job_id: str, store: StoreDep, owner: OwnerDep) -
 def delete_explanation(job_id: str, state: StateDep, owner: OwnerDep):
     """Cancel the job (a running sweep stops within one batch) and delete its results."""
     rec = _get_job(state.store, job_id, owner)
-    return job_public(lifecycle.cancel(state.store, state.queue, rec))
+    canceled = lifecycle.cancel(state.store, state.queue, rec)
+    overlays.CACHE.drop(job_id)
+    return job_public(canceled)
