@@ -23,10 +23,9 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from .artifacts import cli_files, stored_files
-from .document import with_grids
+from .document import cli_files, result_document, stored_files, with_grids
 from .engine.device import auto_batch_size, resolve_device
-from .engine.explain import Explanation, result_document
+from .engine.explain import Explanation
 from .engine.explain import explain as engine_explain
 from .engine.inputs import preprocess, to_uint8
 from .engine.stats import get_stats

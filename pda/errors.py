@@ -1,20 +1,42 @@
-"""Named exceptions for everything a caller can get wrong.
+"""Named exceptions for everything a caller can get wrong, and for every other way a
+request or a job ends in a problem document.
 
-Each message says what was wrong and what is allowed. Only the HTTP layer and the CLI
-map these to status codes or exit codes; the engine just raises them.
+Each message says what was wrong and what is allowed. :mod:`pda.problems` maps each class
+to its problem type, title and status (the API's responses and a failed job's ``error``
+alike); the CLI maps them to exit codes; the engine just raises them.
 """
 
+from __future__ import annotations
 
-class PDAError(Exception):
-    """Base class: a problem the caller can fix (bad input, unknown name, ...)."""
+from typing import Any
+
+
+class ProblemError(Exception):
+    """An error that leaves as an RFC 9457 problem document (:func:`pda.problems.to_problem`).
+
+    ``headers`` go with the HTTP response (Retry-After, WWW-Authenticate) on top of the
+    table's; ``extra`` are members added to the document (``errors``, ...)."""
 
     #: which request field the error is about, when there is one (for 422 documents)
     field: str | None = None
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         if field is not None:
             self.field = field
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        from .problems import status_of  # the table lives beside to_problem
+
+        return status_of(self)
+
+
+class PDAError(ProblemError):
+    """Base class: a problem the caller can fix (bad input, unknown name, ...)."""
 
 
 class InvalidParameterError(PDAError, ValueError):
@@ -32,6 +54,8 @@ class ImageTooLargeError(InvalidImageError):
 class ImageTooSmallError(InvalidImageError):
     """The image is smaller than the minimum side an explanation needs (422)."""
 
+    field = "image"
+
 
 class UnknownModelError(PDAError, LookupError):
     """No model of that name, or its weights are not available on this installation."""
@@ -41,6 +65,12 @@ class UnknownModelError(PDAError, LookupError):
 
 class ModelNotInstalledError(UnknownModelError):
     """A known built-in whose weights are not installed where it would run."""
+
+    @classmethod
+    def of(cls, name: str, install: str) -> ModelNotInstalledError:
+        """The one wording, wherever it is found (API, worker, CLI); ``install`` says how
+        to install the weights (:func:`pda.catalog.install_hint`)."""
+        return cls(f"model {name!r} is known but its weights are not installed: {install}")
 
 
 class ModelLoadError(PDAError, RuntimeError):
@@ -63,7 +93,7 @@ class Canceled(Exception):
     """Raised from a progress callback to stop a sweep (not a caller error)."""
 
 
-class Refused(Exception):
+class Refused(ProblemError):
     """A request the service turns down for now (capacity, conflicts); the HTTP layer
     maps each kind to its status and Retry-After."""
 
@@ -78,3 +108,113 @@ class TooManyQueuedError(Refused):
 
 class IdempotencyConflictError(Refused):
     """An Idempotency-Key reused for a different request."""
+
+
+class JobTooLargeError(InvalidParameterError):
+    """A job that needs more forward passes than PDA_MAX_FORWARD_PASSES."""
+
+
+class UploadTooLargeError(ProblemError):
+    """A request body over PDA_MAX_UPLOAD_BYTES (413)."""
+
+    def __init__(self, limit: int, **kwargs: Any) -> None:
+        super().__init__(f"the upload exceeds the limit of {limit} bytes "
+                         "(PDA_MAX_UPLOAD_BYTES)", **kwargs)
+
+
+class UnsupportedMediaTypeError(ProblemError):
+    """A request body that is neither multipart/form-data nor JSON (415)."""
+
+
+class MalformedFormError(ProblemError):
+    """A multipart body that cannot be parsed (400)."""
+
+
+class MalformedJSONError(ProblemError):
+    """A JSON body that cannot be parsed (400)."""
+
+
+class UnauthorizedError(ProblemError):
+    """No API key, or not a valid one (401)."""
+
+
+class RateLimitedError(ProblemError):
+    """Over PDA_RATE_LIMIT_PER_MINUTE (429)."""
+
+
+class UnknownJobError(ProblemError):
+    """No such job (or not the caller's) (404)."""
+
+
+class UnknownTargetError(ProblemError):
+    """The job has no overlay for that target (404)."""
+
+
+class NotFinishedError(ProblemError):
+    """The job's results are asked for while it is queued or running (409)."""
+
+
+class NoResultsError(ProblemError):
+    """The job's results are asked for, but it failed (409)."""
+
+
+class ResultsDeletedError(ProblemError):
+    """The job was canceled: its results are deleted (410)."""
+
+
+class ResultsExpiredError(ProblemError):
+    """The job's results expired (PDA_RESULT_TTL_SECONDS) (410)."""
+
+
+class NoWorkerError(ProblemError):
+    """No worker is alive to compute a prediction (503)."""
+
+
+class NoWorkerInTimeError(NoWorkerError):
+    """No worker answered a prediction within PDA_PREDICT_TIMEOUT_SECONDS (503)."""
+
+
+class StoreFullError(ProblemError):
+    """Redis has reached its maxmemory (503)."""
+
+
+class StoreUnavailableError(ProblemError):
+    """Redis is not reachable (503)."""
+
+
+class HTTPStatusError(ProblemError):
+    """A bare HTTP error of the framework (no route, wrong method): its own status."""
+
+    def __init__(self, status: int, message: str, *, title: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.http_status = status
+        self.title = title
+
+
+class InternalError(ProblemError):
+    """A bug in the API: an exception nothing else maps (500, logged, never shown)."""
+
+
+class InvalidJobError(ProblemError):
+    """A job the worker cannot run: the caller's mistake found only there (422)."""
+
+
+class JobFailedError(ProblemError):
+    """A job that failed after all its attempts (500)."""
+
+
+class JobAbandonedError(ProblemError):
+    """A job whose workers stopped (died, stalled) more often than retries allow (500)."""
+
+
+class PredictionFailedError(ProblemError):
+    """A prediction that crashed in the worker (500)."""
+
+
+class RemoteProblem(ProblemError):
+    """A problem document made elsewhere (a worker's answer), raised again as it is."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__(str(document.get("detail", "")))
+        self.document = dict(document)

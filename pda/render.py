@@ -12,6 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .defaults import DEFAULT_FIT
 from .images import placement
 
 # matplotlib "seismic": dark blue, blue, white, red, dark red at 0, .25, .5, .75, 1
@@ -150,18 +151,29 @@ def image_png(image: np.ndarray) -> bytes:
 #: overlay colour scales: one symmetric range for all targets of a job (the viewer's), or
 #: each target's own
 SCALES = ("shared", "own")
-VIEWS = ("photo", "input")
+
+
+def content_box_of(document: dict, fit: str | None = None) -> tuple[int, int, int, int]:
+    """Where the photo's part lands in the model input (input pixels), placed from the
+    document's photo and input sizes and ``fit`` (else the document's, else the default)."""
+    image = document["image"]
+    fit = fit or document["params"].get("fit") or DEFAULT_FIT
+    return placement((image["width"], image["height"]), tuple(document["model"]["input_size"]),
+                     fit).content_box
 
 
 def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, index: int, *,
                    photo: Image.Image | None = None, input_image: np.ndarray | None = None,
-                   scale: str = "shared", view: str = "photo") -> bytes:
+                   scale: str = "shared", view: str = "photo",
+                   content_box: tuple[int, int, int, int] | None = None) -> bytes:
     """The overlay PNG of explanation ``index`` of a result document.
 
     ``view="photo"`` draws on the whole uploaded photo (its display copy), marking what was
     not explained; ``"input"`` on the model input. ``scale="shared"`` (the default, as in
     the viewer) uses one symmetric range for every target of the job, so their colours
-    compare; ``"own"`` stretches each target's map to its own maximum."""
+    compare; ``"own"`` stretches each target's map to its own maximum. ``content_box``
+    (:func:`pda.document.content_box`, the stored placement) saves placing the photo
+    again; without it, it is placed from the document (:func:`content_box_of`)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     e = document["explanations"][index]
@@ -173,12 +185,9 @@ def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, in
         m = e["max_abs"]
     m = m if m > 0 else 1.0
     if view == "photo" and photo is not None:
-        image = document["image"]
-        place = placement((image["width"], image["height"]),
-                          tuple(document["model"]["input_size"]),
-                          document["params"].get("fit", "crop"))
+        box = content_box or content_box_of(document)
         return photo_overlay_png(relevance[index], counts, photo,
-                                 {**image, "content_box": list(place.content_box)},
+                                 {**document["image"], "content_box": list(box)},
                                  title=title, unit=unit, vmax=m)
     if input_image is None:
         raise ValueError("the input view needs the input image")

@@ -23,8 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pda.engine.explain import pack_partial  # noqa: E402
-from pda.engine.sweep import Sweep  # noqa: E402
+from pda.engine.sweep import (
+    Sweep,  # noqa: E402
+    pack_partial,  # noqa: E402
+)
 from pda.jobs.record import JobRecord, JobStatus  # noqa: E402
 from pda.jobs.store import JobStore, checkpoint_key  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402

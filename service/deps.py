@@ -11,12 +11,12 @@ import redis
 from fastapi import Depends, Request
 from rq import Queue
 
+from pda.errors import UnauthorizedError
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings
 
 from .limits import caller_of, check_rate
-from .problems import Problem
 
 
 @dataclass
@@ -57,17 +57,18 @@ def get_owner(request: Request, state: Annotated[AppState, Depends(get_state)]) 
     return owner
 
 
+#: the 401 without a key (also the OpenAPI example's)
+API_KEY_REQUIRED = "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+
+
 def _authenticate(request: Request, keys: list[str]) -> str:
     if not keys:
         return "public"
     given = api_key_of(request)
     if given is None:
-        raise Problem(401, "Unauthorized", "an API key is required: send "
-                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                      type_="/problems/unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError(API_KEY_REQUIRED)
     if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise Problem(401, "Unauthorized", "the API key is not valid",
-                      type_="/problems/unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError("the API key is not valid")
     return hashlib.sha256(given.encode()).hexdigest()[:16]
 
 

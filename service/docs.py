@@ -19,6 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
+from pda.errors import HTTPStatusError
+from pda.problems import to_problem
 from pda.settings import Settings
 
 from .openapi_examples import EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
@@ -182,8 +184,8 @@ def _enrich_operation(method: str, path: str, op: dict[str, Any], *, keys: bool)
             resp["content"] = {"application/json": {"schema": {
                 "$ref": "#/components/schemas/Readiness"}}}
             continue
-        doc = PROBLEMS.get(code, {"type": "about:blank", "title": why.split(",")[0],
-                                  "status": int(code), "detail": why})
+        doc = PROBLEMS.get(code) or to_problem(
+            HTTPStatusError(int(code), why, title=why.split(",")[0]))
         resp["content"] = {"application/problem+json": {"schema": PROBLEM_REF,
                                                         "example": doc}}
     for code in ("429", "503"):

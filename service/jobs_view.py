@@ -7,10 +7,15 @@ from datetime import datetime
 from typing import Any
 
 from pda import keys
+from pda.errors import (
+    NoResultsError,
+    NotFinishedError,
+    ResultsDeletedError,
+    ResultsExpiredError,
+    UnknownJobError,
+)
 from pda.eta import eta_seconds
 from pda.jobs.record import JobRecord, JobStatus
-
-from .problems import Problem
 
 
 def _ts(iso: str | None) -> float | None:
@@ -100,21 +105,31 @@ def require_results(rec: JobRecord) -> None:
     """409 while the job is not finished; 410 once its results have expired."""
     status = rec.status
     if status.active:
-        raise Problem(409, "Not finished", f"job {rec.id} is {status.value}; poll "
-                      f"/v1/explanations/{rec.id} until it is finished",
-                      type_="/problems/not-finished", headers={"Retry-After": retry_after(rec)})
+        raise not_finished(rec.id, status.value, retry_after(rec))
     if status == JobStatus.FAILED:
-        raise Problem(409, "Job failed", f"job {rec.id} failed and has no results: "
-                      f"{(rec.error or {}).get('detail', '')}", type_="/problems/job-failed")
+        raise NoResultsError(f"job {rec.id} failed and has no results: "
+                             f"{(rec.error or {}).get('detail', '')}")
     if status == JobStatus.CANCELED:
-        raise Problem(410, "Results deleted", f"job {rec.id} was canceled; its results are "
-                      "deleted", type_="/problems/gone")
+        raise results_deleted(rec.id)
     expires = _ts(rec.expires_at)
     if expires is not None and expires <= time.time():
         raise expired(rec)
 
 
-def expired(rec: JobRecord) -> Problem:
-    return Problem(410, "Results expired", f"the results of job {rec.id} expired at "
-                   f"{rec.expires_at} (PDA_RESULT_TTL_SECONDS); submit it again",
-                   type_="/problems/gone")
+def unknown_job(job_id: str) -> UnknownJobError:
+    return UnknownJobError(f"no explanation job {job_id!r} (unknown, deleted long ago, or "
+                           "not yours)")
+
+
+def not_finished(job_id: str, status: str, retry: str = "1") -> NotFinishedError:
+    return NotFinishedError(f"job {job_id} is {status}; poll /v1/explanations/{job_id} "
+                            "until it is finished", headers={"Retry-After": retry})
+
+
+def results_deleted(job_id: str) -> ResultsDeletedError:
+    return ResultsDeletedError(f"job {job_id} was canceled; its results are deleted")
+
+
+def expired(rec: JobRecord) -> ResultsExpiredError:
+    return ResultsExpiredError(f"the results of job {rec.id} expired at {rec.expires_at} "
+                               "(PDA_RESULT_TTL_SECONDS); submit it again")

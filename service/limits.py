@@ -21,10 +21,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pda import keys
+from pda.errors import RateLimitedError, UploadTooLargeError
 from pda.jobs.store import is_full
 from pda.settings import Settings
 
-from .problems import Problem, problem_response
+from .problems import problem_response
 
 #: room for multipart boundaries, part headers and the form fields beside the image
 ENVELOPE_BYTES = 64 * 1024
@@ -38,12 +39,6 @@ def body_limit(settings: Settings, content_type: str) -> int:
     if content_type.split(";")[0].strip().lower() == "multipart/form-data":
         return cap + ENVELOPE_BYTES
     return cap * 4 // 3 + ENVELOPE_BYTES
-
-
-class BodyTooLarge(Problem):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "Upload too large", f"the upload exceeds the limit of {limit} "
-                         "bytes (PDA_MAX_UPLOAD_BYTES)", type_="/problems/upload-too-large")
 
 
 class BodySizeLimit:
@@ -73,7 +68,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(self.settings.max_upload_bytes)
+                    raise UploadTooLargeError(self.settings.max_upload_bytes)
             return message
 
         started = False
@@ -86,14 +81,13 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited, tracked)
-        except BodyTooLarge:  # raised where no exception handler turned it into a response
+        except UploadTooLargeError:  # raised where no exception handler turned it into a response
             if started:
                 raise
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exc = BodyTooLarge(self.settings.max_upload_bytes)
-        response = problem_response(exc.status, exc.title, exc.detail, type_=exc.type,
+        response = problem_response(UploadTooLargeError(self.settings.max_upload_bytes),
                                     instance=scope.get("path"), headers={"Connection": "close"})
         await response(scope, receive, send)
 
@@ -136,9 +130,9 @@ def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> 
         return
     conn.decr(keys.rate(caller, minute))
     wait = _rate_wait(limit, current, previous, elapsed)
-    raise Problem(429, "Too many requests", f"over the limit of {limit} requests a minute "
-                  f"for this API key (PDA_RATE_LIMIT_PER_MINUTE); retry in {wait} s",
-                  type_="/problems/rate-limited", headers={"Retry-After": str(wait)})
+    raise RateLimitedError(f"over the limit of {limit} requests a minute for this API key "
+                           f"(PDA_RATE_LIMIT_PER_MINUTE); retry in {wait} s",
+                           headers={"Retry-After": str(wait)})
 
 
 def _rate_wait(limit: int, current: int, previous: int, elapsed: float) -> int:

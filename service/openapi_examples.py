@@ -5,35 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from pda.errors import InvalidImageError, UnauthorizedError, UploadTooLargeError
 from pda.params import ExplainParams, plan
+from pda.problems import to_problem, validation_error
+from pda.settings import Settings
+
+from .deps import API_KEY_REQUIRED
+from .jobs_view import not_finished, results_deleted, unknown_job
+from .problems import STORE_DOWN
 
 BASE = "http://127.0.0.1:8000"
 JOB = "/v1/explanations/{job_id}"
 JOB_ID = "qf09_bB2aageEHENnqDYYQ"
 INPUT_SIZE = (224, 224)
 
-PROBLEMS: dict[str, dict[str, Any]] = {
-    "401": {"type": "/problems/unauthorized", "title": "Unauthorized", "status": 401,
-            "detail": "an API key is required: send 'Authorization: Bearer KEY' or "
-                      "'X-API-Key: KEY'"},
-    "404": {"type": "/problems/unknown-job", "title": "Unknown job", "status": 404,
-            "detail": f"no explanation job '{JOB_ID}' (unknown, deleted long ago, or not yours)"},
-    "409": {"type": "/problems/not-finished", "title": "Not finished", "status": 409,
-            "detail": f"job {JOB_ID} is running; poll /v1/explanations/{JOB_ID} until it is "
-                      "finished"},
-    "410": {"type": "/problems/gone", "title": "Results deleted", "status": 410,
-            "detail": f"job {JOB_ID} was canceled; its results are deleted"},
-    "413": {"type": "/problems/upload-too-large", "title": "Upload too large", "status": 413,
-            "detail": "the upload exceeds the limit of 20971520 bytes (PDA_MAX_UPLOAD_BYTES)"},
-    "415": {"type": "/problems/unsupported-image", "title": "Not a supported image",
-            "status": 415, "detail": "cannot decode the upload as an image"},
-    "422": {"type": "/problems/invalid-parameter", "title": "Invalid parameters", "status": 422,
-            "detail": "window: Input should be less than or equal to 512",
-            "errors": [{"field": "window",
-                        "message": "Input should be less than or equal to 512"}]},
-    "503": {"type": "/problems/store-unavailable", "title": "Service unavailable",
-            "status": 503, "detail": "the job store (Redis) is not reachable; retry shortly"},
-}
+#: one example problem per status, made as the API makes them (pda.problems.to_problem)
+PROBLEMS: dict[str, dict[str, Any]] = {code: to_problem(exc) for code, exc in {
+    "401": UnauthorizedError(API_KEY_REQUIRED),
+    "404": unknown_job(JOB_ID),
+    "409": not_finished(JOB_ID, "running"),
+    "410": results_deleted(JOB_ID),
+    "413": UploadTooLargeError(Settings.model_fields["max_upload_bytes"].default),
+    "415": InvalidImageError("cannot decode the upload as an image"),
+    "422": validation_error([{"field": "window",
+                              "message": "Input should be less than or equal to 512"}]),
+    "503": STORE_DOWN,
+}.items()}
 
 PARAMS = ExplainParams().model_dump(mode="json")
 #: the default job's forward passes on the default model

@@ -11,12 +11,19 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from pda.errors import (
+    InvalidParameterError,
+    MalformedFormError,
+    MalformedJSONError,
+    ProblemError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
+)
 from pda.images import check_min_side, open_image, original_size
 from pda.settings import Settings
 
 from . import memory
 from .limits import body_limit
-from .problems import Problem
 
 #: form and JSON fields that are not explanation parameters
 META_FIELDS = ("model", "preset")
@@ -58,12 +65,6 @@ def decode_upload(data: bytes, settings: Settings, input_size: list[int] | None
     return size
 
 
-def too_large(limit: int) -> Problem:
-    return Problem(413, "Upload too large",
-                   f"the upload exceeds the limit of {limit} bytes (PDA_MAX_UPLOAD_BYTES)",
-                   type_="/problems/upload-too-large")
-
-
 async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     """(image bytes, raw parameters, file name) from a multipart or JSON request."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -71,34 +72,32 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict
         return await _from_form(request, settings)
     if ctype in ("application/json", ""):
         return await _from_json(request, settings)
-    raise Problem(415, "Unsupported media type",
-                  f"send multipart/form-data with a file field 'image', or application/json "
-                  f"with 'image_base64'; got {ctype!r}", type_="/problems/unsupported-media-type")
+    raise UnsupportedMediaTypeError(
+        f"send multipart/form-data with a file field 'image', or application/json with "
+        f"'image_base64'; got {ctype!r}")
 
 
 async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     try:
         form = await request.form(max_files=2, max_fields=50)
-    except Problem:  # the body passed the byte cap while streaming in
+    except ProblemError:  # the body passed the byte cap while streaming in
         raise
     except Exception as exc:  # malformed multipart
-        raise Problem(400, "Malformed form", f"cannot parse the multipart body: {exc}",
-                      type_="/problems/malformed-request") from exc
+        raise MalformedFormError(f"cannot parse the multipart body: {exc}") from exc
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise _missing_image("multipart field 'image' must be a file "
                              "(curl -F image=@photo.jpg)")
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
-        raise too_large(settings.max_upload_bytes)
+        raise UploadTooLargeError(settings.max_upload_bytes)
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
         if key == "image":
             continue
         if not isinstance(value, str):
-            raise Problem(422, "Invalid parameters", f"{key}: must be a plain value, not a file",
-                          type_="/problems/invalid-parameter",
-                          errors=[{"field": key, "message": "must not be a file"}])
+            raise InvalidParameterError(f"{key}: must be a plain value, not a file",
+                                        errors=[{"field": key, "message": "must not be a file"}])
         if value.strip() != "":
             params[key] = value.strip()
     if isinstance(params.get("fill"), str):
@@ -109,7 +108,7 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[
 async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
     raw = await request.body()
     if len(raw) > body_limit(settings, "application/json"):
-        raise too_large(settings.max_upload_bytes)
+        raise UploadTooLargeError(settings.max_upload_bytes)
     body = parse_json(raw)
     if not isinstance(body, dict) or "image_base64" not in body:
         raise _missing_image("send a JSON object with 'image_base64' (and optional 'params')")
@@ -121,16 +120,14 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise Problem(422, "Invalid parameters", f"image_base64: not valid base64 ({exc})",
-                      type_="/problems/invalid-parameter",
-                      errors=[{"field": "image_base64", "message": "not valid base64"}]) from exc
+        raise InvalidParameterError(
+            f"image_base64: not valid base64 ({exc})",
+            errors=[{"field": "image_base64", "message": "not valid base64"}]) from exc
     if len(data) > settings.max_upload_bytes:
-        raise too_large(settings.max_upload_bytes)
+        raise UploadTooLargeError(settings.max_upload_bytes)
     params = body.get("params") or {}
     if not isinstance(params, dict):
-        raise Problem(422, "Invalid parameters", "params: must be an object",
-                      type_="/problems/invalid-parameter",
-                      errors=[{"field": "params", "message": "must be an object"}])
+        raise InvalidParameterError("must be an object", field="params")
     params = dict(params)
     for key in META_FIELDS:  # accept model/preset at the top level too
         if key in body and key not in params:
@@ -145,15 +142,11 @@ def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw or b"null")
     except RecursionError as exc:
-        raise Problem(400, "Malformed JSON", "the JSON body nests arrays or objects too "
-                      "deeply", type_="/problems/malformed-request") from exc
+        raise MalformedJSONError("the JSON body nests arrays or objects too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
         reason = str(exc).splitlines()[0][:200]
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {reason}",
-                      type_="/problems/malformed-request") from exc
+        raise MalformedJSONError(f"the body is not valid JSON: {reason}") from exc
 
 
-def _missing_image(detail: str) -> Problem:
-    return Problem(422, "Invalid parameters", f"image: {detail}",
-                   type_="/problems/invalid-parameter",
-                   errors=[{"field": "image", "message": detail}])
+def _missing_image(detail: str) -> InvalidParameterError:
+    return InvalidParameterError(detail, field="image")

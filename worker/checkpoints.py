@@ -3,11 +3,11 @@
 The sweep of a job that runs whole on one worker is cut into segments of whole window
 blocks (randomness is seeded per block, so a segment's partial sums are exactly what the
 full sweep computes for those windows: the same mechanism as split jobs' chunks). After
-each segment its partial sums (:func:`pda.engine.explain.pack_partial`) are written
+each segment its partial sums (:func:`pda.engine.sweep.pack_partial`) are written
 under the job, by a compare-and-set that only the attempt holding the job passes. An
 attempt that was rerun (its worker SIGKILLed or OOM-killed, its progress stalled, a warm
 shutdown) loads the segments already stored, reports that much progress at once, sweeps
-only the rest, and merges all of them (:func:`pda.engine.explain.merge_partials`) into
+only the rest, and merges all of them (:func:`pda.engine.sweep.merge_partials`) into
 the map an uninterrupted sweep gives. The checkpoints are deleted with the job's other
 working keys when it finishes, fails or is canceled (:func:`pda.jobs.store.chunk_keys`).
 
@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from pda.engine.explain import Setup, merge_partials, pack_partial, sweep_part
-from pda.engine.sweep import Sweep
+from pda.engine.explain import Setup, sweep_part
+from pda.engine.sweep import Sweep, merge_partials, pack_partial
 from pda.grid import BLOCK_WINDOWS, count_windows, passes_per_window
 from pda.jobs.record import JobStatus
 from pda.jobs.store import JobStore, checkpoint_key

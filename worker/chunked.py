@@ -19,13 +19,15 @@ from typing import Any
 
 import torch
 
-from pda.engine.explain import conclude, merge_partials, pack_partial, sweep_part
-from pda.errors import Canceled, PDAError
+from pda.engine.explain import conclude, sweep_part
+from pda.engine.sweep import merge_partials, pack_partial
+from pda.errors import Canceled, JobFailedError, PDAError
+from pda.grid import count_windows
 from pda.jobs import lifecycle
 from pda.jobs.chunks import MERGE, Chunks, member
 from pda.jobs.record import JobRecord, JobStatus
 from pda.keys import RUNNING
-from pda.params import count_windows
+from pda.problems import job_problem
 from pda.settings import Settings, get_settings
 from worker import interleave, tasks
 from worker.liveness import Pulse, start_beat
@@ -105,16 +107,15 @@ def _chunk_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord,
         log.warning("job %s: chunk %d requeued by a warm shutdown", job_id, part)
         return "requeued"
     if isinstance(exc, PDAError):
-        tasks.persist(lifecycle.fail, store, job_id, record.model, tasks.problem(exc, 422))
+        tasks.persist(lifecycle.fail, store, job_id, record.model, job_problem(exc))
         return "failed"
     log.error("job %s: chunk %d attempt %d crashed", job_id, part, attempt, exc_info=exc)
     if attempt <= settings.job_retries:
         tasks.persist(chunks.requeue, job_id, part, attempt, at_front=False)
         return "retrying"
-    tasks.persist(lifecycle.fail, store, job_id, record.model, {
-        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-        "detail": f"chunk {part} of the explanation failed after {attempt} attempts: "
-                  f"{tasks.one_line(exc)}"})
+    tasks.persist(lifecycle.fail, store, job_id, record.model, job_problem(JobFailedError(
+        f"chunk {part} of the explanation failed after {attempt} attempts: "
+        f"{tasks.one_line(exc)}")))
     return "failed"
 
 
@@ -192,7 +193,7 @@ def _merge_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord,
         store.r.zrem(RUNNING, member(job_id, MERGE))
         return "lost"
     if isinstance(exc, PDAError):
-        tasks.persist(lifecycle.fail, store, job_id, record.model, tasks.problem(exc, 422))
+        tasks.persist(lifecycle.fail, store, job_id, record.model, job_problem(exc))
         return "failed"
     log.error("job %s: merge attempt %d crashed", job_id, attempt, exc_info=exc)
     if attempt <= settings.job_retries:
@@ -200,10 +201,9 @@ def _merge_stopped(store, chunks: Chunks, settings: Settings, record: JobRecord,
         chunks.r.zadd(RUNNING, {member(job_id, MERGE): time.time()}, xx=True)
         tasks.persist(chunks.enqueue_merge, job_id)
         return "retrying"
-    tasks.persist(lifecycle.fail, store, job_id, record.model, {
-        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-        "detail": f"merging the chunks of the explanation failed after {attempt} attempts: "
-                  f"{tasks.one_line(exc)}"})
+    tasks.persist(lifecycle.fail, store, job_id, record.model, job_problem(JobFailedError(
+        f"merging the chunks of the explanation failed after {attempt} attempts: "
+        f"{tasks.one_line(exc)}")))
     return "failed"
 
 

@@ -32,11 +32,12 @@ from rq.timeouts import BaseTimeoutException
 from pda.engine.device import resolve_device
 from pda.engine.explain import predict
 from pda.engine.inputs import preprocess
-from pda.errors import ModelNotInstalledError, PDAError
+from pda.errors import PDAError, PredictionFailedError
 from pda.images import open_image
 from pda.jobs import predictions
 from pda.jobs.queue import connect, predict_queue
 from pda.models.registry import get_model, loaded_models
+from pda.problems import job_problem
 from pda.settings import Settings, get_settings
 from worker.announce import announce_model
 
@@ -147,20 +148,11 @@ def _answer(conn: redis.Redis, settings: Settings, request: dict[str, Any],
         return {"model": model.name, "input_size": list(model.input_size),
                 "prediction": predict(model, x.to(model.device), top=request["top"])}
     except PDAError as exc:  # found only here: a model file that does not load, ...
-        return {"error": _problem(exc)}
+        return {"error": job_problem(exc)}
     except BaseTimeoutException:
         raise  # RQ's job timeout: the running job's, not this prediction's
     except Exception as exc:  # a bug: tell the caller now rather than after its timeout
         log.error("prediction failed", exc_info=exc)
-        return {"error": {"type": "/problems/prediction-failed", "title": "Prediction failed",
-                          "status": 500, "detail": f"{type(exc).__name__}: {exc}"[:300]}}
+        return {"error": job_problem(
+            PredictionFailedError(f"{type(exc).__name__}: {exc}"[:300]))}
 
-
-def _problem(exc: PDAError) -> dict[str, Any]:
-    """The caller's mistake found in the worker (as :func:`worker.tasks.problem` says it
-    for a job)."""
-    if isinstance(exc, ModelNotInstalledError):
-        return {"type": "/problems/model-not-installed", "title": "Model not installed",
-                "status": 422, "detail": str(exc)}
-    return {"type": "/problems/invalid-job", "title": "The job cannot be run",
-            "status": 422, "detail": str(exc)}

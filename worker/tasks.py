@@ -19,8 +19,7 @@ from typing import Any
 
 import redis
 
-from pda.artifacts import stored_files
-from pda.document import faithfulness_summary
+from pda.document import faithfulness_summary, result_document, stored_files
 from pda.engine.device import auto_batch_size, resolve_device
 from pda.engine.explain import (
     Explanation,
@@ -29,14 +28,14 @@ from pda.engine.explain import (
     conclude,
     faithfulness_passes,
     prepare,
-    result_document,
     split_progress,
     sweep_part,
 )
 from pda.engine.inputs import preprocess, to_uint8
 from pda.engine.stats import get_stats
-from pda.errors import Canceled, ModelNotInstalledError, PDAError
+from pda.errors import Canceled, JobFailedError, PDAError
 from pda.eta import RateMeter
+from pda.grid import count_windows, passes_per_window
 from pda.images import open_image, original_size
 from pda.jobs import lifecycle
 from pda.jobs.chunks import Chunks, split
@@ -44,7 +43,8 @@ from pda.jobs.queue import connect
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
-from pda.params import ExplainParams, count_windows, passes_per_window
+from pda.params import ExplainParams
+from pda.problems import job_problem
 from pda.settings import Settings, get_settings
 from worker import checkpoints, interleave
 from worker.announce import announce_model
@@ -146,16 +146,15 @@ def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: in
         return "requeued"
     if isinstance(exc, PDAError):  # the caller's mistake found late (a broken model file)
         log.warning("job %s failed: %s", job_id, exc)
-        persist(lifecycle.fail, store, job_id, model, problem(exc, 422))
+        persist(lifecycle.fail, store, job_id, model, job_problem(exc))
         return "failed"
     # transient or internal: retry, then fail with a clear message
     log.error("job %s attempt %s crashed", job_id, attempt, exc_info=exc)
     if attempt <= settings.job_retries:
         persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes)
         return "retrying"
-    persist(lifecycle.fail, store, job_id, model, {
-        "type": "/problems/job-failed", "title": "Job failed", "status": 500,
-        "detail": f"the explanation failed after {attempt} attempts: {one_line(exc)}"})
+    persist(lifecycle.fail, store, job_id, model, job_problem(JobFailedError(
+        f"the explanation failed after {attempt} attempts: {one_line(exc)}")))
     return "failed"
 
 
@@ -326,10 +325,3 @@ def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
              settings.chunk_passes)
     return True
 
-
-def problem(exc: PDAError, status: int) -> dict[str, Any]:
-    if isinstance(exc, ModelNotInstalledError):
-        return {"type": "/problems/model-not-installed", "title": "Model not installed",
-                "status": status, "detail": str(exc)}
-    return {"type": "/problems/invalid-job", "title": "The job cannot be run",
-            "status": status, "detail": str(exc)}

@@ -37,12 +37,11 @@ from ..engine.sweep import (
     DEFAULT_TRAIN_SIZE,
     Progress,
     Readout,
-    passes_per_window,
     run_sweep,
     window_scores,
 )
 from ..errors import InvalidParameterError
-from ..grid import grid_shape
+from ..grid import grid_shape, passes_per_window
 from .check import estimate_error
 from .plan import (
     DEFAULT_MARGIN,

@@ -1,12 +1,13 @@
-"""One explanation, end to end: parameters, targets, layer readouts, sweep, document.
+"""One explanation, end to end: parameters, targets, layer readouts, sweep, maps.
 
-This is the adapter the CLI and the RQ job call. It turns a model and a preprocessed
-image into the contract's result document; the numerics live in :mod:`.engine`.
+This is the adapter the CLI and the RQ job call: :func:`prepare`, :func:`sweep_part`,
+:func:`conclude` (or :func:`explain`, all three) turn a model and a preprocessed image
+into an :class:`Explanation` whose maps are NumPy arrays; :func:`pda.document.result_document`
+makes the contract's result document of it. The numerics live in :mod:`.engine`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 
 from ..defaults import PREDICTION_TOP, SAMPLERS
-from ..document import coverage
 from ..drilldown.refine import explain_drilldown
 from ..errors import InvalidParameterError
 from ..grid import check_window
@@ -267,35 +267,6 @@ def _explanation(setup: Setup, rel: torch.Tensor, counts: torch.Tensor, passes: 
     )
 
 
-def pack_partial(sweep: Sweep) -> bytes:
-    """A chunk's sweep as compressed npz bytes: what a split job stores per chunk."""
-    buf = io.BytesIO()
-    ids = sweep.window_ids if sweep.window_ids is not None else torch.arange(
-        len(sweep.window_means))
-    np.savez_compressed(buf, base=sweep.base.cpu().numpy(),
-                        window_means=sweep.window_means.cpu().numpy(),
-                        positions=sweep.positions.cpu().numpy(),
-                        window_ids=ids.cpu().numpy(),
-                        forward_passes=np.int64(sweep.forward_passes))
-    return buf.getvalue()
-
-
-def merge_partials(parts: list[bytes], n_windows: int) -> Sweep:
-    """The chunks' partial sweeps as one sweep over the full grid of ``n_windows``
-    windows, in window order; every window exactly once, or ValueError."""
-    loaded = [np.load(io.BytesIO(b)) for b in parts]
-    ids = np.concatenate([z["window_ids"] for z in loaded])  # (n_w,)
-    order = np.argsort(ids, kind="stable")
-    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(n_windows)):
-        raise ValueError("the chunks' windows do not cover the grid exactly once")
-    means = np.concatenate([z["window_means"] for z in loaded])[order]  # (n_w, T)
-    positions = np.concatenate([z["positions"] for z in loaded])[order]  # (n_w, 2)
-    return Sweep(base=torch.from_numpy(loaded[0]["base"]),
-                 window_means=torch.from_numpy(means),
-                 positions=torch.from_numpy(positions),
-                 forward_passes=int(sum(int(z["forward_passes"]) for z in loaded)))
-
-
 def explain(
     model: Any,
     x: torch.Tensor,
@@ -394,36 +365,3 @@ def score_readout(model: Any, setup: Setup) -> tuple[BackendReadout, str | None]
                      precision="fp32", batch_size=setup.batch_size, cache_dir=setup.cache_dir)
     return BackendReadout(net, "output", setup.targets, model.device), note
 
-
-def result_document(
-    expl: Explanation,
-    *,
-    model_name: str,
-    input_size: tuple[int, int],
-    image_size: tuple[int, int],
-    crop_box: tuple[int, int, int, int],
-    params: ExplainParams,
-    num_classes: int | None = None,
-) -> dict[str, Any]:
-    """The contract's result document without its grids (:mod:`pda.document` adds them:
-    ``result.json`` and the relevance endpoint)."""
-    p = params.model_dump()
-    p["fill"] = list(p["fill"]) if p["fill"] is not None else None
-    p["laplace"] = {"train_size": params.train_size, "num_classes": num_classes}
-    return {
-        "model": {"name": model_name, "input_size": list(input_size)},
-        "image": {"width": image_size[0], "height": image_size[1], "crop_box": list(crop_box)},
-        "params": p,
-        "prediction": expl.prediction,
-        "explanations": [
-            {"target": t, "label": lab, "unit": expl.unit,
-             "max_abs": float(np.abs(expl.relevance[i]).max()),
-             **({"faithfulness": expl.faithfulness[i]} if expl.faithfulness else {})}
-            for i, (t, lab) in enumerate(zip(expl.targets, expl.labels, strict=True))
-        ],
-        "coverage": coverage(expl.counts, params.window, params.stride),
-        "stats": {"forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
-                  "faithfulness_passes": expl.faithfulness_passes},
-        **({"approximation": expl.approximation} if expl.approximation else {}),
-        **({"runtime": expl.runtime} if expl.runtime else {}),
-    }

@@ -15,9 +15,11 @@ Randomness is drawn per block of ``BLOCK_WINDOWS`` windows from a generator seed
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.profiler import record_function
 
@@ -43,6 +45,35 @@ class Sweep:
     positions: torch.Tensor  # (n, 2) corners of the swept windows
     forward_passes: int  # window passes, without the unmodified image's
     window_ids: torch.Tensor | None = None  # (n,) indices into the full grid; None = all
+
+
+def pack_partial(sweep: Sweep) -> bytes:
+    """A chunk's sweep as compressed npz bytes: what a split job stores per chunk."""
+    buf = io.BytesIO()
+    ids = sweep.window_ids if sweep.window_ids is not None else torch.arange(
+        len(sweep.window_means))
+    np.savez_compressed(buf, base=sweep.base.cpu().numpy(),
+                        window_means=sweep.window_means.cpu().numpy(),
+                        positions=sweep.positions.cpu().numpy(),
+                        window_ids=ids.cpu().numpy(),
+                        forward_passes=np.int64(sweep.forward_passes))
+    return buf.getvalue()
+
+
+def merge_partials(parts: list[bytes], n_windows: int) -> Sweep:
+    """The chunks' partial sweeps as one sweep over the full grid of ``n_windows``
+    windows, in window order; every window exactly once, or ValueError."""
+    loaded = [np.load(io.BytesIO(b)) for b in parts]
+    ids = np.concatenate([z["window_ids"] for z in loaded])  # (n_w,)
+    order = np.argsort(ids, kind="stable")
+    if len(np.unique(ids)) != len(ids) or not np.array_equal(ids[order], np.arange(n_windows)):
+        raise ValueError("the chunks' windows do not cover the grid exactly once")
+    means = np.concatenate([z["window_means"] for z in loaded])[order]  # (n_w, T)
+    positions = np.concatenate([z["positions"] for z in loaded])[order]  # (n_w, 2)
+    return Sweep(base=torch.from_numpy(loaded[0]["base"]),
+                 window_means=torch.from_numpy(means),
+                 positions=torch.from_numpy(positions),
+                 forward_passes=int(sum(int(z["forward_passes"]) for z in loaded)))
 
 
 def laplace(p: torch.Tensor, train_size: int, num_classes: int) -> torch.Tensor:

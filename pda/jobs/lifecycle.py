@@ -27,8 +27,14 @@ import redis
 from rq import Queue
 
 from .. import keys
-from ..errors import IdempotencyConflictError, QueueFullError, TooManyQueuedError
+from ..errors import (
+    IdempotencyConflictError,
+    JobAbandonedError,
+    QueueFullError,
+    TooManyQueuedError,
+)
 from ..params import ExplainParams
+from ..problems import job_problem
 from ..settings import Settings
 from .chunks import MERGE, Chunks, member, parse_member, rq_chunk_id
 from .queue import enqueue_attempt, get_queue, job_timeout, message_pending, rq_job_id
@@ -203,9 +209,8 @@ def reap_abandoned(settings: Settings, store: JobStore) -> list[str]:
                 log.warning("job %s abandoned by %s (%s); requeued as attempt %d",
                             job_id, rec.worker, reason, rec.attempt + 1)
         else:
-            fail(store, rec, rec.model or "?", {
-                "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
-                "detail": f"the worker running this job stopped {rec.attempt} times; giving up"})
+            fail(store, rec, rec.model or "?", job_problem(JobAbandonedError(
+                f"the worker running this job stopped {rec.attempt} times; giving up")))
         out.append(job_id)
     return out
 
@@ -217,10 +222,9 @@ def _reap_part(settings: Settings, store: JobStore, job_id: str, part: str) -> N
     chunks = Chunks(store, settings)
     if part == MERGE:
         if rec.merge_attempts > settings.job_retries:
-            fail(store, rec, rec.model, {
-                "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
-                "detail": f"the workers merging this job's chunks stopped "
-                          f"{rec.merge_attempts} times; giving up"})
+            fail(store, rec, rec.model, job_problem(JobAbandonedError(
+                f"the workers merging this job's chunks stopped {rec.merge_attempts} times; "
+                "giving up")))
             return
         store.r.zadd(keys.RUNNING, {member(job_id, MERGE): time.time()})
         chunks.enqueue_merge(job_id)
@@ -234,10 +238,9 @@ def _reap_part(settings: Settings, store: JobStore, job_id: str, part: str) -> N
             log.warning("job %s: chunk %s abandoned by %s; rerun alone as attempt %d",
                         job_id, part, entry.get("worker"), entry["attempt"] + 1)
     else:
-        fail(store, rec, rec.model, {
-            "type": "/problems/job-abandoned", "title": "Job abandoned", "status": 500,
-            "detail": f"the workers running chunk {part} of this job stopped "
-                      f"{entry['attempt']} times; giving up"})
+        fail(store, rec, rec.model, job_problem(JobAbandonedError(
+            f"the workers running chunk {part} of this job stopped {entry['attempt']} times; "
+            "giving up")))
 
 
 def requeue_lost(settings: Settings, store: JobStore) -> list[str]:

@@ -191,9 +191,7 @@ def _load_builtin(spec: _Builtin, settings: Settings, random_weights: bool) -> n
     else:
         path = catalog.find_weights(spec.name, settings)
         if path is None:
-            raise ModelNotInstalledError(
-                f"model {spec.name!r} is known but its weights are not installed: "
-                f"{catalog.install_hint(spec.name, settings)}")
+            raise ModelNotInstalledError.of(spec.name, catalog.install_hint(spec.name, settings))
         with torch.device("meta"):  # skip the random init; weights are assigned below
             module = spec.build()
         try:

@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from pda import catalog
 from pda import document as docs
-from pda.errors import ModelLoadError, ModelNotInstalledError
+from pda.errors import (
+    InvalidParameterError,
+    JobTooLargeError,
+    ModelLoadError,
+    ModelNotInstalledError,
+    UnknownTargetError,
+)
 from pda.jobs import lifecycle
 from pda.jobs.lifecycle import Submission
 from pda.jobs.record import JobRecord, JobStatus
@@ -24,12 +30,19 @@ from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.render import render_overlay
 
-from .. import forms
+from .. import forms, overlays
 from ..deps import OwnerDep, StateDep, StoreDep
-from ..jobs_view import expired, job_public, recent_rate, require_results, retry_after
+from ..jobs_view import (
+    expired,
+    job_public,
+    recent_rate,
+    require_results,
+    retry_after,
+    unknown_job,
+)
 from ..limits import caller_of
 from ..metrics import JOBS_SUBMITTED
-from ..problems import Problem, field_errors
+from ..problems import field_errors
 from ..schemas import ExplanationPublic, ResultDocument
 from ..uploads import decode_slot, decode_upload, read_upload
 
@@ -45,8 +58,7 @@ def _get_job(store: JobStore, job_id: str, owner: str) -> JobRecord:
     rec = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     # another caller's job is "not found": ids must not leak whether they exist
     if rec is None or rec.owner != owner:
-        raise Problem(404, "Unknown job", f"no explanation job {job_id!r} (unknown, deleted "
-                      "long ago, or not yours)", type_="/problems/unknown-job")
+        raise unknown_job(job_id)
     return rec
 
 
@@ -62,24 +74,23 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
         params = ExplainParams(**with_preset(raw, preset))
     except ValidationError as exc:
         errors = field_errors(exc)
-        raise Problem(422, "Invalid parameters", f"{errors[0]['field']}: {errors[0]['message']}",
-                      type_="/problems/invalid-parameter", errors=errors) from exc
+        raise InvalidParameterError(f"{errors[0]['field']}: {errors[0]['message']}",
+                                    errors=errors) from exc
     info = catalog.model_info(model_name, settings, state.conn, local_is_truth=state.embedded)
     size = decode_upload(data, settings, info.get("input_size"))
     if info.get("available") is False and info["source"] == "builtin":
-        raise ModelNotInstalledError(f"model {info['name']!r} is known but its weights are "
-                                     f"not installed: {info['install']}")
+        raise ModelNotInstalledError.of(info["name"], info["install"])
     if info.get("available") is False or not info.get("input_size"):
         raise ModelLoadError(info["description"])  # a model file with a broken sidecar
     check_against_model(params, info)
     n = plan(params, tuple(info["input_size"]))
     if n["forward_passes"] > settings.max_forward_passes:
-        raise Problem(422, "Job too large", f"samples/window/stride: this job needs "
-                      f"{n['forward_passes']} forward passes, over the limit of "
-                      f"{settings.max_forward_passes} (PDA_MAX_FORWARD_PASSES); use a larger "
-                      "stride or window, or fewer samples", type_="/problems/invalid-parameter",
-                      errors=[{"field": "samples", "message": "too many forward passes"}],
-                      forward_passes=n["forward_passes"])
+        raise JobTooLargeError(
+            f"samples/window/stride: this job needs {n['forward_passes']} forward passes, "
+            f"over the limit of {settings.max_forward_passes} (PDA_MAX_FORWARD_PASSES); use "
+            "a larger stride or window, or fewer samples",
+            errors=[{"field": "samples", "message": "too many forward passes"}],
+            forward_passes=n["forward_passes"])
     return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
 
 
@@ -189,24 +200,35 @@ def get_overlay(
 ) -> Response:
     """The overlay PNG for one target: red = evidence for, blue = against."""
     store = state.store
-    rec = _get_job(store, job_id, owner)
-    require_results(rec)
+    rec = _get_job(store, job_id, owner)  # the record first: a cached PNG of a canceled,
+    require_results(rec)  # deleted or expired job is never served
     targets = [t["target"] for t in rec.targets or []]
     chosen = targets[0] if target is None and targets else target
     if chosen not in targets:
-        raise Problem(404, "Unknown target", f"job {job_id} has no overlay for target {target}; "
-                      f"its targets are {targets}", type_="/problems/unknown-target")
+        raise UnknownTargetError(f"job {job_id} has no overlay for target {target}; its "
+                                 f"targets are {targets}")
+    key = (rec.id, rec.finished_at, view, chosen, scale)
+    png = overlays.CACHE.get(key)
+    if png is None:
+        png = _overlay(state, rec, targets.index(chosen), scale=scale, view=view)
+        overlays.CACHE.put(key, png)
+    return _png(request, png)
+
+
+def _overlay(state, rec: JobRecord, index: int, *, scale: str, view: str) -> bytes:
+    """Render one overlay from the stored files; the photo view is drawn with the stored
+    content box (or, for a result stored before it was kept, one placed from the job's
+    ``fit``)."""
+    store = state.store
     document, relevance, counts = _results(store, rec)
-    index = targets.index(chosen)
     if view == "photo":
         photo = Image.open(io.BytesIO(_file(store, rec, docs.PHOTO)))
-        png = _render(state, render_overlay, document, relevance, counts, index, photo=photo,
-                      scale=scale)
-    else:
-        image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
-        png = _render(state, render_overlay, document, relevance, counts, index,
-                      input_image=image, scale=scale, view="input")
-    return _png(request, png)
+        box = docs.content_box(document, (rec.params or {}).get("fit"))
+        return _render(state, render_overlay, document, relevance, counts, index,
+                       photo=photo, scale=scale, content_box=box)
+    image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
+    return _render(state, render_overlay, document, relevance, counts, index,
+                   input_image=image, scale=scale, view="input")
 
 
 def _render(state, fn, *args, **kwargs) -> bytes:
@@ -226,4 +248,6 @@ def get_input(request: Request, job_id: str, store: StoreDep, owner: OwnerDep) -
 def delete_explanation(job_id: str, state: StateDep, owner: OwnerDep):
     """Cancel the job (a running sweep stops within one batch) and delete its results."""
     rec = _get_job(state.store, job_id, owner)
-    return job_public(lifecycle.cancel(state.store, state.queue, rec))
+    canceled = lifecycle.cancel(state.store, state.queue, rec)
+    overlays.CACHE.drop(job_id)
+    return job_public(canceled)

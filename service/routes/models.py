@@ -8,7 +8,6 @@ from pda import catalog
 from pda.errors import UnknownModelError
 
 from ..deps import OwnerDep, StateDep
-from ..problems import Problem
 from ..schemas import ModelDetail, ModelPublic
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -27,5 +26,4 @@ def get_model_route(name: str, state: StateDep, owner: OwnerDep):
         return catalog.model_info(name, state.settings, state.conn,
                                   local_is_truth=state.embedded)
     except UnknownModelError as exc:
-        raise Problem(404, "Unknown model", f"{exc}; see /v1/models",
-                      type_="/problems/unknown-model") from exc
+        raise UnknownModelError(f"{exc}; see /v1/models") from exc

@@ -10,14 +10,20 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from pda import catalog
-from pda.errors import ModelNotInstalledError
+from pda.errors import (
+    InvalidParameterError,
+    ModelNotInstalledError,
+    NoWorkerError,
+    NoWorkerInTimeError,
+    RemoteProblem,
+)
 from pda.jobs import predictions
 from pda.jobs.store import new_job_id
 from pda.params import PredictParams
 
 from .. import forms
 from ..deps import OwnerDep, StateDep
-from ..problems import Problem, field_errors
+from ..problems import field_errors
 from ..schemas import PredictionPublic
 from ..uploads import decode_upload, read_upload
 
@@ -39,10 +45,8 @@ async def create_prediction(request: Request, state: StateDep, owner: OwnerDep):
     return await run_in_threadpool(_predict, state, data, raw)
 
 
-def _invalid(field: str, message: str) -> Problem:
-    return Problem(422, "Invalid parameters", f"{field}: {message}",
-                   type_="/problems/invalid-parameter",
-                   errors=[{"field": field, "message": message}])
+def _invalid(field: str, message: str) -> InvalidParameterError:
+    return InvalidParameterError(message, field=field)
 
 
 def _request(state, raw: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +59,7 @@ def _request(state, raw: dict[str, Any]) -> dict[str, Any]:
     info = catalog.model_info(params.model or settings.default_model, settings,
                               state.conn, local_is_truth=state.embedded)
     if info.get("available") is False and info["source"] == "builtin":
-        raise ModelNotInstalledError(f"model {info['name']!r} is known but its weights are "
-                                     f"not installed: {info['install']}")
+        raise ModelNotInstalledError.of(info["name"], info["install"])
     return {"model": info["name"], "top": params.top, "fit": params.fit,
             "input_size": info.get("input_size")}
 
@@ -71,20 +74,18 @@ def _predict(state, data: bytes, raw: dict[str, Any]) -> dict[str, Any]:
     predictions.submit(state.conn, state.predict_queue, pred_id, req, data, timeout)
     if state.registry.alive_count() == 0:
         # the queued request stays until it expires, so a scaler sees the demand
-        raise Problem(503, "No worker", "no worker is alive to compute the prediction; one "
-                      "may be starting (scale from zero): retry shortly",
-                      type_="/problems/no-worker",
-                      headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
+        raise NoWorkerError("no worker is alive to compute the prediction; one may be "
+                            "starting (scale from zero): retry shortly",
+                            headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
     try:
         body = predictions.wait(state.conn, pred_id, timeout)
     except predictions.NoAnswer:
         predictions.withdraw(state.conn, state.predict_queue, pred_id)
-        raise Problem(503, "No worker in time", f"no worker answered within {timeout:g} s "
-                      "(PDA_PREDICT_TIMEOUT_SECONDS): all are busy or starting; retry shortly",
-                      type_="/problems/no-worker",
-                      headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+        raise NoWorkerInTimeError(f"no worker answered within {timeout:g} s "
+                                  "(PDA_PREDICT_TIMEOUT_SECONDS): all are busy or starting; "
+                                  "retry shortly",
+                                  headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
     if "error" in body:
-        err = body["error"]
-        raise Problem(err["status"], err["title"], err["detail"], type_=err["type"])
+        raise RemoteProblem(body["error"])  # the worker's problem document, as it made it
     body["seconds"] = round(time.perf_counter() - start, 4)
     return body

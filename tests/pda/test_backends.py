@@ -243,7 +243,8 @@ def test_gpu_marker_is_registered():
 
 @pytest.mark.parametrize("layer", ["output", "features.2"])
 def test_explain_runs_on_the_chosen_backend_and_records_it(layer, tmp_path):
-    from pda.engine.explain import explain, result_document
+    from pda.document import result_document
+    from pda.engine.explain import explain
     from pda.params import ExplainParams
 
     model = wrap(ConvNet(classes=5), SIZE, classes=5)

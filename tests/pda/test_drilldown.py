@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pda.document import result_document
 from pda.drilldown.check import estimate_error
 from pda.drilldown.refine import (
     SweepScores,
@@ -16,7 +17,7 @@ from pda.drilldown.refine import (
     refine_cells,
 )
 from pda.drilldown.ssim import data_range, ssim, ssim_map
-from pda.engine.explain import explain, result_document
+from pda.engine.explain import explain
 from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
 from pda.errors import InvalidParameterError

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pda.document import faithfulness_summary
-from pda.engine.explain import explain, result_document
+from pda.document import faithfulness_summary, result_document
+from pda.engine.explain import explain
 from pda.engine.faithfulness import (
     auc,
     block_order,

@@ -232,7 +232,8 @@ def test_efficientnet_lite0_on_a_real_photo_gives_the_naive_map():
 
 @pytest.mark.parametrize("layer", ["output", "block.squeeze", "block"])
 def test_explain_with_incremental_on_gives_the_off_map_and_says_so(layer):
-    from pda.engine.explain import explain, result_document
+    from pda.document import result_document
+    from pda.engine.explain import explain
     from pda.params import ExplainParams
 
     size = 24

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pda.document import result_document
 from pda.engine.backends import openvino_backend
-from pda.engine.explain import explain, result_document
+from pda.engine.explain import explain
 from pda.params import ExplainParams, plan
 
 from .toys import ConvNet, wrap

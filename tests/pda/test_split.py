@@ -13,11 +13,10 @@ from pda.engine.explain import (
     add_faithfulness,
     conclude,
     explain,
-    merge_partials,
-    pack_partial,
     prepare,
     sweep_part,
 )
+from pda.engine.sweep import merge_partials, pack_partial
 from pda.grid import BLOCK_WINDOWS
 from pda.jobs.chunks import split
 from pda.params import ExplainParams

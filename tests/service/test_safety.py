@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pda import keys
+from pda.errors import ProblemError as Problem
 from pda.jobs.store import JobStore, new_job_id
 from service.limits import _rate_wait, check_rate
-from service.problems import Problem
 
 from .conftest import CAT, SMALL, make_settings
 from .test_api import assert_problem, submit
