@@ -12,6 +12,7 @@ This module imports torch; ``import pda`` does not (``pda.explain`` loads it on 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from .errors import InvalidParameterError
 from .images import check_min_side, open_image, original_size
 from .models.registry import LoadedModel, get_model
 from .params import ExplainParams, plan, with_preset
+from .runtime import COMPILE_DEPRECATED, Runtime
 from .settings import Settings, get_settings
 
 ImageSource = str | Path | bytes | Image.Image
@@ -127,15 +129,19 @@ def explain(
     """
     settings = settings or get_settings()
     checked = explain_params(params, preset)
+    runtime = Runtime.from_settings(settings, backend=backend, precision=precision,
+                                    batch_size=batch_size, device=device)
+    if compile:
+        warnings.warn(f"compile=True: {COMPILE_DEPRECATED}", FutureWarning, stacklevel=2)
+        runtime = runtime.replace(backend="compile")
     loaded = load(model, settings, input_size=input_size, mean=mean, std=std, labels=labels,
-                  device=device)
+                  device=runtime.device)
     # a caller's module: dropout and batch-norm statistics off while explaining, and back
     # to training mode after (registry models are in eval mode for good)
     was_training = isinstance(model, nn.Module) and model.training
     try:
         _eval(loaded.module)
-        return _run(image, loaded, checked, settings, backend=backend, precision=precision,
-                    batch_size=batch_size, compile=compile, sampler_stats=sampler_stats,
+        return _run(image, loaded, checked, settings, runtime, sampler_stats=sampler_stats,
                     progress=progress, announce=announce)
     finally:
         if was_training:
@@ -221,8 +227,7 @@ def _image_source(image: ImageSource) -> str | Path | bytes:
 
 
 def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings: Settings,
-         *, backend: str | None, precision: str | None, batch_size: int | None,
-         compile: bool, sampler_stats: str | Path | None, progress: Progress | None,
+         runtime: Runtime, *, sampler_stats: str | Path | None, progress: Progress | None,
          announce: Callable[[str], None] | None) -> Result:
     photo = open_image(_image_source(image), max_pixels=settings.max_image_pixels,
                        fit_to=model.input_size)
@@ -232,19 +237,14 @@ def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings
     x, crop = preprocess(photo, model.input_size, params.fit)
     n = plan(params, model.input_size)
     stats = get_stats(str(sampler_stats) if sampler_stats else settings.sampler_stats)
-    batch = batch_size or settings.batch_size or auto_batch_size(
-        model.device, model.input_size, model)
-    backend = backend or settings.backend
+    batch = runtime.batch_size or auto_batch_size(model.device, model.input_size, model)
+    runtime = runtime.replace(batch_size=batch)
     if announce is not None:
-        announce(f"pda: {model.name} on {model.device} ({backend} backend), "
+        announce(f"pda: {model.name} on {model.device} ({runtime.backend} backend), "
                  f"{n['windows']} windows, "
                  f"{'at most ' if params.drilldown is not None else ''}{n['forward_passes']} "
                  f"forward passes, batch {batch}")
-    expl = engine_explain(model, x, params, stats, batch_size=batch, progress=progress,
-                          precision=precision or settings.precision,
-                          compile=compile or settings.compile,
-                          incremental_default=settings.incremental, backend=backend,
-                          cache_dir=settings.backend_cache_dir)
+    expl = engine_explain(model, x, params, stats, runtime, progress=progress)
     doc = result_document(expl, model_name=model.name, input_size=model.input_size,
                           image_size=original_size(photo), crop_box=crop, params=params,
                           num_classes=model.num_classes)

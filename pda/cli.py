@@ -72,11 +72,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except InvalidParameterError as exc:
         flag = f"--{exc.field.replace('_', '-')}: " if exc.field else ""
         return _fail(f"{flag}{exc}")
+    backend = args.backend
+    if args.compile:
+        print("pda: --compile is deprecated and will be removed: use --backend compile",
+              file=sys.stderr)
+        backend = "compile"
     bar = _Progress(not args.quiet)
     try:  # the library's explanation (pda.api): one code path, one set of defaults
-        result = explain(args.image, args.model, preset=args.preset, backend=args.backend,
+        result = explain(args.image, args.model, preset=args.preset, backend=backend,
                          device=args.device, precision=args.precision,
-                         batch_size=args.batch_size, compile=args.compile,
+                         batch_size=args.batch_size,
                          sampler_stats=args.sampler_stats, progress=bar,
                          announce=lambda line: print(line, file=sys.stderr), **given)
     finally:
@@ -249,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
     e.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (pays off on long sweeps)")
+                   help="deprecated: use --backend compile")
     e.add_argument("--backend", choices=BACKENDS,
                    help="execution backend (default PDA_BACKEND, auto: the fastest exact one "
                    "for the device)")

@@ -49,8 +49,8 @@ class Settings(BaseSettings):
         "fp32", description="fp32, bf16 or fp16 (bf16/fp16 pay off on GPU only)"
     )
     compile: bool = Field(
-        False, description="torch.compile the model for output/logits sweeps (needs a C++ "
-        "compiler; falls back to eager)"
+        False, description="deprecated: use PDA_BACKEND=compile (still honoured, with a "
+        "warning, where PDA_BACKEND is auto)"
     )
     incremental: Literal[INCREMENTAL_MODES] = Field(
         "auto", description="exact incremental inference when a request leaves it at auto: "

@@ -23,6 +23,7 @@ from pda.grid import count_windows
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +51,8 @@ def main() -> None:
 def time_job(model, x, params, dev, bs, precision, args) -> dict:
     """Build the readout (conversion or compilation included), warm up, time the sweep."""
     t0 = time.perf_counter()
-    setup = prepare(model, x, params, get_stats(), batch_size=bs, precision=precision,
-                    backend=args.backend)
+    setup = prepare(model, x, params, get_stats(),
+                    runtime=Runtime(batch_size=bs, precision=precision, backend=args.backend))
     build = time.perf_counter() - t0
     n_w = count_windows(*model.input_size, params.window, params.stride)
     n = max(1, round(n_w * args.fraction))

@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from pda.runtime import Runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,8 @@ def main() -> None:
     batch = args.batch_size or auto_batch_size(x.device, model.input_size, model)
     seen: list[tuple[float, int]] = []
     started = time.perf_counter()
-    expl = explain(model, x, params, get_stats(), batch_size=batch, backend=args.backend,
+    expl = explain(model, x, params, get_stats(),
+                   runtime=Runtime(batch_size=batch, backend=args.backend),
                    progress=lambda d, _t: seen.append((time.perf_counter(), d)))
     wall = time.perf_counter() - started
 

@@ -32,6 +32,7 @@ from pda.jobs.chunks import chunk_queue
 from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
+from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
 from worker import tasks
 from worker.announce import announce_builtins, announce_model
@@ -93,12 +94,13 @@ def warm_backend(model: Any, settings: Settings) -> None:
     from pda.engine.device import auto_batch_size
 
     t = time.perf_counter()
-    batch = settings.batch_size or auto_batch_size(model.device, model.input_size, model)
+    rt = Runtime.from_settings(settings)  # what the jobs will run (worker.tasks)
+    batch = rt.batch_size or auto_batch_size(model.device, model.input_size, model)
     try:
-        net = build_net(model, "output", backend=settings.backend, precision=settings.precision,
-                        batch_size=batch, cache_dir=settings.backend_cache_dir)
+        net = build_net(model, "output", backend=rt.backend, precision=rt.precision,
+                        batch_size=batch, cache_dir=rt.cache_dir)
     except Exception as exc:  # logged; each job then reports the same error itself
-        log.warning("backend %s for %s: %s", settings.backend, model.name, exc)
+        log.warning("backend %s for %s: %s", rt.backend, model.name, exc)
         return
     log.info("backend %s (%s) ready for %s in %.1f s", net.runtime.backend,
              net.runtime.precision, model.name, time.perf_counter() - t)

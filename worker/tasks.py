@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from pda.document import faithfulness_summary, result_document, stored_files
-from pda.engine.device import auto_batch_size, resolve_device
+from pda.engine.device import resolve_device
 from pda.engine.explain import (
     Explanation,
     Setup,
@@ -45,6 +45,7 @@ from pda.jobs.store import JobStore, is_transient
 from pda.models.registry import get_model
 from pda.params import ExplainParams
 from pda.problems import job_problem
+from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
 from worker import checkpoints, interleave
 from worker.announce import announce_model
@@ -200,7 +201,8 @@ def prepare_job(store: JobStore, settings: Settings, record: JobRecord, *,
                 ) -> Prepared:
     """Load the model (process cache), decode the stored upload and prepare the sweep;
     ``targets`` (the record's, of a split job) fixes the targets its planning run chose."""
-    device = resolve_device(settings.device)
+    runtime = Runtime.from_settings(settings)  # PDA_BACKEND, PDA_PRECISION, PDA_DEVICE, ...
+    device = resolve_device(runtime.device)
     model = get_model(record.model, device, settings)
     announce_model(store.r, model)
     params = ExplainParams(**record.params)
@@ -210,12 +212,9 @@ def prepare_job(store: JobStore, settings: Settings, record: JobRecord, *,
     image = open_image(image_bytes, max_pixels=settings.max_image_pixels,
                        fit_to=model.input_size)
     x, crop = preprocess(image, model.input_size, params.fit)
-    batch = settings.batch_size or auto_batch_size(device, model.input_size, model)
-    setup = prepare(model, x, params, get_stats(settings.sampler_stats), batch_size=batch,
+    setup = prepare(model, x, params, get_stats(settings.sampler_stats), runtime,
                     targets=[t["target"] for t in targets] if targets else None,
-                    on_prediction=on_prediction, precision=settings.precision,
-                    compile=settings.compile, incremental_default=settings.incremental,
-                    backend=settings.backend, cache_dir=settings.backend_cache_dir)
+                    on_prediction=on_prediction)
     return Prepared(setup, image, crop, model)
 
 

@@ -23,7 +23,8 @@ from ..errors import InvalidParameterError
 from ..grid import check_window
 from ..params import ExplainParams, parse_target
 from ..params import faithfulness_passes as planned_faithfulness_passes
-from .backends import BackendReadout, build_net, resolve_backend, torch_threads
+from ..runtime import Runtime
+from .backends import BackendReadout, net_for, resolve_backend, torch_threads
 from .device import auto_batch_size, check_precision
 from .faithfulness import score
 from .geometry import window_positions
@@ -91,8 +92,8 @@ class Setup:
     torch_threads: int | None = None  # torch's threads while the backend runs
     window_readout: WindowReadout | None = None  # exact incremental inference, when used
     score_backend: str = "torch"  # what runs the faithfulness scores (concrete, never auto)
-    backend_fallback: bool = False  # the caller left the backend to auto
-    cache_dir: Any = None  # converted graphs on disk (the scores' net too)
+    #: the caller's runtime choices, with the batch size fixed (the scores' net uses them)
+    choices: Runtime = Runtime()
 
 
 def prepare(
@@ -100,40 +101,39 @@ def prepare(
     x: torch.Tensor,
     params: ExplainParams,
     stats: SamplerStats,
+    runtime: Runtime,
     *,
     targets: list[int] | None = None,
-    batch_size: int | None = None,
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
-    backend: str,  # required: the CLI's default (auto) lives in the settings (issue 19)
-    cache_dir: Any = None,
-    incremental_default: str = "auto",
 ) -> Setup:
     """Check the parameters, predict, fix the targets (``targets`` given: those, as the
     planning run of a split job chose them) and build the readout and the sampler.
 
-    ``backend`` runs the readout (:mod:`.backends`: torch, compile, openvino, onnxruntime
-    or auto); ``compile`` is the older spelling of backend ``compile``; ``cache_dir``
-    keeps converted graphs across restarts. Where exact incremental inference (torch) was
-    measured faster than that backend's naive sweep (:mod:`.incremental.decisions`), the
-    windows go through it instead; ``incremental_default`` (``PDA_INCREMENTAL``) stands in for a
-    request's ``incremental="auto"``."""
+    ``runtime`` (:class:`pda.runtime.Runtime`: the CLI's, the library's or the worker's,
+    built once from the settings) says how: its backend runs the readout
+    (:mod:`.backends`; ``auto`` is resolved here, once, for the model's device), its
+    precision the forward passes, its cache dir keeps converted graphs across restarts.
+    Where exact incremental inference (torch) was measured faster than that backend's
+    naive sweep (:mod:`.incremental.decisions`), the windows go through it instead;
+    ``runtime.incremental`` (``PDA_INCREMENTAL``) stands in for a request's
+    ``incremental="auto"``. The model is already on its device: ``runtime.device`` chose
+    it when it was loaded."""
     started = time.perf_counter()
     if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
     C, H, W = x.shape
     check_window(H, W, params.window, params.stride)
+    precision = runtime.precision
     check_precision(precision, model.device)  # fail before any forward pass
     x = x.to(model.device)
     prediction = predict(model, x)
     if on_prediction is not None:
         on_prediction(prediction)
-    if batch_size is None:
-        batch_size = auto_batch_size(x.device, (H, W), model)
-    asked = "compile" if compile else backend
-    backend = resolve_backend(asked, model.device, precision)
-    mode = incremental_default if params.incremental == "auto" else params.incremental
+    batch_size = runtime.batch_size or auto_batch_size(x.device, (H, W), model)
+    runtime = runtime.replace(batch_size=batch_size)
+    asked, cache_dir = runtime.backend, runtime.cache_dir
+    backend = resolve_backend(asked, model.device, precision)  # once per job
+    mode = runtime.incremental if params.incremental == "auto" else params.incremental
     incremental = params.drilldown is None and precision == "fp32" and use_incremental(
         mode, model.name, x.device.type, backend)
     net, note = _net(model, params.layer, "torch" if incremental else backend, asked == "auto",
@@ -160,17 +160,16 @@ def prepare(
     # the scores run where a naive sweep would (incremental inference only helps windows);
     # a model the backend could not convert stays on torch for them too
     score_backend = "torch" if note else backend
-    runtime = {**readout.runtime.as_dict(), "incremental": windows is not None,
+    recorded = {**readout.runtime.as_dict(), "incremental": windows is not None,
                "incremental_mode": mode, **({"incremental_note": why} if why else {}),
                **({"backend_note": note} if note else {})}
     return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
                  labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
                  readout=readout, sampler=sampler, batch_size=batch_size,
                  precision=precision, fixed_batch=readout.fixed_batch, started=started,
-                 channels_last=readout.channels_last, runtime=runtime,
+                 channels_last=readout.channels_last, runtime=recorded,
                  torch_threads=readout.torch_threads, window_readout=windows,
-                 score_backend=score_backend, backend_fallback=asked == "auto",
-                 cache_dir=cache_dir)
+                 score_backend=score_backend, choices=runtime)
 
 
 def _net(model: Any, layer: str, backend: str, fallback: bool, **kw: Any
@@ -178,12 +177,12 @@ def _net(model: Any, layer: str, backend: str, fallback: bool, **kw: Any
     """The backend's net; when the caller left the backend to ``auto`` and conversion fails
     (a user model file the converter cannot read), torch eager and why."""
     try:
-        return build_net(model, layer, backend=backend, **kw), None
+        return net_for(model, layer, backend, **kw), None
     except Exception as e:  # noqa: BLE001 (any converter error: the torch path still works)
         if not fallback or backend == "torch":
             raise
         log.warning("backend %s cannot run %s (%s); using torch", backend, model.name, e)
-        return build_net(model, layer, backend="torch", **kw), (
+        return net_for(model, layer, "torch", **kw), (
             f"{backend} could not convert the model, so torch ran it: {str(e)[:160]}")
 
 
@@ -272,28 +271,20 @@ def explain(
     x: torch.Tensor,
     params: ExplainParams,
     stats: SamplerStats,
+    runtime: Runtime,
     *,
-    batch_size: int | None = None,
     progress: Progress | None = None,
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
-    backend: str,  # required: the CLI's default (auto) lives in the settings (issue 19)
-    cache_dir: Any = None,
-    incremental_default: str = "auto",
 ) -> Explanation:
     """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
 
-    ``batch_size`` None picks one for the model's device (:func:`.device.auto_batch_size`);
-    ``precision`` bf16/fp16 runs the sweep's forward passes under autocast (the reported
-    prediction stays fp32). ``backend`` picks the runtime of the sweep's forward passes
-    (:mod:`.backends`; ``auto`` = the fastest exact one for the device), ``compile`` True
-    is backend ``compile``; the result records what ran (``Explanation.runtime``).
+    ``runtime`` says how (:func:`prepare`): batch size None picks one for the model's
+    device (:func:`.device.auto_batch_size`); precision bf16/fp16 runs the sweep's forward
+    passes under autocast (the reported prediction stays fp32); the backend runs them
+    (:mod:`.backends`; ``auto`` = the fastest exact one for the device). The result
+    records what ran (``Explanation.runtime``).
     """
-    setup = prepare(model, x, params, stats, batch_size=batch_size,
-                    on_prediction=on_prediction, precision=precision, compile=compile,
-                    backend=backend, cache_dir=cache_dir,
-                    incremental_default=incremental_default)
+    setup = prepare(model, x, params, stats, runtime, on_prediction=on_prediction)
     sweep_progress, score_progress = split_progress(progress, faithfulness_passes(setup))
     if params.drilldown is None:
         expl = conclude(setup, sweep_part(setup, progress=sweep_progress))
@@ -302,7 +293,8 @@ def explain(
             rel, counts, passes, approximation = explain_drilldown(
                 setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
                 num_classes=setup.num_classes, batch_size=setup.batch_size,
-                progress=sweep_progress, precision=precision, fixed_batch=setup.fixed_batch)
+                progress=sweep_progress, precision=setup.precision,
+                fixed_batch=setup.fixed_batch)
         expl = _explanation(setup, rel, counts, passes, None, approximation)
     return add_faithfulness(model, setup, expl, progress=score_progress)
 
@@ -361,7 +353,8 @@ def score_readout(model: Any, setup: Setup) -> tuple[BackendReadout, str | None]
     so the scores run as fast as the sweep (docs/performance.md) and equal eager torch's
     to float rounding. The net is the sweep's own when the sweep ran the backend in fp32
     (memoised per model); else it is converted once per process (or read from the cache)."""
-    net, note = _net(model, "output", setup.score_backend, setup.backend_fallback,
-                     precision="fp32", batch_size=setup.batch_size, cache_dir=setup.cache_dir)
+    net, note = _net(model, "output", setup.score_backend, setup.choices.backend == "auto",
+                     precision="fp32", batch_size=setup.batch_size,
+                     cache_dir=setup.choices.cache_dir)
     return BackendReadout(net, "output", setup.targets, model.device), note
 

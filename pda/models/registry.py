@@ -82,33 +82,6 @@ class LoadedModel:
         with torch.inference_mode():
             return self.module(self.normalise(x))
 
-    def compiled(self, batch_size: int, channels_last: bool = True) -> LoadedModel:
-        """This model through ``torch.compile``, warmed up at one batch shape; cached.
-
-        The sweep then runs every batch at that shape (``run_sweep(fixed_batch=True)``),
-        so there is one compilation per (model, batch size) per process. If compiling
-        fails (no C++ compiler in a slim image, an unsupported op), it says so in the log
-        and returns the eager model: a slower job, never a failed one.
-        """
-        cache = self.__dict__.setdefault("_compiled", {})
-        key = (batch_size, channels_last)
-        if key not in cache:
-            import dataclasses
-            import logging
-
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            probe = torch.rand(batch_size, 3, *self.input_size, device=self.device)
-            try:
-                fast = dataclasses.replace(self, module=torch.compile(self.module))
-                fast(probe.contiguous(memory_format=fmt))  # compile now, not mid-sweep
-                cache[key] = fast
-            except Exception as exc:  # compile is an optimisation, never a failure
-                logging.getLogger("pda").warning(
-                    "torch.compile failed for %s (%s); running eager", self.name,
-                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-                cache[key] = self
-        return cache[key]
-
     def named_layers(self) -> list[str]:
         """Names of submodules a forward hook can watch ([] for exported/TorchScript files)."""
         if not self.hookable:

@@ -20,6 +20,7 @@ import torch
 
 from ..defaults import DEFAULT_STRIDE, DETERMINISTIC_SAMPLERS
 from ..params import ExplainParams, parse_target
+from ..runtime import Runtime
 from .evaluate_report import BOOTSTRAP, markdown, mean_ci, paired, summarize, write
 
 __all__ = ["BOOTSTRAP", "CONFIGS", "DEFAULT_CONFIGS", "FAMILIES", "Progress", "estimate",
@@ -178,7 +179,7 @@ def _make_map(model: Any, x: torch.Tensor, fields: dict[str, Any], target: int,
         return gradient_saliency(model, x, target), 2
     params = ExplainParams(**{**fields, "target": str(target), "seed": seed,
                               "faithfulness": False})
-    expl = explain(model, x, params, stats, batch_size=batch_size, backend=backend,
+    expl = explain(model, x, params, stats, runtime=Runtime(batch_size=batch_size, backend=backend),
                    progress=progress)
     return torch.from_numpy(expl.relevance[0]), expl.forward_passes
 

@@ -14,7 +14,7 @@ import torch
 
 from pda.engine.backends import (
     BackendNet,
-    Runtime,
+    Ran,
     build_net,
     build_readout,
     onnx_backend,
@@ -25,6 +25,7 @@ from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
+from pda.runtime import Runtime
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
@@ -37,7 +38,7 @@ SIZE = 16
 def sweep_map(model, layer: str, targets: list[int], backend: str, *, sampler: str = "conditional",
               k: int = 4, stride: int = 2, samples: int = 3, batch_size: int = 8,
               cache_dir: Path | None = None, precision: str = "fp32",
-              x: torch.Tensor | None = None, stats=None) -> tuple[torch.Tensor, Runtime]:
+              x: torch.Tensor | None = None, stats=None) -> tuple[torch.Tensor, Ran]:
     """Relevance maps (T, H, W) of ``layer`` through ``backend``, and what ran them."""
     H, W = model.input_size
     if x is None:
@@ -80,7 +81,7 @@ def test_every_backend_gives_torch_eagers_map_on_hand_set_models(backend, case, 
     model, layer, targets = case()
     ref, ref_rt = sweep_map(model, layer, targets, "torch")
     got, rt = sweep_map(model, layer, targets, backend, cache_dir=tmp_path)
-    assert ref_rt.backend == "torch" and rt == Runtime(backend, "fp32", "cpu")
+    assert ref_rt.backend == "torch" and rt == Ran(backend, "fp32", "cpu")
     assert got.shape == (len(targets), SIZE, SIZE)
     assert_same_map(got, ref)
 
@@ -107,7 +108,7 @@ def test_fixed_batch_pads_and_splits_without_changing_rows():
         seen.append(len(b))
         return b.flatten(1).sum(1, keepdim=True)  # (B, 1)
 
-    fixed = BackendNet(net, Runtime("openvino", "fp32", "cpu"), 4, False)
+    fixed = BackendNet(net, Ran("openvino", "fp32", "cpu"), 4, False)
     b = torch.rand(10, 3, 2, 2)
     torch.testing.assert_close(fixed(b), b.flatten(1).sum(1, keepdim=True))
     assert seen == [4, 4, 4]
@@ -175,7 +176,7 @@ def test_openvino_bf16_is_opt_in_recorded_and_close(tmp_path):
     except InvalidParameterError as e:  # a CPU without bf16 says so
         assert "not available with openvino" in str(e)
         return
-    assert rt == Runtime("openvino", "bf16", "cpu")
+    assert rt == Ran("openvino", "bf16", "cpu")
     assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max())
 
 
@@ -250,9 +251,9 @@ def test_explain_runs_on_the_chosen_backend_and_records_it(layer, tmp_path):
     model = wrap(ConvNet(classes=5), SIZE, classes=5)
     x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     params = ExplainParams(window=4, stride=2, samples=2, target="top2", layer=layer)
-    ref = explain(model, x, params, random_stats(), batch_size=8, backend="torch")
-    got = explain(model, x, params, random_stats(), batch_size=8, backend="auto",
-                  cache_dir=tmp_path)
+    ref = explain(model, x, params, random_stats(), runtime=Runtime(batch_size=8, backend="torch"))
+    got = explain(model, x, params, random_stats(),
+                  runtime=Runtime(batch_size=8, backend="auto", cache_dir=tmp_path))
     auto = resolve_backend("auto", torch.device("cpu"))
     # a toy model has no measured incremental decision: auto leaves it off
     plain = {"incremental": False, "incremental_mode": "auto"}
@@ -285,7 +286,7 @@ def test_explain_rejects_an_unknown_backend_before_any_work():
     model = wrap(ConvNet(classes=5), SIZE, classes=5)
     with pytest.raises(InvalidParameterError, match="unknown backend 'fast'"):
         explain(model, torch.rand(3, SIZE, SIZE), ExplainParams(window=4, stride=4),
-                random_stats(), backend="fast")
+                random_stats(), runtime=Runtime(backend="fast"))
 
 
 def test_torch_threads_are_lowered_around_a_backend_with_its_own_pool_and_restored():

@@ -23,6 +23,7 @@ from pda.engine.sweep import run_sweep
 from pda.errors import InvalidParameterError
 from pda.grid import count_windows
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 from pda.tools.bench import format_table, run_bench
 
 from .toys import ConvNet, random_stats, wrap
@@ -167,17 +168,17 @@ def test_unknown_precision_is_a_parameter_error():
     model = wrap(ConvNet(), 16, classes=5)
     with pytest.raises(InvalidParameterError):
         explain(model, torch.rand(3, 16, 16), ExplainParams(window=4, stride=4),
-                random_stats(), precision="int8", backend="torch")
+                random_stats(), runtime=Runtime(precision="int8", backend="torch"))
 
 
 def test_explain_picks_a_batch_size_when_none_is_given():
     model = wrap(ConvNet(), 16, classes=5)
     x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3))
     params = ExplainParams(sampler="marginal", window=4, stride=2, samples=2, target="0")
-    auto = explain(model, x, params, random_stats(), backend="torch").relevance
-    np.testing.assert_allclose(auto, explain(model, x, params, random_stats(),
-                                             batch_size=3, backend="torch").relevance,
-                               rtol=1e-4, atol=1e-5)
+    auto = explain(model, x, params, random_stats(), runtime=Runtime(backend="torch")).relevance
+    three = explain(model, x, params, random_stats(),
+                    runtime=Runtime(batch_size=3, backend="torch")).relevance
+    np.testing.assert_allclose(auto, three, rtol=1e-4, atol=1e-5)
     assert auto_batch_size(torch.device("cpu"), (16, 16)) >= 1
 
 

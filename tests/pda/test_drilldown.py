@@ -23,6 +23,7 @@ from pda.engine.samplers import make_sampler
 from pda.errors import InvalidParameterError
 from pda.grid import grid_shape
 from pda.params import ExplainParams, plan
+from pda.runtime import Runtime
 from pda.tools.drilldown_bench import TableScores, record_samples
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
@@ -52,10 +53,10 @@ def test_refining_everything_gives_the_exact_map(sampler, stride, coarse, batch)
     model = wrap(_Float64(ConvNet(classes=4)), size, classes=4)
     x = _image(size)
     base = dict(sampler=sampler, window=4, stride=stride, samples=3, target="top2", seed=5)
-    exact = explain(model, x, ExplainParams(**base), random_stats(), batch_size=batch,
-                    backend="torch")
+    exact = explain(model, x, ExplainParams(**base), random_stats(),
+                    runtime=Runtime(batch_size=batch, backend="torch"))
     drill = explain(model, x, ExplainParams(**base, drilldown=1.0, coarse_stride=coarse),
-                    random_stats(), batch_size=batch, backend="torch")
+                    random_stats(), runtime=Runtime(batch_size=batch, backend="torch"))
     peak = np.abs(exact.relevance).max()
     assert peak > 0
     assert np.abs(drill.relevance - exact.relevance).max() <= 1e-6 * peak
@@ -85,10 +86,11 @@ def test_refined_windows_cover_the_evidence_box_and_match_the_exact_map_there(sa
     x[0, box[0], box[1]] = 1.0  # the evidence for class 0: a bright red box
     base = dict(sampler=sampler, window=k, stride=1, samples=3, target="0",
                 fill=(0.0, 0.0, 0.0))
-    exact = explain(model, x, ExplainParams(**base), random_stats(), batch_size=32, backend="torch")
+    exact = explain(model, x, ExplainParams(**base), random_stats(),
+                    runtime=Runtime(batch_size=32, backend="torch"))
     # the box's windows span 9 x 8 of the 33 x 33 fine grid: at most 9 of 64 cells
     drill = explain(model, x, ExplainParams(**base, drilldown=0.15, coarse_stride=4),
-                    random_stats(), batch_size=32, backend="torch")
+                    random_stats(), runtime=Runtime(batch_size=32, backend="torch"))
     approx = drill.approximation
     assert approx["windows"]["refined"] < 0.25 * approx["windows"]["total"]
     # the same drill-down by hand, to see which windows it computed
@@ -132,7 +134,8 @@ def test_forward_passes_are_coarse_plus_refined_plus_check_counted_exactly(sampl
     counting = _Counting(wrap(ConvNet(classes=3), size, classes=3))
     params = ExplainParams(sampler=sampler, window=4, stride=1, samples=2, target="top2",
                            drilldown=0.1, coarse_stride=4, faithfulness=False)
-    expl = explain(counting, _image(size), params, random_stats(), batch_size=16, backend="torch")
+    expl = explain(counting, _image(size), params, random_stats(),
+                   runtime=Runtime(batch_size=16, backend="torch"))
     a = expl.approximation
     per = 1 if sampler == "constant" else 2
     w = a["windows"]
@@ -153,7 +156,8 @@ def test_error_estimate_is_repeatable_for_a_seed_and_independent_of_batch_size()
     model = wrap(_Float64(ConvNet(classes=3)), size, classes=3)
     params = ExplainParams(sampler="conditional", window=4, stride=1, samples=2,
                            target="top2", drilldown=0.1, coarse_stride=4, seed=3)
-    docs = [explain(model, _image(size), params, random_stats(), batch_size=bs, backend="torch")
+    docs = [explain(model, _image(size), params, random_stats(),
+                    runtime=Runtime(batch_size=bs, backend="torch"))
             .approximation for bs in (16, 16, 5)]
     assert docs[0] == docs[1]
     e0, e2 = docs[0]["error"], docs[2]["error"]
@@ -231,9 +235,10 @@ def test_coarse_sweep_alone_is_exact_when_window_scores_vary_linearly():
     x = torch.full((3, size, size), 0.5)
     base = dict(sampler="constant", window=k, stride=1, target="0", layer="logits",
                 fill=(0.0, 0.0, 0.0))
-    exact = explain(model, x, ExplainParams(**base), random_stats(), backend="torch")
+    exact = explain(model, x, ExplainParams(**base), random_stats(),
+                    runtime=Runtime(backend="torch"))
     drill = explain(model, x, ExplainParams(**base, drilldown=0.0, coarse_stride=4),
-                    random_stats(), backend="torch")
+                    random_stats(), runtime=Runtime(backend="torch"))
     w = drill.approximation["windows"]
     assert w["refined"] == 0 and w["coarse"] == 5 * 5 < 17 * 17
     assert np.allclose(drill.relevance, exact.relevance, atol=1e-6)
@@ -309,7 +314,7 @@ def test_result_document_reports_the_approximation():
     model = wrap(ConvNet(classes=3), size, classes=3)
     params = ExplainParams(sampler="constant", window=4, stride=1, target="top1",
                            drilldown=0.1, faithfulness=False)
-    expl = explain(model, _image(size), params, random_stats(), backend="torch")
+    expl = explain(model, _image(size), params, random_stats(), runtime=Runtime(backend="torch"))
     doc = result_document(expl, model_name="toy", input_size=(size, size),
                           image_size=(size, size), crop_box=(0, 0, size, size), params=params,
                           num_classes=3)
@@ -322,7 +327,8 @@ def test_result_document_reports_the_approximation():
     assert set(a["error"]) >= {"ssim", "ssim_ci95", "max_abs_diff", "sample_windows", "method",
                                "forward_passes", "tiles", "per_target"}
     plain = result_document(explain(model, _image(size), params.model_copy(
-        update={"drilldown": None}), random_stats(), backend="torch"), model_name="toy",
+        update={"drilldown": None}), random_stats(), runtime=Runtime(backend="torch")),
+        model_name="toy",
         input_size=(size, size),
         image_size=(size, size), crop_box=(0, 0, size, size), params=params, num_classes=3)
     assert "approximation" not in plain
@@ -355,9 +361,10 @@ def test_real_model_drilldown_refining_everything_equals_the_exact_map():
     root = Path(__file__).resolve().parents[2]
     x, _ = preprocess(open_image(root / "examples/chelsea.png"), model.input_size, fit="crop")
     base = dict(sampler="conditional", window=32, stride=16, samples=2, target="top2")
-    exact = explain(model, x, ExplainParams(**base), get_stats(), batch_size=32, backend="torch")
+    exact = explain(model, x, ExplainParams(**base), get_stats(),
+                    runtime=Runtime(batch_size=32, backend="torch"))
     drill = explain(model, x, ExplainParams(**base, drilldown=1.0, coarse_stride=32),
-                    get_stats(), batch_size=32, backend="torch")
+                    get_stats(), runtime=Runtime(batch_size=32, backend="torch"))
     peak = np.abs(exact.relevance).max()
     assert peak > 0.01
     # float32 forward passes in other batch compositions: equal to 1e-4 of the peak

@@ -13,6 +13,7 @@ from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import laplace, relevance_maps, run_sweep
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
@@ -39,7 +40,8 @@ def test_relevance_is_zero_where_no_window_touches_the_region(sampler):
     x[0, region[0], region[1]] = 1.0  # the evidence for class 0: a bright red square
     params = ExplainParams(sampler=sampler, window=k, stride=stride, samples=4,
                            target="0", fill=(0.0, 0.0, 0.0))
-    expl = explain(model, x, params, random_stats(), batch_size=16, backend="torch")
+    expl = explain(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=16, backend="torch"))
     rel = expl.relevance[0]
     touch = _touch_mask(size, k, stride, region)
     assert np.abs(rel[~touch]).max() <= 1e-9
@@ -62,7 +64,7 @@ def test_constant_sampler_weight_of_evidence_matches_hand_computation():
     x = torch.linspace(0, 1, 48).reshape(3, 4, 4)
     params = ExplainParams(sampler="constant", window=k, stride=1, samples=3, target="0",
                            fill=(fill, fill, fill), train_size=1000)
-    expl = explain(model, x, params, random_stats(), batch_size=5, backend="torch")
+    expl = explain(model, x, params, random_stats(), runtime=Runtime(batch_size=5, backend="torch"))
 
     def p0(img: torch.Tensor) -> float:  # sigmoid of logit 0 against logit 1 = 0
         return 1 / (1 + math.exp(-float((img[0] * weight).sum() + 0.3)))
@@ -97,7 +99,7 @@ def test_laplace_correction_keeps_saturated_probabilities_finite():
     x = torch.ones(3, size, size)
     expl = explain(model, x, ExplainParams(sampler="constant", window=2, stride=2,
                                            target="0", fill=(0, 0, 0), train_size=n),
-                   random_stats(), batch_size=4, backend="torch")
+                   random_stats(), runtime=Runtime(batch_size=4, backend="torch"))
     expected = math.log2((n + 1) / (2 - 1))  # K = 2 classes for this model
     assert expl.relevance[0, 0, 0] == pytest.approx(expected, rel=1e-6)
     assert np.isfinite(expl.relevance).all()
@@ -110,7 +112,7 @@ def test_logits_layer_reports_activation_difference_without_log_odds():
     x = torch.full((3, size, size), 0.75)
     expl = explain(model, x, ExplainParams(sampler="constant", window=k, stride=3,
                                            target="0", layer="logits", fill=(0.25, 0, 0)),
-                   random_stats(), batch_size=3, backend="torch")
+                   random_stats(), runtime=Runtime(batch_size=3, backend="torch"))
     # each window lowers the logit by k*k*(0.75 - 0.25) = 4.5
     assert expl.unit == "activation"
     np.testing.assert_allclose(expl.relevance[0], 4.5, atol=1e-6)
@@ -121,7 +123,7 @@ def test_hidden_layer_gives_one_map_per_channel_in_activation_units():
     x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
     expl = explain(model, x, ExplainParams(sampler="constant", window=4, stride=2,
                                            layer="features.3", target="0,5,7"),
-                   random_stats(), batch_size=8, backend="torch")
+                   random_stats(), runtime=Runtime(batch_size=8, backend="torch"))
     assert expl.relevance.shape == (3, 12, 12)
     assert expl.labels == ["features.3[0]", "features.3[5]", "features.3[7]"]
     assert expl.unit == "activation"
@@ -144,7 +146,8 @@ def test_result_does_not_depend_on_the_batch_size(sampler):
     stats = random_stats()
     # float32 convolutions differ in the last bits between batch sizes (oneDNN picks
     # kernels by shape); a batching bug would move values by ~1e-2, not 1e-6
-    maps = [explain(model, x, params, stats, batch_size=b, backend="torch").relevance
+    maps = [explain(model, x, params, stats,
+                    runtime=Runtime(batch_size=b, backend="torch")).relevance
             for b in (1, 7, 64)]
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(maps[0], maps[2], rtol=1e-4, atol=1e-5)
@@ -157,8 +160,8 @@ def test_same_seed_repeats_and_another_seed_differs():
     stats = random_stats()
     run = lambda seed: explain(  # noqa: E731
         model, x, ExplainParams(sampler="conditional", window=4, stride=2, samples=3,
-                                target="0", seed=seed), stats, batch_size=8,
-        backend="torch").relevance
+                                target="0", seed=seed), stats,
+        runtime=Runtime(batch_size=8, backend="torch")).relevance
     np.testing.assert_array_equal(run(11), run(11))
     assert np.abs(run(11) - run(12)).max() > 1e-4
 
@@ -240,12 +243,14 @@ def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
-    assert model.compiled(4) is model
     x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
     params = ExplainParams(sampler="constant", window=4, stride=4, target="0")
-    eager = explain(model, x, params, random_stats(), batch_size=4, backend="torch").relevance
-    fallback = explain(model, x, params, random_stats(), batch_size=4, compile=True,
-                       backend="torch").relevance
+    eager = explain(model, x, params, random_stats(),
+                    runtime=Runtime(batch_size=4, backend="torch")).relevance
+    expl = explain(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=4, backend="compile"))
+    assert expl.runtime["backend"] == "torch"  # what ran: compiling failed, eager did
+    fallback = expl.relevance
     # equal up to float32 batch-shape noise (the padded base pass runs at batch 4)
     np.testing.assert_allclose(eager, fallback, rtol=1e-4, atol=1e-5)
 
@@ -255,10 +260,12 @@ def test_compiled_sweep_matches_the_eager_one():
     model = wrap(ConvNet(), 12, classes=5)
     x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
     params = ExplainParams(sampler="marginal", window=4, stride=2, samples=2, target="top2")
-    eager = explain(model, x, params, random_stats(), batch_size=8, backend="torch").relevance
-    fast = explain(model, x, params, random_stats(), batch_size=8, compile=True,
-                   backend="torch").relevance
-    assert model.compiled(8, True) is not model  # it really compiled
+    eager = explain(model, x, params, random_stats(),
+                    runtime=Runtime(batch_size=8, backend="torch")).relevance
+    expl = explain(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=8, backend="compile"))
+    assert expl.runtime["backend"] == "compile"  # it really compiled (no eager fallback)
+    fast = expl.relevance
     np.testing.assert_allclose(fast, eager, rtol=1e-3, atol=1e-5)
 
 

@@ -19,6 +19,7 @@ from pda.engine.faithfulness import (
     step_counts,
 )
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 
 from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
@@ -118,7 +119,8 @@ def test_the_box_models_map_beats_random_block_orders(fill):
     model, x = _box_case()
     params = ExplainParams(sampler="constant", window=4, stride=2, target="0",
                            fill=(0.0, 0.0, 0.0), faithfulness=False)
-    expl = explain(model, x, params, random_stats(), batch_size=32, backend="torch")
+    expl = explain(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=32, backend="torch"))
     f = score_explanation(model, x, torch.from_numpy(expl.relevance), [0], fill=fill)[0][0]
     assert f["deletion_auc"] < f["baseline"]["deletion_auc"] - 0.05
     assert f["insertion_auc"] > f["baseline"]["insertion_auc"] + 0.05
@@ -149,9 +151,10 @@ def test_scores_repeat_for_a_seed_and_do_not_depend_on_the_batch_size():
     model, x = _box_case()
     params = ExplainParams(sampler="marginal", window=8, stride=4, samples=2, target="top2",
                            seed=3)
-    ea = explain(model, x, params, random_stats(), batch_size=16, backend="torch")
+    ea = explain(model, x, params, random_stats(), runtime=Runtime(batch_size=16, backend="torch"))
     a = ea.faithfulness
-    b = explain(model, x, params, random_stats(), batch_size=5, backend="torch").faithfulness
+    b = explain(model, x, params, random_stats(),
+                runtime=Runtime(batch_size=5, backend="torch")).faithfulness
     assert len(a) == 2 and ea.targets == [0, 1]
     for fa, fb in zip(a, b, strict=True):
         assert fa["deletion_auc"] == pytest.approx(fb["deletion_auc"], abs=1e-6)
@@ -169,8 +172,8 @@ def test_turning_the_score_off_saves_exactly_its_passes():
     on = ExplainParams(sampler="conditional", window=8, stride=8, samples=2, target="top2")
     off = on.model_copy(update={"faithfulness": False})
     stats = random_stats()
-    e_on = explain(model, x, on, stats, batch_size=16, backend="torch")
-    e_off = explain(model, x, off, stats, batch_size=16, backend="torch")
+    e_on = explain(model, x, on, stats, runtime=Runtime(batch_size=16, backend="torch"))
+    e_off = explain(model, x, off, stats, runtime=Runtime(batch_size=16, backend="torch"))
     # ceil(2 % of 1024) = 21 pixels a step: 50 points, 48 inner; 2 + 2 x 48 x (2 + 3 orders)
     extra = passes_needed(32 * 32, 2)
     assert extra == 482
@@ -200,8 +203,8 @@ def test_hidden_layers_carry_no_score():
     model = wrap(ConvNet(), 16, classes=5)
     params = ExplainParams(sampler="constant", window=8, stride=8, target="top1",
                            layer="features.0")
-    expl = explain(model, torch.rand(3, 16, 16), params, random_stats(), batch_size=8,
-                   backend="torch")
+    expl = explain(model, torch.rand(3, 16, 16), params, random_stats(),
+                   runtime=Runtime(batch_size=8, backend="torch"))
     assert expl.faithfulness is None and expl.faithfulness_passes == 0
     assert expl.forward_passes == 4 + 1
 
@@ -210,8 +213,9 @@ def test_progress_counts_the_scores_passes_in_one_fixed_total():
     model, x = _box_case()
     params = ExplainParams(sampler="marginal", window=8, stride=8, samples=2, target="top1")
     seen: list[tuple[int, int]] = []
-    expl = explain(model, x, params, random_stats(), batch_size=16,
-                   progress=lambda d, t: seen.append((d, t)), backend="torch")
+    expl = explain(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=16, backend="torch"),
+                   progress=lambda d, t: seen.append((d, t)))
     # the sweep's total leaves out the unmodified image's pass (callers add it)
     assert {t for _, t in seen} == {expl.forward_passes - 1}
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)

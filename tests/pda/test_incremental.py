@@ -19,6 +19,7 @@ from pda.engine.incremental import (
 from pda.engine.incremental.patch import Patch, affected, materialise
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import _perturbed_batch, relevance_maps, run_sweep
+from pda.runtime import Runtime
 
 from .toys import random_stats, wrap
 
@@ -243,7 +244,8 @@ def test_explain_with_incremental_on_gives_the_off_map_and_says_so(layer):
     for mode in ("off", "on"):
         params = ExplainParams(window=4, stride=3, samples=2, target="top2", layer=layer,
                                incremental=mode)
-        expl = explain(model, x, params, random_stats(), batch_size=8, backend="torch")
+        expl = explain(model, x, params, random_stats(),
+                       runtime=Runtime(batch_size=8, backend="torch"))
         docs[mode] = (expl, result_document(expl, model_name="toy", input_size=(size, size),
                                             image_size=(size, size), crop_box=(0, 0, size, size),
                                             params=params))

@@ -13,6 +13,7 @@ from pda.document import result_document
 from pda.engine.backends import openvino_backend
 from pda.engine.explain import explain
 from pda.params import ExplainParams, plan
+from pda.runtime import Runtime
 
 from .toys import ConvNet, wrap
 
@@ -35,8 +36,8 @@ def test_the_scores_run_on_the_sweeps_backend_and_equal_torchs():
     params = ExplainParams(sampler="marginal", window=8, stride=4, samples=2, target="top2",
                            incremental="off")
     stats = random_stats()
-    ref = explain(model, x, params, stats, batch_size=8, backend="torch")
-    fast = explain(model, x, params, stats, batch_size=8, backend="openvino")
+    ref = explain(model, x, params, stats, runtime=Runtime(batch_size=8, backend="torch"))
+    fast = explain(model, x, params, stats, runtime=Runtime(batch_size=8, backend="openvino"))
     doc = result_document(fast, model_name="toy", input_size=(24, 24), image_size=(24, 24),
                           crop_box=(0, 0, 24, 24), params=params, num_classes=4)
     # the result itself says what ran the scores: the sweep's backend, in fp32
@@ -70,7 +71,7 @@ def test_the_plan_at_submit_is_every_pass_the_engine_runs(update):
     params = ExplainParams(**{"sampler": "marginal", "window": 8, "stride": 8, "samples": 2,
                               "target": "top3", **update})
     seen: list[tuple[int, int]] = []
-    expl = explain(model, x, params, random_stats(), batch_size=8, backend="torch",
+    expl = explain(model, x, params, random_stats(), runtime=Runtime(batch_size=8, backend="torch"),
                    progress=lambda d, t: seen.append((d, t)))
     n = plan(params, (24, 24))
     assert n["forward_passes"] == expl.forward_passes  # sweep + image + scores

@@ -14,6 +14,7 @@ from pda.engine.stats import get_stats
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby .. lynx in ImageNet
@@ -41,7 +42,7 @@ def test_default_model_sees_a_cat_in_chelsea_and_explains_it_in_the_input_shape(
     model = get_model("efficientnet_lite0")
     x, _ = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size, fit="crop")
     params = ExplainParams(window=32, stride=32, samples=2, target="top1")
-    expl = explain(model, x, params, get_stats(), batch_size=32, backend="torch")
+    expl = explain(model, x, params, get_stats(), runtime=Runtime(batch_size=32, backend="torch"))
     assert expl.prediction[0]["class_index"] in CAT_CLASSES
     assert expl.relevance.shape == (1, 224, 224)
     assert np.isfinite(expl.relevance).all()
@@ -53,7 +54,7 @@ def test_evidence_for_the_cat_lies_on_the_cat_not_on_the_astronaut():
     x, _ = preprocess(cat_on_astronaut(), model.input_size, fit="crop")
     params = ExplainParams(sampler="conditional", window=16, stride=16, samples=2,
                            target="top1", seed=0)
-    expl = explain(model, x, params, get_stats(), batch_size=32, backend="torch")
+    expl = explain(model, x, params, get_stats(), runtime=Runtime(batch_size=32, backend="torch"))
     assert expl.prediction[0]["class_index"] in CAT_CLASSES
     rel = expl.relevance[0]
     inside = np.zeros_like(rel, dtype=bool)

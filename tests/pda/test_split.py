@@ -20,6 +20,7 @@ from pda.engine.sweep import merge_partials, pack_partial
 from pda.grid import BLOCK_WINDOWS
 from pda.jobs.chunks import split
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 from tests.pda.toys import ConvNet, random_stats, wrap
 
 
@@ -36,10 +37,9 @@ def test_chunked_map_equals_one_process_map(model, sampler, layer):
     params = ExplainParams(window=4, stride=1, samples=3, sampler=sampler, layer=layer,
                            target="top2", seed=11)
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
-    whole = explain(model, x, params, stats, batch_size=16, backend="torch")
+    whole = explain(model, x, params, stats, runtime=Runtime(batch_size=16, backend="torch"))
 
-    setup = prepare(model, x, params, stats, batch_size=7,  # another batch size too
-                    backend="torch")
+    setup = prepare(model, x, params, stats, runtime=Runtime(batch_size=7, backend="torch"))
     n_w = 29 * 29
     ranges = split(n_w, chunk_passes=3 * BLOCK_WINDOWS * 3, passes_per_window=3)
     assert len(ranges) == 5 and ranges[0] == (0, 192)  # 3 blocks of 64 windows per chunk
@@ -60,7 +60,8 @@ def test_chunked_map_equals_one_process_map(model, sampler, layer):
 def test_a_chunk_missing_or_twice_is_refused(model):
     params = ExplainParams(window=4, stride=2, samples=2, seed=1)
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
-    setup = prepare(model, x, params, random_stats(), batch_size=8, backend="torch")
+    setup = prepare(model, x, params, random_stats(),
+                    runtime=Runtime(batch_size=8, backend="torch"))
     a = pack_partial(sweep_part(setup, torch.arange(0, 100)))
     b = pack_partial(sweep_part(setup, torch.arange(100, 225)))
     assert merge_partials([a, b], 225).window_means.shape[0] == 225
@@ -74,5 +75,6 @@ def test_fixed_targets_are_kept(model):
     """Chunks reuse the planning run's targets rather than choosing their own."""
     params = ExplainParams(window=4, stride=4, samples=1, target="top1")
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
-    setup = prepare(model, x, params, random_stats(), targets=[4, 0], backend="torch")
+    setup = prepare(model, x, params, random_stats(), targets=[4, 0],
+                    runtime=Runtime(backend="torch"))
     assert setup.targets == [4, 0]

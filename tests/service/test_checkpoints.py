@@ -13,6 +13,7 @@ from pda.engine.explain import conclude, prepare, sweep_part
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore, checkpoint_key
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 from tests.pda.toys import ConvNet, random_stats, wrap
 from worker import checkpoints
 
@@ -28,8 +29,8 @@ def setup():
     params = ExplainParams(window=4, stride=1, samples=2, sampler="marginal", target="top2",
                            seed=7, faithfulness=False)
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
-    return prepare(model, x, params, random_stats(), batch_size=16,
-                   backend="torch")  # 841 windows, 1682
+    return prepare(model, x, params, random_stats(),
+                   runtime=Runtime(batch_size=16, backend="torch"))  # 841 windows, 1682
 
 
 def running_job(store: JobStore, attempt: int = 1) -> str:
@@ -92,8 +93,8 @@ def test_a_small_job_is_one_segment_and_writes_no_checkpoint(clean_redis):
     model = wrap(ConvNet(classes=5), 32, classes=5)
     params = ExplainParams(window=8, stride=8, samples=2, sampler="marginal",
                            faithfulness=False)
-    small = prepare(model, torch.rand(3, 32, 32), params, random_stats(), batch_size=16,
-                    backend="torch")
+    small = prepare(model, torch.rand(3, 32, 32), params, random_stats(),
+                    runtime=Runtime(batch_size=16, backend="torch"))
     store = JobStore(clean_redis)
     job_id = running_job(store)
     checkpoints.resumable_sweep(store, job_id, 1, small, None)

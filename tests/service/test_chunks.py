@@ -22,6 +22,7 @@ from pda.images import open_image
 from pda.jobs.workers import WorkerRegistry
 from pda.models.registry import get_model
 from pda.params import ExplainParams
+from pda.runtime import Runtime
 from pda.settings import Settings
 
 from ..servers import RedisServer
@@ -52,7 +53,7 @@ def one_process_map() -> np.ndarray:
     x, _ = preprocess(image, model.input_size, params.fit)
     try:
         return explain(model, x, params, get_stats(settings.sampler_stats),
-                       batch_size=8, backend="torch").relevance
+                       runtime=Runtime(batch_size=8, backend="torch")).relevance
     finally:
         torch.set_num_threads(threads)
 

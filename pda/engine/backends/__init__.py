@@ -41,8 +41,9 @@ _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class Runtime:
-    """What actually ran a job: recorded in the result document."""
+class Ran:
+    """What actually ran a job's forward passes, recorded in the result document (the
+    concrete outcome of a :class:`pda.runtime.Runtime`'s choices)."""
 
     backend: str  # torch, compile, openvino or onnxruntime (never auto)
     precision: str  # fp32, bf16 or fp16
@@ -107,7 +108,7 @@ class BackendNet:
     ``torch_threads``: threads torch should keep around its calls (None: as it is).
     """
 
-    def __init__(self, net: Net, runtime: Runtime, fixed_batch: int | None,
+    def __init__(self, net: Net, runtime: Ran, fixed_batch: int | None,
                  channels_last: bool, torch_threads: int | None = None) -> None:
         self.net, self.runtime, self.fixed_batch, self.channels_last = (
             net, runtime, fixed_batch, channels_last)
@@ -137,8 +138,15 @@ def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str =
     an in-place change, or on a deep copy whose weights changed, the memo and the disk
     cache miss and the model is converted again. Eager torch runs the live module and
     needs no key."""
-    dev = model.device
-    name = resolve_backend(backend, dev, precision)
+    return net_for(model, layer, resolve_backend(backend, model.device, precision),
+                   precision=precision, batch_size=batch_size, cache_dir=cache_dir)
+
+
+def net_for(model: Any, layer: str, name: str, *, precision: str = "fp32",
+            batch_size: int = 4, cache_dir: Path | str | None = None) -> BackendNet:
+    """:func:`build_net` for a backend already resolved (:func:`resolve_backend`: a
+    concrete, available name whose precision was checked), as :func:`pda.engine.explain.
+    prepare` does once per job."""
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     fixed = name != "torch"
     key = (graph_kind(layer), name, precision, batch_size if fixed else None, cache_dir)
@@ -158,19 +166,19 @@ def _make(model: Any, layer: str, name: str, precision: str, batch_size: int,
     if name == "openvino":
         net = openvino_backend.openvino_net(model, layer, precision, batch_size, cache_dir,
                                             digest=digest)
-        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
+        return BackendNet(net, Ran(name, precision, str(dev)), batch_size, False, 1)
     if name == "onnxruntime":
         net = onnx_backend.onnx_net(model, layer, precision, batch_size, cache_dir,
                                     digest=digest)
-        return BackendNet(net, Runtime(name, precision, str(dev)), batch_size, False, 1)
+        return BackendNet(net, Ran(name, precision, str(dev)), batch_size, False, 1)
     channels_last = prefers_channels_last(dev)
     if name == "compile":
         net, ok = compiled_net(model, layer, precision, batch_size, channels_last)
         if ok:
-            return BackendNet(net, Runtime(name, precision, str(dev)), batch_size,
+            return BackendNet(net, Ran(name, precision, str(dev)), batch_size,
                               channels_last)
     net = eager_net(model, layer, precision)
-    return BackendNet(net, Runtime("torch", precision, str(dev)), None, channels_last)
+    return BackendNet(net, Ran("torch", precision, str(dev)), None, channels_last)
 
 
 class BackendReadout:
@@ -201,5 +209,5 @@ def build_readout(model: Any, layer: str, targets: Sequence[int], *, backend: st
     return BackendReadout(net, layer, targets, model.device)
 
 
-__all__ = ["BACKENDS", "BackendNet", "BackendReadout", "Runtime", "build_net",
-           "build_readout", "resolve_backend", "torch_threads"]
+__all__ = ["BACKENDS", "BackendNet", "BackendReadout", "Ran", "build_net",
+           "build_readout", "net_for", "resolve_backend", "torch_threads"]
