@@ -284,7 +284,7 @@ class Placement:
     content_box: tuple[int, int, int, int]
 
 
-def placement(size: tuple[int, int], input_size: tuple[int, int], fit: str = "crop"
+def placement(size: tuple[int, int], input_size: tuple[int, int], fit: str
               ) -> Placement:
     """The :class:`Placement` of a photo of ``size`` (w, h) in an input of (H, W)."""
     w, h = size
@@ -301,7 +301,7 @@ def placement(size: tuple[int, int], input_size: tuple[int, int], fit: str = "cr
     raise InvalidParameterError(f"unknown fit {fit!r}; use {', '.join(FITS)}", field="fit")
 
 
-def fit_array(img: Image.Image, input_size: tuple[int, int], fit: str = "crop"
+def fit_array(img: Image.Image, input_size: tuple[int, int], fit: str
               ) -> tuple[np.ndarray, Placement]:
     """The model input as (H, W, 3) uint8, and its :class:`Placement` on the photo.
 

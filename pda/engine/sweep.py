@@ -100,8 +100,8 @@ def run_sweep(
     sampler: Sampler,
     *,
     window: int,
-    stride: int = 1,
-    samples: int = 10,
+    stride: int,  # required: the defaults live in pda.defaults, not here
+    samples: int,
     batch_size: int = 64,
     seed: int = 0,
     progress: Progress | None = None,

@@ -32,7 +32,6 @@ __all__ = ["BOOTSTRAP", "CONFIGS", "DEFAULT_CONFIGS", "FAMILIES", "Progress", "e
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "occlusion": {"sampler": "constant"},  # constant sampler, S = 1: plain occlusion
-    "constant": {"sampler": "constant"},  # the older name of occlusion
     "marginal": {"sampler": "marginal"},
     "window16": {"window": 16},
     "window48": {"window": 48},
@@ -41,7 +40,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "samples16": {"samples": 16},
     "stride4": {"stride": 4},  # finer map, 4x the windows
     "wide": {"window": 32, "stride": 16},
-    "context": {"window": 32, "stride": 8},
     "fine": {"window": 10, "stride": 4, "samples": 10},
     "drilldown": {"drilldown": 0.25},  # approximate: coarse sweep, top quarter refined
     # the class's logit, not its weight of evidence against all others (the issue's
@@ -50,6 +48,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "random": {"method": "random"},  # a random map on the stride's cells: no passes
     "gradient": {"method": "gradient"},  # Simonyan et al. 2014 saliency: 1 fwd + 1 bwd
 }
+#: older names, still accepted: "context" (window 32, stride 8) became the default,
+#: "constant" is occlusion; the results are filed under the name asked for
+ALIASES = {"context": "default", "constant": "occlusion"}
 #: what runs when --configs is not given
 DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
 #: the metric families (``--families``)
@@ -71,11 +72,11 @@ def pick_configs(names: list[str] | None) -> dict[str, dict[str, Any]]:
     from ..errors import InvalidParameterError
 
     chosen = names or list(DEFAULT_CONFIGS)
-    unknown = [n for n in chosen if n not in CONFIGS]
+    unknown = [n for n in chosen if n not in CONFIGS and n not in ALIASES]
     if unknown:
         raise InvalidParameterError(
             f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
-    return {n: CONFIGS[n] for n in chosen}
+    return {n: CONFIGS[ALIASES.get(n, n)] for n in chosen}
 
 
 def pick_families(names: list[str] | None) -> tuple[str, ...]:

@@ -158,3 +158,15 @@ def test_the_cli_says_how_long_before_it_starts(tmp_path, capsys):
     assert "ROAD's sparse solves" in err
     assert main(["evaluate", str(tmp_path), "--families", "nope"]) == 2
     assert "unknown metric family 'nope'" in capsys.readouterr().err
+
+
+def test_older_configuration_names_still_work_and_unknown_ones_are_named():
+    from pda.errors import InvalidParameterError
+    from pda.tools.evaluate import CONFIGS, pick_configs
+
+    got = pick_configs(["context", "constant", "wide"])
+    assert list(got) == ["context", "constant", "wide"]  # filed under the names asked for
+    assert got["context"] == CONFIGS["default"] and got["constant"] == CONFIGS["occlusion"]
+    assert "context" not in CONFIGS and "constant" not in CONFIGS  # one entry per setting
+    with pytest.raises(InvalidParameterError, match="unknown configuration 'contxt'"):
+        pick_configs(["contxt"])
