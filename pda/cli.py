@@ -20,6 +20,15 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+class _UsageError(Exception):
+    """A bad command line, reported as one line (not argparse's usage block)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{message} (`{self.prog} --help` lists the options)")
+
+
 def _fill(text: str) -> tuple[float, float, float]:
     parts = text.split(",")
     try:
@@ -57,16 +66,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pda.api import explain, explain_params
     from pda.errors import InvalidParameterError
 
-    given = {
-        k: v for k, v in {
-            "sampler": args.sampler, "window": args.window, "padding": args.padding,
-            "samples": args.samples, "stride": args.stride, "fill": args.fill,
-            "target": args.target, "layer": args.layer, "seed": args.seed,
-            "train_size": args.train_size, "fit": args.fit, "drilldown": args.drilldown,
-            "coarse_stride": args.coarse_stride, "faithfulness": args.faithfulness,
-            "incremental": args.incremental,
-        }.items() if v is not None
-    }
+    given = {f: getattr(args, f) for f in _param_fields() if getattr(args, f) is not None}
     try:  # the same check explain() makes, first, so that a bad flag is named as one
         explain_params(given, args.preset)
     except InvalidParameterError as exc:
@@ -214,41 +214,58 @@ def _default(field: str) -> str:
     return f"default {value}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pda.defaults import BACKENDS, FITS, INCREMENTAL_MODES, PRECISIONS, PRESETS
+#: flag spellings the parameter model cannot say itself (metavars, the fill's parser)
+_FLAG_EXTRAS: dict[str, dict[str, Any]] = {
+    "fill": {"type": _fill, "metavar": "R,G,B"},
+    "drilldown": {"metavar": "FRACTION"},
+    "coarse_stride": {"metavar": "N"},
+}
 
-    p = argparse.ArgumentParser(prog="pda", description="Prediction Difference Analysis")
+
+def _param_fields() -> list[str]:
+    from pda.params import ExplainParams
+
+    return list(ExplainParams.model_fields)
+
+
+def _param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`pda.params.ExplainParams` field, generated from the model:
+    its type (Literal -> choices, bool -> --x/--no-x), its description and its default,
+    so a new parameter is a flag at once and no help text can drift from it. Every
+    flag defaults to None: only what is given on the line overrides the defaults (and a
+    preset)."""
+    import typing
+
+    from pda.params import ExplainParams
+
+    for name, info in ExplainParams.model_fields.items():
+        # the description says what None means (drilldown off, the reference mean, ...)
+        kw: dict[str, Any] = {"help": info.description if info.default is None
+                              else f"{info.description} ({_default(name)})"}
+        ann = info.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) is typing.Literal:
+            kw["choices"] = list(typing.get_args(ann))
+        elif ann is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif ann in (int, float):
+            kw["type"] = ann
+        elif args and args[0] in (int, float):  # optional numbers
+            kw["type"] = args[0]
+        kw.update(_FLAG_EXTRAS.get(name, {}))
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pda.defaults import BACKENDS, PRECISIONS, PRESETS
+
+    p = _Parser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="explain a classifier's decision on one image")
     e.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF)")
     e.add_argument("--model", help="built-in name (default efficientnet_lite0) or NAME.pt2/.pt")
-    e.add_argument("--sampler", help=f"conditional, marginal or constant ({_default('sampler')})")
-    e.add_argument("--window", type=int, help=f"window side k in pixels ({_default('window')})")
-    e.add_argument("--padding", type=int,
-                   help=f"conditional sampler ring width ({_default('padding')})")
-    e.add_argument("--samples", type=int, help=f"samples per window ({_default('samples')})")
-    e.add_argument("--stride", type=int, help=f"window step in pixels ({_default('stride')})")
-    e.add_argument("--fill", type=_fill, help="constant sampler colour R,G,B in [0, 1]")
-    e.add_argument("--target", help=f"topK or class indices I,J,... ({_default('target')})")
-    e.add_argument("--layer", help=f"output, logits or a module name ({_default('layer')})")
-    e.add_argument("--seed", type=int, help=f"random seed ({_default('seed')})")
-    e.add_argument("--train-size", type=int,
-                   help=f"Laplace correction N ({_default('train_size')})")
-    e.add_argument("--drilldown", type=float, metavar="FRACTION",
-                   help="approximate: coarse sweep, then the fine stride only in this top "
-                        "fraction of the image by |relevance| (0..1; the result reports its "
-                        "estimated error)")
-    e.add_argument("--coarse-stride", type=int, metavar="N",
-                   help="drill-down's coarse stride, a multiple of --stride (default 4x)")
-    e.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
-                   help="score each map by deletion/insertion AUC against random block "
-                   f"orders ({_default('faithfulness')}; about 100 passes per target and "
-                   "random order)")
-    e.add_argument("--incremental", choices=INCREMENTAL_MODES,
-                   help="exact incremental inference: same map, less compute "
-                        f"({_default('incremental')}: PDA_INCREMENTAL, or where the bench "
-                        "measured it faster)")
+    _param_flags(e)
     e.add_argument("--preset", choices=list(PRESETS),
                    help="paper = " + ", ".join(f"{k} {v}" for k, v in PRESETS["paper"].items()))
     e.add_argument("--device", help="auto (default), cpu or cuda")
@@ -261,10 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=PRECISIONS,
                    help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
-    e.add_argument("--fit", choices=FITS,
-                   help="how the photo fits the model input: squash (the whole photo, "
-                   "stretched), pad (whole, letterboxed) or crop (centre crop) "
-                   f"({_default('fit')})")
     e.add_argument("--scale", choices=["shared", "own"], default="shared",
                    help="overlay colour scale: shared by all targets (default) or each its own")
     e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")
@@ -331,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pda.errors import PDAError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:  # one line and exit 2, as for every other bad input
+        return _fail(str(exc))
     try:
         return args.func(args)
     except PDAError as exc:

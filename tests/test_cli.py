@@ -169,3 +169,24 @@ def test_explain_help_states_the_parameter_models_defaults():
         assert m.group(1) == expected, f"--{field}: help says {m.group(1)}, default {expected}"
         checked += 1
     assert checked >= 10  # every parameter flag that states a default
+
+
+def test_every_parameter_is_a_flag_with_the_models_choices():
+    """The explain flags are generated from ExplainParams: a new field is a flag at once,
+    and a Literal's values are the flag's choices."""
+    import typing
+
+    from pda.params import ExplainParams
+
+    explain = build_parser()._subparsers._group_actions[0].choices["explain"]  # noqa: SLF001
+    by_dest = {a.dest: a for a in explain._actions}  # noqa: SLF001
+    for name, info in ExplainParams.model_fields.items():
+        action = by_dest[name]  # KeyError: a parameter without a flag
+        assert action.option_strings == [f"--{name.replace('_', '-')}"] or name == "faithfulness"
+        assert action.default is None  # only what the line gives overrides (and presets)
+        if typing.get_origin(info.annotation) is typing.Literal:
+            assert list(action.choices) == list(typing.get_args(info.annotation))
+    args = build_parser().parse_args(["explain", "x.png", "--no-faithfulness", "--fill",
+                                      "0.1,0.2,0.3", "--drilldown", "0.25", "--fit", "pad"])
+    assert (args.faithfulness, args.fill, args.drilldown, args.fit) == (
+        False, (0.1, 0.2, 0.3), 0.25, "pad")
