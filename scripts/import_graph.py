@@ -23,15 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 #: (group, label, colour, module prefixes); the first match wins
 GROUPS = [
-    ("cli", "pda.cli, pda.tools (bench, evaluate)\n(composition roots)", "#eeeeee",
-     ("pda.cli", "pda.tools", "pda.__main__")),
+    ("cli", "pda.cli, pda.api, pda.tools\n(composition roots)", "#eeeeee",
+     ("pda.cli", "pda.api", "pda.tools", "pda.__main__")),
     ("api", "service/\nthe API: validate, queue, serve files", "#d8ecd8", ("service",)),
     ("proc", "worker/\nthe RQ worker process", "#d8d8f0", ("worker",)),
     ("jobs", "pda.jobs\na job's life: record, store, queue", "#f4e6c8", ("pda.jobs",)),
     ("engine", "pda.engine, drill-down\npure tensor code: the sweep", "#f2d0d0",
      ("pda.engine", "pda.drilldown.refine", "pda.drilldown.check", "pda.drilldown.ssim")),
     ("models", "pda.models\nloaded networks", "#f2d0d0", ("pda.models",)),
-    ("light", "pda (light)\nsettings, params, catalog, images,\nrender, document, errors",
+    ("light", "pda (light)\nsettings, params, grid, runtime,\ncatalog, images, render,\n"
+     "document, problems, errors",
      "#fff8d8", ("pda",)),
     ("torch", "torch, torchvision,\nopenvino, onnxruntime", "#ffffff",
      ("torch", "torchvision", "openvino", "onnxruntime")),
