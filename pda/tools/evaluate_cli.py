@@ -19,7 +19,8 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--model", help="built-in name or model file (default efficientnet_lite0)")
     v.add_argument("--configs", help="comma-separated configurations (default "
                    "default,occlusion,marginal,random; also window16, window48, samples2, "
-                   "samples8, samples16, stride4, wide, fine, drilldown, logits, gradient; "
+                   "samples8, samples16, stride4, wide, fine, drilldown, logits, gradient, "
+                   "occlusion-equal (occlusion at stride 4: the default's passes); "
                    "context and constant are older names of default and occlusion)")
     v.add_argument("--families", help="metric families (default removal,correlation,"
                    "randomisation; randomisation explains every image twice)")
