@@ -257,7 +257,7 @@ def _param_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pda.defaults import BACKENDS, PRECISIONS, PRESETS
+    from pda.defaults import BACKENDS, PRECISIONS, PRESET_HELP, PRESETS
 
     p = _Parser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF)")
     e.add_argument("--model", help="built-in name (default efficientnet_lite0) or NAME.pt2/.pt")
     _param_flags(e)
-    e.add_argument("--preset", choices=list(PRESETS),
-                   help="paper = " + ", ".join(f"{k} {v}" for k, v in PRESETS["paper"].items()))
+    e.add_argument("--preset", choices=list(PRESETS), help=PRESET_HELP)
     e.add_argument("--device", help="auto (default), cpu or cuda")
     e.add_argument("--batch-size", type=int, help="forward batch size (default: automatic)")
     e.add_argument("--compile", action="store_true",

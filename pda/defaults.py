@@ -41,7 +41,14 @@ DEFAULT_FIT = "squash"
 DEFAULT_TRAIN_SIZE = 100_000
 #: the paper's settings (Zintgraf et al. 2017, section 4): ``preset="paper"``
 PAPER = {"window": 10, "padding": 2, "samples": 10, "stride": 1}
-PRESETS = {"default": {}, "paper": PAPER}
+#: plain occlusion (the constant sampler, one pass per window): a quarter of the default's
+#: passes, and measurably less faithful on 30 photos (docs/faithfulness.md)
+FAST = {"sampler": "constant"}
+PRESETS = {"default": {}, "fast": FAST, "paper": PAPER}
+#: one line per preset, for the CLI's help and the API's schema
+PRESET_HELP = ("default = the service defaults; fast = occlusion (constant sampler, one "
+               "pass per window: a quarter of the default's passes); paper = "
+               + ", ".join(f"{k} {v}" for k, v in PAPER.items()) + " (Zintgraf et al. 2017)")
 #: classes in a prediction (the job resource, /v1/predictions)
 PREDICTION_TOP = 5
 #: most targets one explanation may have

@@ -142,7 +142,7 @@ def with_preset(values: dict[str, Any], preset: str | None) -> dict[str, Any]:
         return values
     if preset not in PRESETS:
         raise InvalidParameterError(
-            f"unknown preset {preset!r}; use {' or '.join(PRESETS)}", field="preset")
+            f"unknown preset {preset!r}; use {', '.join(PRESETS)}", field="preset")
     return {**PRESETS[preset], **values}
 
 

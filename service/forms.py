@@ -10,7 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pda.defaults import DEFAULT_FAITHFULNESS, DEFAULT_STRIDE, DEFAULT_WINDOW, PRESETS
+from pda.defaults import (
+    DEFAULT_FAITHFULNESS,
+    DEFAULT_STRIDE,
+    DEFAULT_WINDOW,
+    PRESET_HELP,
+    PRESETS,
+)
 from pda.params import PRESET_FIELDS, PredictParams, request_properties
 
 #: request fields beside the explanation parameters
@@ -18,9 +24,7 @@ META: dict[str, dict[str, Any]] = {
     "model": {"type": "string", "description": "a built-in name or a model file in "
               "PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL, efficientnet_lite0)"},
     "preset": {"type": "string", "enum": list(PRESETS),
-               "description": "paper = " + ", ".join(f"{k} {v}" for k, v in
-                                                     PRESETS["paper"].items())
-               + f" (Zintgraf et al. 2017). The preset's fields ({', '.join(PRESET_FIELDS)}) "
+               "description": PRESET_HELP + f". The presets' fields ({', '.join(PRESET_FIELDS)}) "
                "have no schema default: leave them out and the preset sets them; a field "
                "you do send wins over the preset"},
 }

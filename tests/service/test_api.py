@@ -76,7 +76,7 @@ def test_post_json_with_base64_is_accepted(client):
     ({"layer": "../etc"}, "layer", None),
     ({"fill": "2,0,0", "sampler": "constant"}, "fill", None),
     ({"color": "red"}, "color", None),
-    ({"preset": "fast"}, "preset", "paper"),
+    ({"preset": "turbo"}, "preset", "fast, paper"),
     ({"window": "1", "stride": "1", "samples": "1000"}, "samples", "forward passes"),
 ])
 def test_bad_parameters_answer_422_naming_the_field(client, data, field, needle):

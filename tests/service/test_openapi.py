@@ -98,13 +98,16 @@ def test_preset_fields_have_no_schema_default_but_the_others_do(clean_redis):
     body = spec_of()["paths"]["/v1/explanations"]["post"]["requestBody"]["content"]
     form = body["multipart/form-data"]["schema"]["properties"]
     params = body["application/json"]["schema"]["properties"]["params"]["properties"]
-    assert set(PRESET_FIELDS) == set(PAPER)
+    assert set(PRESET_FIELDS) == {f for values in PRESETS.values() for f in values}
+    assert set(PAPER) | {"sampler"} <= set(PRESET_FIELDS)  # paper's four; fast's sampler
     for props in (form, params):
         for name in PRESET_FIELDS:
             assert "default" not in props[name], name
-            assert f"paper: {PAPER[name]}" in props[name]["description"]
+            for preset, values in PRESETS.items():
+                if name in values:
+                    assert f"{preset}: {values[name]}" in props[name]["description"]
             assert str(ExplainParams.model_fields[name].default) in props[name]["description"]
-        assert props["sampler"]["default"] == "conditional"
+        assert props["target"]["default"] == "top3"  # a field no preset sets keeps its own
         assert all(p.get("default", 0) is not None for p in props.values())
     assert set(form["preset"]["enum"]) == set(PRESETS)
 
@@ -126,6 +129,21 @@ def test_preset_and_explicit_fields_behave_as_documented(client):
     r = _submit(client, preset="paper", stride="2")
     mixed = plan(ExplainParams(**{**PAPER, "stride": 2, **quick}), size)["forward_passes"]
     assert r.json()["params"]["stride"] == 2 and r.json()["progress"]["total"] == mixed
+
+
+def test_the_fast_preset_is_occlusion_and_an_explicit_sampler_wins(client):
+    size = (224, 224)
+    quick = {"faithfulness": False}
+    r = _submit(client, preset="fast")
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["sampler"] == "constant" and r.json()["params"]["samples"] == 1
+    fast = plan(ExplainParams(sampler="constant", **quick), size)["forward_passes"]
+    assert r.json()["progress"]["total"] == fast == 626  # 625 windows, one pass each, + 1
+    r = _submit(client, preset="fast", sampler="marginal")
+    assert r.json()["params"]["sampler"] == "marginal"
+    form = client.get("/openapi.json").json()["paths"]["/v1/explanations"]["post"][
+        "requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert "default" not in form["sampler"]  # a generated client must not send it unasked
 
 
 def test_predictions_body_is_the_parameter_model(client):
