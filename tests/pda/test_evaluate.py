@@ -12,9 +12,7 @@ from torch import nn
 from pda.engine.metrics import Protocol
 from pda.errors import InvalidParameterError
 from pda.tools import evaluate as ev
-
-from .test_faithfulness import _box_case
-from .toys import random_stats, wrap
+from tests.support.toys import box_case, random_stats, wrap
 
 SMALL = Protocol(orders=2, block=4, subsets=24, subset_block=4)
 
@@ -43,7 +41,7 @@ def _configs(*names):
 
 
 def test_the_box_model_scores_as_it_must_on_every_family():
-    _, x = _box_case()
+    _, x = box_case()
     model = wrap(BoxHead((slice(8, 16), slice(20, 28))), 32)
     y = x.clone()
     y[1] += 0.2
@@ -70,7 +68,7 @@ def test_the_box_model_scores_as_it_must_on_every_family():
 
 
 def test_summary_paired_differences_and_files(tmp_path):
-    model, x = _box_case()
+    model, x = box_case()
     y = x.clone()
     y[2] += 0.1
     configs = _configs("occlusion", "gradient", "random")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import CAT, SMALL, wait_for
+from tests.support.paths import CAT
+from tests.support.service import SMALL, wait_for
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from ..memory_probe import Sampler, big_png, burst, rss_mb
-from .conftest import make_settings
-from .test_faults import record
+from tests.support.figures import record
+from tests.support.memory_probe import Sampler, big_png, burst, rss_mb
+from tests.support.service import make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -26,9 +26,9 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from pda.jobs import predictions
 from pda.jobs.queue import predict_queue
-
-from ..servers import worker_loaded
-from .conftest import CAT, ROOT, make_settings, wait_for
+from tests.support.paths import CAT, ROOT
+from tests.support.servers import worker_loaded
+from tests.support.service import make_settings, wait_for
 
 PNG = CAT.read_bytes()
 ARTIFACT = ROOT / "test-artifacts" / "predict_busy.json"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from .conftest import make_settings
-from .test_faults import post, record
+from tests.support.figures import record
+from tests.support.service import make_settings, post
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,9 @@ from PIL import Image
 from pda import catalog
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore, new_job_id
+from tests.support.servers import RedisServer
+from tests.support.service import SMALL, assert_problem, make_settings, submit
 from worker.announce import announce_builtins
-
-from ..servers import RedisServer
-from .conftest import SMALL, make_settings
-from .test_api import assert_problem, submit
 
 
 def png(w: int, h: int) -> bytes:

@@ -14,20 +14,17 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from ..servers import Server, worker_loaded
+from tests.support.paths import ARTIFACTS
+from tests.support.servers import Server, worker_loaded
+from tests.support.ui import API_KEY
 
-ROOT = Path(__file__).resolve().parents[2]
-CAT = ROOT / "examples" / "chelsea.png"
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("PDA_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
-API_KEY = "viewer-test-key"
 
 
 def _chromium() -> str:
@@ -106,9 +103,3 @@ def page(browser, request):
         name = re.sub(r"[^\w.-]+", "_", request.node.name)
         pg.screenshot(path=str(ARTIFACTS / f"{name}-failure.png"), full_page=True)
     context.close()
-
-
-def outside_requests(urls: list[str]) -> list[str]:
-    """Requests that would leave the machine: anything but 127.0.0.1 (blob:/data: are local)."""
-    return [u for u in urls
-            if urlsplit(u).scheme not in ("blob", "data") and urlsplit(u).hostname != "127.0.0.1"]

@@ -30,6 +30,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+
 class Sampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)

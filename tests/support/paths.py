@@ -1,0 +1,9 @@
+"""Where things are: the repository, the example photo, the test artifacts folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CAT = ROOT / "examples" / "chelsea.png"
+ARTIFACTS = ROOT / "test-artifacts"
