@@ -27,6 +27,8 @@ from tests.support.servers import RedisServer, Server, Worker
 from tests.support.service import env_for, make_settings
 from tests.support.statuses import StatusRecorder
 
+#: fixtures of tests/support modules, visible to every test
+pytest_plugins = ("tests.support.models",)
 SLOW_LIST = Path(__file__).with_name("slow.txt")
 
 
