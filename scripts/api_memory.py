@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.memory_probe import SIDE, Sampler, big_png, burst, rss_mb  # noqa: E402
-from tests.servers import RedisServer, Server  # noqa: E402
+from tests.support.memory_probe import SIDE, Sampler, big_png, burst, rss_mb  # noqa: E402
+from tests.support.servers import RedisServer, Server  # noqa: E402
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.memory_probe import rss_mb  # noqa: E402
-from tests.servers import RedisServer, free_port  # noqa: E402
+from tests.support.memory_probe import rss_mb  # noqa: E402
+from tests.support.servers import RedisServer, free_port  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Redis bytes and time of a whole job's sweep checkpoints (worker.checkpoints).
 
 Writes every checkpoint of a job's plan, as a worker does, into a throwaway
-redis-server (tests.servers.RedisServer): partial sums packed by pack_partial (readouts
+redis-server (tests.support.servers.RedisServer): partial sums packed by pack_partial (readouts
 drawn at random: float64 noise, the worst case for the compression) and stored by the
 attempt-checked transaction. Prints, per job shape, the checkpoints, the time of each
 (pack + write), and MEMORY USAGE of the checkpoint key once the sweep is complete (its
@@ -29,7 +29,7 @@ from pda.engine.sweep import (
 )
 from pda.jobs.record import JobRecord, JobStatus  # noqa: E402
 from pda.jobs.store import JobStore, checkpoint_key  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 from worker import checkpoints  # noqa: E402
 
 #: name -> (windows, passes per window, targets): the default job (224 px, window 32,

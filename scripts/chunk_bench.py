@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 
 def start_workers(url: str, queue: str, n: int, threads: int, chunk_passes: int,

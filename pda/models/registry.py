@@ -296,9 +296,3 @@ def loaded_models(device: str | torch.device = "cpu",
         return {key[0]: model for key, model in _CACHE.items()
                 if key[1] == dev and key[2:4] == dirs
                 and not dict(key[4]).get("random_weights")}
-
-
-def clear_model_cache() -> None:
-    """Forget cached models (tests; or to pick up replaced model files)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()

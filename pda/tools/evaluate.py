@@ -60,7 +60,6 @@ DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
 FAMILIES = ("removal", "correlation", "randomisation")
 #: the shipped evaluation photos (docs/faithfulness.md; not the sampler's fitting set)
 EVAL_DIR = Path(__file__).parent.parent / "data" / "evaluation"
-REFERENCE_DIR = Path(__file__).parent.parent / "data" / "reference"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 

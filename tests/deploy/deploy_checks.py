@@ -339,3 +339,16 @@ def check_command(argv: list[str] | str, root: Path = REPO) -> str | None:
         if unknown := sorted(options - _defines(source, options)):
             return f"pda {sub}: {module} never mentions the option(s) {unknown}"
     return None
+
+
+def to_bytes(value: str) -> int:
+    """Memory sizes as Redis ("640mb": binary), Docker ("1g": binary) and Kubernetes
+    ("1Gi" binary, "1G" decimal) write them."""
+    m = re.fullmatch(r"([0-9.]+)\s*([a-zA-Z]*)", str(value).strip())
+    assert m, value
+    unit = m[2]
+    binary = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
+              "g": 1024**3, "gb": 1024**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    decimal = {"K": 10**3, "M": 10**6, "G": 10**9}
+    factor = decimal.get(unit) or binary.get(unit) or binary[unit.lower()]
+    return int(float(m[1]) * factor)

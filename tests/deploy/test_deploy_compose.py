@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .deploy_checks import REPO, check_command, validate_compose
+from .deploy_checks import REPO, check_command, to_bytes, validate_compose
 
 COMPOSE = REPO / "docker-compose.yml"
 
@@ -106,19 +105,6 @@ def test_commands_and_health_checks_name_real_code(compose: dict[str, Any]) -> N
         for argv in (service.get("command"), service.get("healthcheck", {}).get("test")):
             if argv is not None:
                 assert check_command(argv) is None, (name, argv)
-
-
-def to_bytes(value: str) -> int:
-    """Memory sizes as Redis ("640mb": binary), Docker ("1g": binary) and Kubernetes
-    ("1Gi" binary, "1G" decimal) write them."""
-    m = re.fullmatch(r"([0-9.]+)\s*([a-zA-Z]*)", str(value).strip())
-    assert m, value
-    unit = m[2]
-    binary = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
-              "g": 1024**3, "gb": 1024**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
-    decimal = {"K": 10**3, "M": 10**6, "G": 10**9}
-    factor = decimal.get(unit) or binary.get(unit) or binary[unit.lower()]
-    return int(float(m[1]) * factor)
 
 
 def test_redis_maxmemory_applies_well_inside_its_memory_limit(compose: dict[str, Any]) -> None:

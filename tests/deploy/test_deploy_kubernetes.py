@@ -19,10 +19,10 @@ from .deploy_checks import (
     find,
     kustomize_build,
     load_manifests,
+    to_bytes,
     validate_object,
     validate_scaled_object,
 )
-from .test_deploy_compose import to_bytes
 
 Objs = list[dict[str, Any]]
 BASE_FILES = sorted(

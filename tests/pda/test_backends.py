@@ -26,8 +26,7 @@ from pda.engine.samplers import make_sampler
 from pda.engine.sweep import relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
 from pda.runtime import Runtime
-
-from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
+from tests.support.toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [b for b, ok in (("openvino", openvino_backend.available()),

@@ -25,8 +25,7 @@ from pda.grid import count_windows
 from pda.params import ExplainParams
 from pda.runtime import Runtime
 from pda.tools.bench import format_table, run_bench
-
-from .toys import ConvNet, random_stats, wrap
+from tests.support.toys import ConvNet, random_stats, wrap
 
 SIZE = 32  # the tiny model's input: chelsea.png is resized to 32 x 32
 

@@ -25,8 +25,7 @@ from pda.grid import grid_shape
 from pda.params import ExplainParams, plan
 from pda.runtime import Runtime
 from pda.tools.drilldown_bench import TableScores, record_samples
-
-from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
+from tests.support.toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
 SAMPLERS = ["constant", "marginal", "conditional"]
 

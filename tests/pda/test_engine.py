@@ -14,8 +14,7 @@ from pda.engine.samplers import make_sampler
 from pda.engine.sweep import laplace, relevance_maps, run_sweep
 from pda.params import ExplainParams
 from pda.runtime import Runtime
-
-from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
+from tests.support.toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
 
 SAMPLERS = ["constant", "marginal", "conditional"]
 

@@ -12,9 +12,8 @@ from torch import nn
 from pda.engine.metrics import Protocol
 from pda.errors import InvalidParameterError
 from pda.tools import evaluate as ev
-
-from .test_faithfulness import _box_case
-from .toys import random_stats, wrap
+from tests.support.paths import REFERENCE_PHOTOS
+from tests.support.toys import box_case, random_stats, wrap
 
 SMALL = Protocol(orders=2, block=4, subsets=24, subset_block=4)
 
@@ -43,7 +42,7 @@ def _configs(*names):
 
 
 def test_the_box_model_scores_as_it_must_on_every_family():
-    _, x = _box_case()
+    _, x = box_case()
     model = wrap(BoxHead((slice(8, 16), slice(20, 28))), 32)
     y = x.clone()
     y[1] += 0.2
@@ -70,7 +69,7 @@ def test_the_box_model_scores_as_it_must_on_every_family():
 
 
 def test_summary_paired_differences_and_files(tmp_path):
-    model, x = _box_case()
+    model, x = box_case()
     y = x.clone()
     y[2] += 0.1
     configs = _configs("occlusion", "gradient", "random")
@@ -125,16 +124,16 @@ def test_unknown_configurations_families_and_the_image_limit(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in ev.list_images(tmp_path)] == ["a.jpg", "b.png"]
     assert [p.name for p in ev.list_images(tmp_path, 1)] == ["a.jpg"]
-    assert len(ev.list_images(ev.REFERENCE_DIR)) == 8
+    assert len(ev.list_images(REFERENCE_PHOTOS)) == 8
 
 
 def test_the_evaluation_photos_are_many_small_listed_and_not_the_fitting_set():
     from PIL import Image
 
     files = ev.list_images(ev.EVAL_DIR)
-    assert len(files) >= 24 and ev.EVAL_DIR != ev.REFERENCE_DIR
+    assert len(files) >= 24 and ev.EVAL_DIR != REFERENCE_PHOTOS
     readme = (ev.EVAL_DIR / "README.md").read_text()
-    reference = {p.stem for p in ev.list_images(ev.REFERENCE_DIR)}
+    reference = {p.stem for p in ev.list_images(REFERENCE_PHOTOS)}
     for f in files:
         assert f"`{f.name}`" in readme  # each photo has its source and licence row
         assert f.stem not in reference

@@ -20,8 +20,7 @@ from pda.engine.faithfulness import (
 )
 from pda.params import ExplainParams
 from pda.runtime import Runtime
-
-from .toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
+from tests.support.toys import ConvNet, LinearModel, box_case, random_stats, wrap
 
 
 def _mean_red(batch: torch.Tensor) -> torch.Tensor:
@@ -96,27 +95,9 @@ def test_step_counts_cover_every_pixel_once():
         step_counts(16, 0.0)
 
 
-class BoxModel(RegionModel):
-    """Logit 0 = gain * (mean red inside the box - 0.5): p(class 0) runs from about 0 (a
-    dark box) to about 1 (a bright one); the model reads nothing else."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = super().forward(x)
-        return z - torch.tensor([self.gain * 0.5, 0.0])
-
-
-def _box_case(size: int = 32):
-    region = (slice(8, 16), slice(20, 28))
-    model = wrap(BoxModel(region, gain=12.0), size)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, size, size, generator=g) * 0.3
-    x[0, region[0], region[1]] = 1.0  # class 0's evidence: a bright red box
-    return model, x
-
-
 @pytest.mark.parametrize("fill", ["blur", "grey"])
 def test_the_box_models_map_beats_random_block_orders(fill):
-    model, x = _box_case()
+    model, x = box_case()
     params = ExplainParams(sampler="constant", window=4, stride=2, target="0",
                            fill=(0.0, 0.0, 0.0), faithfulness=False)
     expl = explain(model, x, params, random_stats(),
@@ -148,7 +129,7 @@ def test_curve_end_points_are_the_softmax_probabilities_of_image_and_canvas():
 
 
 def test_scores_repeat_for_a_seed_and_do_not_depend_on_the_batch_size():
-    model, x = _box_case()
+    model, x = box_case()
     params = ExplainParams(sampler="marginal", window=8, stride=4, samples=2, target="top2",
                            seed=3)
     ea = explain(model, x, params, random_stats(), runtime=Runtime(batch_size=16, backend="torch"))
@@ -168,7 +149,7 @@ def test_scores_repeat_for_a_seed_and_do_not_depend_on_the_batch_size():
 
 
 def test_turning_the_score_off_saves_exactly_its_passes():
-    model, x = _box_case()
+    model, x = box_case()
     on = ExplainParams(sampler="conditional", window=8, stride=8, samples=2, target="top2")
     off = on.model_copy(update={"faithfulness": False})
     stats = random_stats()
@@ -210,7 +191,7 @@ def test_hidden_layers_carry_no_score():
 
 
 def test_progress_counts_the_scores_passes_in_one_fixed_total():
-    model, x = _box_case()
+    model, x = box_case()
     params = ExplainParams(sampler="marginal", window=8, stride=8, samples=2, target="top1")
     seen: list[tuple[int, int]] = []
     expl = explain(model, x, params, random_stats(),

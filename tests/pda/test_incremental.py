@@ -20,8 +20,7 @@ from pda.engine.incremental.patch import Patch, affected, materialise
 from pda.engine.samplers import make_sampler
 from pda.engine.sweep import _perturbed_batch, relevance_maps, run_sweep
 from pda.runtime import Runtime
-
-from .toys import random_stats, wrap
+from tests.support.toys import random_stats, wrap
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLERS = ["constant", "marginal", "conditional"]

@@ -18,8 +18,7 @@ from pda.engine.backends import resolve_backend
 from pda.errors import InvalidParameterError
 from pda.params import ExplainParams
 from pda.settings import Settings
-
-from .toys import ConvNet
+from tests.support.toys import ConvNet
 
 SIZE = 64  # the default 32 px window fits, at 25 windows
 NORM = dict(input_size=(SIZE, SIZE), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -11,8 +11,7 @@ import torch
 
 from pda.engine import metrics as M
 from pda.engine.road import linear_impute, noisy_linear_impute
-
-from .toys import ConvNet, LinearModel, wrap
+from tests.support.toys import ConvNet, LinearModel, wrap
 
 WEIGHT = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # logit 0 of a 2 x 2 linear model
 

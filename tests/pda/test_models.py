@@ -21,11 +21,11 @@ from pda.models.registry import (
     IMAGENET_STD,
     LITE_MEAN,
     LITE_STD,
-    clear_model_cache,
     get_model,
     load_model,
 )
 from pda.settings import Settings
+from tests.support.models import clear_model_cache
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

@@ -14,8 +14,7 @@ from pda.engine.backends import openvino_backend
 from pda.engine.explain import explain
 from pda.params import ExplainParams, plan
 from pda.runtime import Runtime
-
-from .toys import ConvNet, wrap
+from tests.support.toys import ConvNet, wrap
 
 needs_openvino = pytest.mark.skipif(not openvino_backend.available(),
                                     reason="openvino is not installed")
@@ -30,7 +29,7 @@ def _case(size: int = 24, classes: int = 4):
 
 @needs_openvino
 def test_the_scores_run_on_the_sweeps_backend_and_equal_torchs():
-    from .toys import random_stats
+    from tests.support.toys import random_stats
 
     model, x = _case()
     params = ExplainParams(sampler="marginal", window=8, stride=4, samples=2, target="top2",
@@ -65,7 +64,7 @@ def test_the_scores_run_on_the_sweeps_backend_and_equal_torchs():
     {"sampler": "constant"},
 ])
 def test_the_plan_at_submit_is_every_pass_the_engine_runs(update):
-    from .toys import random_stats
+    from tests.support.toys import random_stats
 
     model, x = _case()
     params = ExplainParams(**{"sampler": "marginal", "window": 8, "stride": 8, "samples": 2,

@@ -51,7 +51,7 @@ def test_the_library_records_what_the_runtime_chose(monkeypatch):
     import torch
 
     import pda
-    from tests.pda.toys import ConvNet
+    from tests.support.toys import ConvNet
 
     net = ConvNet(classes=3).eval()
     img = (torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0)) * 255).byte()

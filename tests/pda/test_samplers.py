@@ -9,8 +9,7 @@ import torch
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import ConditionalSampler, make_sampler
 from pda.engine.stats import SamplerStats, fit_gaussian
-
-from .toys import random_stats
+from tests.support.toys import random_stats
 
 
 def _known_gaussian(l_: int, var: float = 0.01, length: float = 2.0):

@@ -1,6 +1,6 @@
 """A sweep cut into chunks of whole window blocks and merged gives the one-process map.
 
-The queue-level tests (real workers, real Redis) are in tests/service/test_chunks.py;
+The queue-level tests (real workers, real Redis) are in tests/worker/test_chunks.py;
 these pin the engine's half: partial sums packed, merged in window order, concluded.
 """
 
@@ -21,7 +21,7 @@ from pda.grid import BLOCK_WINDOWS
 from pda.jobs.chunks import split
 from pda.params import ExplainParams
 from pda.runtime import Runtime
-from tests.pda.toys import ConvNet, random_stats, wrap
+from tests.support.toys import ConvNet, random_stats, wrap
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from PIL import Image
 import pda
 from pda.engine.backends import build_net, onnx_backend, openvino_backend
 from pda.settings import Settings
-
-from .toys import ConvNet, wrap
+from tests.support.toys import ConvNet, wrap
 
 BACKENDS = ["torch", "compile",
             *(["openvino"] if openvino_backend.available() else []),

@@ -15,28 +15,10 @@ from fastapi.testclient import TestClient
 
 from pda.jobs.queue import rq_job_id
 from pda.jobs.store import JobStore, now_iso
-
-from .conftest import CAT, SMALL, make_settings
+from tests.support.paths import CAT
+from tests.support.service import SMALL, assert_problem, make_settings, submit
 
 PNG = CAT.read_bytes()
-
-
-def submit(client, data=SMALL, image=PNG, headers=None, name="cat.png"):
-    return client.post("/v1/explanations", files={"image": (name, image, "image/png")},
-                       data=data, headers=headers)
-
-
-def assert_problem(r, status: int, needle: str | None = None, field: str | None = None):
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert "Traceback" not in r.text
-    if needle:
-        assert needle in body["detail"], body
-    if field:
-        assert field in [e["field"] for e in body.get("errors", [])] or body.get("field") == field
-    return body
 
 
 def test_post_multipart_answers_202_with_location_retry_after_and_the_job(client):

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from .conftest import make_settings
-from .test_faults import record
-from .test_safety import CORPUS, PNG
+from tests.support.corpus import CORPUS
+from tests.support.figures import record
+from tests.support.service import PNG, make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,9 @@ import time
 import pytest
 from PIL import Image
 
-from ..servers import worker_loaded
-from .conftest import CAT, SMALL, make_settings, wait_for
+from tests.support.paths import CAT
+from tests.support.servers import worker_loaded
+from tests.support.service import SMALL, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 

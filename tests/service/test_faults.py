@@ -19,18 +19,16 @@ import redis
 
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
-
-from ..servers import RedisServer, record_figures, worker_loaded
-from .conftest import CAT, ROOT, make_settings, wait_for
+from tests.support.figures import record
+from tests.support.paths import CAT
+from tests.support.servers import RedisServer, worker_loaded
+from tests.support.service import BIG, make_settings, post, wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
-#: 14 x 14 windows, constant sampler: 197 forward passes, several seconds on one CPU thread
-BIG = {"window": "16", "stride": "16", "sampler": "constant", "samples": "1",
-       "faithfulness": "false"}
 TINY = {"window": "56", "stride": "56", "sampler": "constant", "samples": "1",
         "faithfulness": "false"}
-ARTIFACT = ROOT / "test-artifacts" / "faults.json"
 
 
 @pytest.fixture
@@ -42,28 +40,6 @@ def start_worker(start_worker):
         return start_worker(settings, **{"PDA_BACKEND": "torch", "PDA_INCREMENTAL": "off",
                                          **extra})
     return start
-
-
-def record(name: str, **figures: float) -> None:
-    """Keep a fault's recovery figures for the report (merged across tests)."""
-    record_figures(ARTIFACT, name, figures, digits=2)
-
-
-def post(server, data, image=PNG, **kw) -> dict:
-    r = server.http.post("/v1/explanations", files={"image": ("x.png", image, "image/png")},
-                         data=data, **kw)
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def wait_until(what, predicate, timeout: float = 120, every: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Watcher(threading.Thread):

@@ -15,8 +15,7 @@ from PIL import Image
 
 from pda.errors import InvalidImageError
 from pda.images import open_image
-
-from .conftest import CAT
+from tests.support.paths import CAT
 
 KEY = "fuzz-key"
 #: per operation and phase; about 500 requests per run, a few seconds each

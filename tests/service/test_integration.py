@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import CAT, SMALL, wait_for
+from tests.support.paths import CAT
+from tests.support.servers import worker_loaded
+from tests.support.service import SMALL, wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
@@ -75,11 +78,16 @@ def test_cancel_stops_a_running_sweep_and_frees_the_worker(settings, start_serve
             break
         time.sleep(0.1)
     assert cur["status"] == "running", cur
+    # the worker's beat says busy first, so the idle beat awaited below comes after the sweep
+    wait_until("the worker's beat to say busy",
+               lambda: server.http.get("/readyz").json()["workers"]["busy"] >= 1, timeout=60)
     r = server.http.delete(f"/v1/explanations/{big['id']}")
     assert r.status_code == 200 and r.json()["status"] == "canceled"
-    time.sleep(2.0)  # several batches' time
+    # the worker stops the sweep at the end of its batch and beats idle again
+    wait_until("the worker to stop the canceled sweep and go idle",
+               lambda: worker_loaded(server.http), timeout=60)
     frozen = server.http.get(f"/v1/explanations/{big['id']}").json()
-    time.sleep(1.5)
+    time.sleep(1.5)  # on purpose: time for progress that must not come
     later = server.http.get(f"/v1/explanations/{big['id']}").json()
     assert later["status"] == "canceled"
     assert later["progress"]["done"] == frozen["progress"]["done"] < frozen["progress"]["total"]

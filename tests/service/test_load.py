@@ -23,8 +23,8 @@ from PIL import Image
 
 from pda.jobs.queue import connect, get_queue, rq_job_id
 from pda.jobs.store import JobStore
-
-from .conftest import ROOT, make_settings
+from tests.support.paths import ROOT
+from tests.support.service import make_settings
 
 pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("PDA_LOAD_SECONDS", "20"))

@@ -4,13 +4,12 @@ goes back to the system afterwards (a real ``pda serve`` process, RSS from /proc
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from ..memory_probe import Sampler, big_png, burst, rss_mb
-from .conftest import make_settings
-from .test_faults import record
+from tests.support.figures import record
+from tests.support.memory_probe import Sampler, big_png, burst, steady_rss
+from tests.support.service import make_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +19,16 @@ def test_a_burst_of_huge_uploads_is_bounded_and_released(clean_redis, start_serv
     pid = server.proc.pid
     data = big_png()
     burst(server.url, data, 1, 0)  # warm up: the first request imports and caches
-    time.sleep(1)
-    idle = rss_mb(pid)
+    idle = wait_until("the API's memory to settle after the warm-up",
+                      lambda: steady_rss(pid), timeout=30, every=0)
     sampler = Sampler(pid)
     sampler.start()
     codes = burst(server.url, data, 8, 100)
-    time.sleep(3)
+    # every upload was answered; the sampler keeps sampling until the memory settles
+    settled = wait_until("the API's memory to settle after the burst",
+                         lambda: steady_rss(pid), timeout=30, every=0)
     sampler.running = False
     sampler.join()
-    settled = rss_mb(pid)
     assert set(codes) == {202}
     # each decode holds ~120 MB of pixels: two at a time (PDA_MAX_CONCURRENT_DECODES),
     # where unbounded it was ~340 MB per concurrent request, kept after the burst

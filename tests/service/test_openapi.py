@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from pda.defaults import PAPER, PRESETS
 from pda.params import PRESET_FIELDS, ExplainParams, plan, with_preset
-
-from .conftest import CAT, make_settings
-from .statuses import StatusRecorder
+from tests.support.paths import CAT
+from tests.support.service import make_settings
+from tests.support.statuses import StatusRecorder
 
 JOB = "/v1/explanations/{job_id}"
 

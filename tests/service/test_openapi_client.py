@@ -20,8 +20,8 @@ import pytest
 
 from pda.defaults import PAPER
 from pda.params import ExplainParams, plan, with_preset
-
-from .conftest import CAT, SMALL
+from tests.support.paths import CAT
+from tests.support.service import SMALL
 
 PACKAGE = "pda_generated_client"
 

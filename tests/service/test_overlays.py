@@ -17,8 +17,8 @@ from pda.params import ExplainParams
 from pda.render import render_overlay
 from service import overlays
 from service.overlays import OverlayCache
-
-from .conftest import CAT, SMALL
+from tests.support.paths import CAT
+from tests.support.service import SMALL
 
 INPUT = (224, 224)
 PHOTO = Image.open(CAT)  # 451 x 300: squash, crop and pad place it differently

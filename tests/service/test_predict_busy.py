@@ -26,9 +26,9 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from pda.jobs import predictions
 from pda.jobs.queue import predict_queue
-
-from ..servers import worker_loaded
-from .conftest import CAT, ROOT, make_settings, wait_for
+from tests.support.paths import CAT, ROOT
+from tests.support.servers import worker_loaded
+from tests.support.service import make_settings, wait_for
 
 PNG = CAT.read_bytes()
 ARTIFACT = ROOT / "test-artifacts" / "predict_busy.json"
@@ -204,17 +204,13 @@ def test_predictions_answer_while_the_only_worker_sweeps(clean_redis, start_serv
     assert figures["p99_s"] < 2.0, figures
 
 
-def test_a_busy_worker_answers_only_from_models_with_real_weights_it_holds():
-    from pda.models.registry import clear_model_cache, get_model, loaded_models
+def test_a_busy_worker_answers_only_from_models_with_real_weights_it_holds(empty_model_cache):
+    from pda.models.registry import get_model, loaded_models
     from pda.settings import Settings
 
     settings = Settings()
-    clear_model_cache()
-    try:
-        get_model("efficientnet_lite0", "cpu", settings, random_weights=True)
-        assert loaded_models("cpu", settings) == {}  # a timing model never answers
-        model = get_model("efficientnet_lite0", "cpu", settings)
-        assert loaded_models("cpu", settings) == {"efficientnet_lite0": model}
-        assert loaded_models("cpu", Settings(model_dir="/elsewhere")) == {}
-    finally:
-        clear_model_cache()
+    get_model("efficientnet_lite0", "cpu", settings, random_weights=True)
+    assert loaded_models("cpu", settings) == {}  # a timing model never answers
+    model = get_model("efficientnet_lite0", "cpu", settings)
+    assert loaded_models("cpu", settings) == {"efficientnet_lite0": model}
+    assert loaded_models("cpu", Settings(model_dir="/elsewhere")) == {}

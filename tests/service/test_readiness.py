@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from .conftest import make_settings
-from .test_faults import post, record
+from tests.support.figures import record
+from tests.support.service import make_settings, post
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +57,11 @@ def test_api_stays_ready_through_busy_idle_and_killed_workers(clean_redis, start
     busy_seconds = time.time() - started
     assert seen_busy and busy_seconds > 3, busy_seconds
 
-    time.sleep(1.5)  # the next beat says idle
+    wait_until("the next beat to say idle", lambda: ready()["idle"] == 1, timeout=10,
+               every=0.2)
     idle_from = time.time()
-    while time.time() - idle_from < 5:  # idle for longer than the window: still counted
+    # on purpose: idle for longer than the 3 s window, and still counted all along
+    while time.time() - idle_from < 5:
         w = ready()
         assert (w["alive"], w["idle"], w["busy"]) == (1, 1, 0), w
         time.sleep(0.5)

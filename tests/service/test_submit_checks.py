@@ -14,11 +14,9 @@ from PIL import Image
 from pda import catalog
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore, new_job_id
+from tests.support.servers import RedisServer
+from tests.support.service import SMALL, assert_problem, make_settings, submit
 from worker.announce import announce_builtins
-
-from ..servers import RedisServer
-from .conftest import SMALL, make_settings
-from .test_api import assert_problem, submit
 
 
 def png(w: int, h: int) -> bytes:
@@ -136,7 +134,6 @@ def test_progress_and_ends_never_recreate_a_record_redis_lost(clean_redis):
 def test_the_catalogue_reads_what_workers_published(clean_redis):
     settings = make_settings()
     catalog.publish(clean_redis, {"name": "vgg16", "available": True, "num_classes": 1000})
-    time.sleep(0.01)
     info = catalog.model_info("vgg16", settings, clean_redis, local_is_truth=False)
     assert info["available"] is True and info["layers"][0]["name"] == "features"
 
@@ -158,7 +155,7 @@ def test_a_worker_never_recreates_a_record_lost_mid_job(clean_redis, start_worke
         while "record is gone" not in worker.log.read_text():
             assert time.time() < deadline, worker.log.read_text()[-2000:]
             time.sleep(0.2)
-        time.sleep(1.5)
+        time.sleep(1.5)  # on purpose: time for the worker to recreate it, if it would
         assert clean_redis.exists(f"pda:job:{job_id}") == 0
         assert clean_redis.zscore("pda:running", job_id) is None
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import CAT
+from tests.support.paths import CAT
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from .conftest import API_KEY, ARTIFACTS, CAT, outside_requests
+from tests.support.paths import ARTIFACTS, CAT
+from tests.support.ui import API_KEY, outside_requests
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Liveness by progress, with real Redis and real worker processes (tests/service/
+"""Liveness by progress, with real Redis and real worker processes (tests/support/
 slow_worker.py slows or hangs their forward batches): a slow job that keeps progressing
 is never killed by a clock, a stalled attempt is rerun, a killed attempt resumes from its
 checkpoint to the uninterrupted map, and a split job's merge beats and counts attempts.
@@ -19,10 +19,11 @@ import pytest
 
 from pda.jobs.queue import connect
 from pda.jobs.store import JobStore
-
-from ..servers import record_figures, worker_loaded
-from .conftest import CAT, ROOT, env_for, wait_for
-from .test_faults import BIG, post, wait_until
+from tests.support.figures import record_figures
+from tests.support.paths import CAT, ROOT
+from tests.support.servers import worker_loaded
+from tests.support.service import BIG, env_for, post, wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 ARTIFACT = ROOT / "test-artifacts" / "liveness.json"
@@ -42,7 +43,7 @@ class SlowWorker:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.service.slow_worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.slow_worker"],
                                      env=env, cwd=ROOT, stdout=log.open("w"),
                                      stderr=subprocess.STDOUT)
 

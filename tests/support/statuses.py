@@ -5,7 +5,7 @@ the tests' clients of real ``pda serve`` processes all go through) for the sessi
 notes, for each response, the route it answered (matched against the paths of that
 app's or that server's own ``/openapi.json``), the method and the status. At the end of
 the session :meth:`undeclared` lists each (method, route, status) that the document does
-not declare for that operation; tests/service/conftest.py fails the session on any. Only
+not declare for that operation; tests/conftest.py fails the session on any. Only
 what was received is checked, so it holds for any subset of the tests.
 """
 

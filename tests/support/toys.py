@@ -69,3 +69,22 @@ def random_stats(seed: int = 0, n: int = 6, side: int = 64) -> SamplerStats:
     noise = rng.random((n, side // 4, side // 4, 3))
     imgs = noise.repeat(4, axis=1).repeat(4, axis=2)  # (n, side, side, 3) blocky
     return SamplerStats((imgs * 255).astype(np.uint8))
+
+
+class BoxModel(RegionModel):
+    """Logit 0 = gain * (mean red inside the box - 0.5): p(class 0) runs from about 0 (a
+    dark box) to about 1 (a bright one); the model reads nothing else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = super().forward(x)
+        return z - torch.tensor([self.gain * 0.5, 0.0])
+
+
+def box_case(size: int = 32):
+    """The box model on a dim image with a bright red box where it looks: (model, x)."""
+    region = (slice(8, 16), slice(20, 28))
+    model = wrap(BoxModel(region, gain=12.0), size)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, size, size, generator=g) * 0.3
+    x[0, region[0], region[1]] = 1.0  # class 0's evidence: a bright red box
+    return model, x

@@ -1,9 +1,9 @@
-"""Real processes the service and browser tests share: a throwaway ``redis-server`` and
-``pda serve``, each on a free loopback port."""
+"""Real processes the service, worker and browser tests share: a throwaway
+``redis-server`` and ``pda serve``, each on a free loopback port, and ``pda worker``."""
 
 from __future__ import annotations
 
-import json
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
+from .paths import ROOT
 
 
 def free_port() -> int:
@@ -110,11 +110,21 @@ def _pings(conn: redis.Redis) -> bool:
         return False
 
 
-def record_figures(artifact: Path, name: str, figures: dict[str, float], digits: int) -> None:
-    """Keep a test's measured figures for the report, merged across tests in ``artifact``
-    (test-artifacts/), and print them."""
-    artifact.parent.mkdir(exist_ok=True)
-    data = json.loads(artifact.read_text()) if artifact.exists() else {}
-    data[name] = {k: round(v, digits) for k, v in figures.items()}
-    artifact.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\n{name}: {data[name]}")
+class Worker:
+    """A real ``pda worker`` process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pda.cli", "worker"], env=env, cwd=ROOT,
+            stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()

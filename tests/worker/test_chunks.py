@@ -24,9 +24,9 @@ from pda.models.registry import get_model
 from pda.params import ExplainParams
 from pda.runtime import Runtime
 from pda.settings import Settings
-
-from ..servers import RedisServer
-from .conftest import CAT, make_settings, wait_for
+from tests.support.paths import CAT
+from tests.support.servers import RedisServer
+from tests.support.service import make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()

@@ -30,6 +30,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+
+def steady_rss(pid: int, apart: float = 0.5, tolerance_mb: float = 2.0) -> float | None:
+    """The RSS once two readings ``apart`` seconds apart differ by under ``tolerance_mb``
+    (the process has settled), else None: a predicate for ``wait_until``."""
+    first = rss_mb(pid)
+    time.sleep(apart)
+    second = rss_mb(pid)
+    return second if abs(second - first) < tolerance_mb else None
+
+
 class Sampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)

@@ -1,7 +1,7 @@
 """A whole job's sweep checkpointed into a real Redis, interrupted, and resumed
 (worker.checkpoints): the resumed map is the uninterrupted one, only the attempt holding
 the job writes, and the checkpoints go when the job ends. The same with real worker
-processes (SIGKILL at ~70 %) is in tests/service/test_liveness.py."""
+processes (SIGKILL at ~70 %) is in tests/worker/test_liveness.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore, checkpoint_key
 from pda.params import ExplainParams
 from pda.runtime import Runtime
-from tests.pda.toys import ConvNet, random_stats, wrap
+from tests.support.toys import ConvNet, random_stats, wrap
 from worker import checkpoints
 
 
