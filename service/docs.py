@@ -3,8 +3,8 @@
 Both pages load their scripts from ``/static/vendor`` (copied from npm, see its README),
 never from a CDN. :func:`install` post-processes ``app.openapi()`` so that it declares
 every status each route can answer (:data:`STATUSES`; tests/support/statuses.py fails
-the test session on any status a test receives that is not declared), with its schema and the headers
-the server sets; errors are RFC 9457 problem documents; binary bodies are
+the test session on any status a test receives that is not declared), with its schema and
+the headers the server sets; errors are RFC 9457 problem documents; binary bodies are
 ``format: binary``; and API keys are declared as required exactly when the server has
 them (``PDA_API_KEYS``), so a generated client types calls as authenticated only then.
 Every route carries an example request (``x-codeSamples``, shown by ReDoc).
