@@ -22,10 +22,13 @@
 # (the docker CLI, default docker), KEEP=1 (leave the stack up on failure to look at it),
 # ROLLING=1 (then scripts/compose_rolling.py: a rolling restart of the API and the workers
 # under 20 clients, 0 failed requests and 0 lost jobs).
-# Images keep their compose names (pda-api:0.1.0-cpu, ...) and stay after the run.
+# Images keep their compose names (pda-api:$VERSION-cpu, ...: pda/version.py) and stay
+# after the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-docker}
+# the image tags docker-compose.yml names follow the package version (a deploy test checks)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' pda/version.py)
 export COMPOSE_PROJECT_NAME=pda-smoke
 WORK=$(mktemp -d /tmp/pda-smoke.XXXXXX)
 ARGS=()
@@ -63,18 +66,18 @@ build() {  # build NAME TARGET TAG BUILDKIT [args...]: seconds on stdout, log in
 # --progress is BuildKit's flag; the classic builder takes no such option
 api_classic_t0=$SECONDS
 DOCKER_BUILDKIT=0 "$DOCKER" build -f docker/Dockerfile --target api ${ARGS[@]+"${ARGS[@]}"} \
-    -t pda-api:0.1.0-cpu . > "$WORK/api-classic.log" 2>&1 \
+    -t pda-api:$VERSION-cpu . > "$WORK/api-classic.log" 2>&1 \
   || { tail -30 "$WORK/api-classic.log" >&2; fail "classic build of api"; }
 api_classic=$((SECONDS - api_classic_t0))
-api_kit=$(build api-buildkit api pda-api:0.1.0-cpu 1)
+api_kit=$(build api-buildkit api pda-api:$VERSION-cpu 1)
 for log in api-classic api-buildkit; do  # a torch stage reads the torch pins into torch.txt
   ! grep -q -e torch.txt -e TORCH_INDEX_URL "$WORK/$log.log" || fail "$log ran a torch stage"
 done
-! "$DOCKER" run --rm pda-api:0.1.0-cpu python -c "import torch" 2> /dev/null \
+! "$DOCKER" run --rm pda-api:$VERSION-cpu python -c "import torch" 2> /dev/null \
   || fail "the API image holds torch"
-worker_t=$(build worker worker pda-worker:0.1.0-cpu 1 ${WARGS[@]+"${WARGS[@]}"})
+worker_t=$(build worker worker pda-worker:$VERSION-cpu 1 ${WARGS[@]+"${WARGS[@]}"})
 check=$(grep -o 'worker image check: .*' "$WORK/worker.log" | tail -1)
-dash_t=$(build dashboard dashboard pda-dashboard:0.1.0 1)
+dash_t=$(build dashboard dashboard pda-dashboard:$VERSION 1)
 say "built: api ${api_classic}s classic, ${api_kit}s BuildKit; worker ${worker_t}s; dashboard ${dash_t}s"
 say "$check"
 
@@ -196,7 +199,7 @@ if [ "${ROLLING:-0}" = 1 ]; then
 fi
 
 # --- 7. figures --------------------------------------------------------------------------------
-sizes="api $(size_mb pda-api:0.1.0-cpu) MB, worker $(size_mb pda-worker:0.1.0-cpu) MB, dashboard $(size_mb pda-dashboard:0.1.0) MB"
+sizes="api $(size_mb pda-api:$VERSION-cpu) MB, worker $(size_mb pda-worker:$VERSION-cpu) MB, dashboard $(size_mb pda-dashboard:$VERSION) MB"
 compose --profile monitoring down -v --remove-orphans > /dev/null 2>&1
 trap - EXIT
 echo "compose-smoke: PASS $(date -u +%FT%TZ) | build api ${api_classic}s classic / ${api_kit}s BuildKit (no torch), worker ${worker_t}s, dashboard ${dash_t}s | images ${sizes} | stack healthy ${up_t}s | README job ${job_t}s, backend ${backend} | worker killed at ${done_} passes: job done ${kill_t}s after submit, same map (${diff2}) | 2 workers | Redis restart: result kept | dashboard up${rolling}"
