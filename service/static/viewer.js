@@ -402,7 +402,9 @@ function init() {
   $("form").addEventListener("submit", submit);
   $("form").addEventListener("input", updatePasses);
   $("image").addEventListener("change", () => chooseFile($("image").files[0]));
-  $("paper").addEventListener("click", () => setValues(JSON.parse($("paper").dataset.preset)));
+  for (const preset of ["paper", "fast"]) {
+    $(preset).addEventListener("click", () => setValues(JSON.parse($(preset).dataset.preset)));
+  }
   $("defaults").addEventListener("click", () => setValues(defaults()));
   $("cancel").addEventListener("click", cancel);
 

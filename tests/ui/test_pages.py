@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pda.catalog import builtin_metadata
-from pda.defaults import PAPER
+from pda.defaults import FAST, PAPER
 from pda.params import ExplainParams
 from pda.settings import Settings
 from service.routes.ui import STATIC_DIR
@@ -47,6 +47,7 @@ def test_viewer_defaults_and_paper_preset_match_the_engine():
     assert page.attrs["fit"]["data-default"] == defaults.fit
     assert page.attrs["faithfulness"]["data-default"] == str(defaults.faithfulness).lower()
     assert json.loads(page.attrs["paper"]["data-preset"]) == PAPER
+    assert json.loads(page.attrs["fast"]["data-preset"]) == FAST
     for name in ("image", "model", "sampler", "fit", "window", "stride", "samples", "target",
                  "layer", "seed", "padding", "fill", "faithfulness", "apikey"):
         assert f'<label for="{name}">' in (STATIC_DIR / "index.html").read_text(), name
