@@ -134,8 +134,10 @@ def explain(
     if compile:
         warnings.warn(f"compile=True: {COMPILE_DEPRECATED}", FutureWarning, stacklevel=2)
         runtime = runtime.replace(backend="compile")
+    # the explicit device only: a caller's module stays where it is unless asked (a name
+    # or file loads on runtime.device, which is this or PDA_DEVICE)
     loaded = load(model, settings, input_size=input_size, mean=mean, std=std, labels=labels,
-                  device=runtime.device)
+                  device=device)
     # a caller's module: dropout and batch-norm statistics off while explaining, and back
     # to training mode after (registry models are in eval mode for good)
     was_training = isinstance(model, nn.Module) and model.training
