@@ -118,29 +118,26 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def start_worker(tmp_path: Path):
-    workers: list[Worker] = []
+def _starter(tmp_path: Path, cls: type, name: str, stop):
+    """A fixture body: start processes of ``cls`` (a Worker or Server) on demand, each with
+    its own log under ``tmp_path``, and ``stop`` every one of them at the end."""
+    started: list = []
 
-    def start(settings: Settings, **extra: str) -> Worker:
-        w = Worker(env_for(settings, tmp_path, **extra), tmp_path / f"worker{len(workers)}.log")
-        workers.append(w)
-        return w
+    def start(settings: Settings, **extra: str):
+        p = cls(env_for(settings, tmp_path, **extra), tmp_path / f"{name}{len(started)}.log")
+        started.append(p)
+        return p
 
     yield start
-    for w in workers:
-        w.stop(signal.SIGKILL)
+    for p in started:
+        stop(p)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path):
+    yield from _starter(tmp_path, Worker, "worker", lambda w: w.stop(signal.SIGKILL))
 
 
 @pytest.fixture
 def start_server(tmp_path: Path):
-    servers: list[Server] = []
-
-    def start(settings: Settings, **extra: str) -> Server:
-        s = Server(env_for(settings, tmp_path, **extra), tmp_path / f"server{len(servers)}.log")
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.stop()
+    yield from _starter(tmp_path, Server, "server", lambda s: s.stop())
