@@ -33,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pda.engine.samplers import ConditionalSampler
 from pda.engine.stats import DEFAULT_STATS_PATH, SamplerStats, fit_gaussian, load_reference_images
 from pda.tools.evaluate import EVAL_DIR
 
 K, P = 32, 2
 L = K + 2 * P
-JITTER = 1e-5  # the sampler's (ConditionalSampler.JITTER)
+JITTER = ConditionalSampler.JITTER  # the same regularisation as the sampler's
 
 
 def conditional(mu: np.ndarray, cov: np.ndarray):
@@ -61,9 +62,7 @@ def conditional(mu: np.ndarray, cov: np.ndarray):
 
 
 def shrink(cov: np.ndarray, alpha: float) -> np.ndarray:
-    diag = np.zeros_like(cov)
-    for ch in range(3):
-        diag[ch] = np.diag(np.diag(cov[ch]))
+    diag = np.eye(cov.shape[1]) * np.diagonal(cov, axis1=1, axis2=2)[:, None, :]
     return (1 - alpha) * cov + alpha * diag
 
 

@@ -13,7 +13,7 @@ study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
 
-def _toy_gaussian(rng):
+def _toy_gaussian():
     d = study.L * study.L
     # a smooth, well-conditioned covariance: exponential decay with pixel distance
     yy, xx = np.divmod(np.arange(d), study.L)
@@ -25,7 +25,7 @@ def _toy_gaussian(rng):
 
 def test_scores_on_the_models_own_samples():
     rng = np.random.default_rng(0)
-    mu, cov = _toy_gaussian(rng)
+    mu, cov = _toy_gaussian()
     model = study.conditional(mu, cov)
     chols = [np.linalg.cholesky(c) for c in cov]
     n = 200
@@ -47,8 +47,7 @@ def test_scores_on_the_models_own_samples():
 
 
 def test_shrink_and_low_rank_keep_the_variances():
-    rng = np.random.default_rng(1)
-    _, cov = _toy_gaussian(rng)
+    _, cov = _toy_gaussian()
     s = study.shrink(cov, 0.3)
     assert np.allclose(np.diagonal(s, axis1=1, axis2=2), np.diagonal(cov, axis1=1, axis2=2))
     off = ~np.eye(cov.shape[1], dtype=bool)
