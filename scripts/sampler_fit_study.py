@@ -90,7 +90,8 @@ def score(model, patches: np.ndarray, rng: np.random.Generator, clip_study: bool
         ring += ((x_i - x_o.mean(axis=1, keepdims=True)) ** 2).mean() / 3
         # Mahalanobis via the Cholesky factor: solve L y = err
         y = np.linalg.solve(chol, err.T)  # (n_i, N)
-        nll += (0.5 * (y ** 2).sum(0) + 0.5 * logdet + 0.5 * n_i * np.log(2 * np.pi)).mean() / n_i / 3
+        per_pixel = 0.5 * (y ** 2).sum(0) + 0.5 * logdet + 0.5 * n_i * np.log(2 * np.pi)
+        nll += per_pixel.mean() / n_i / 3
         sd = np.sqrt((chol ** 2).sum(axis=1))  # (n_i,) marginal conditional sd
         inside += (np.abs(err) <= 1.96 * sd).mean() / 3
         if clip_study:
@@ -119,7 +120,8 @@ def patches_of(image: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 def boot(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> list[float]:
     idx = rng.integers(0, len(values), (n, len(values)))
     means = values[idx].mean(axis=1)
-    return [float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    low, high = np.quantile(means, 0.025), np.quantile(means, 0.975)
+    return [float(values.mean()), float(low), float(high)]
 
 
 def main(argv: list[str] | None = None) -> dict:
