@@ -293,21 +293,29 @@ class Protocol:
 class ImageScorer:
     """The removal and correlation families for maps of one image and one class; the
     random baseline's curves do not depend on the map, so they are scored once per image
-    and shared by every configuration."""
+    and shared by every configuration. A fill with noise (ROAD) restarts its stream for
+    every set of curves, so every map and the baseline see the same noise (common random
+    numbers): a configuration's score does not depend on what was scored before it, and
+    paired differences carry no fill noise of their own."""
 
     def __init__(self, score: Score, x: torch.Tensor, protocol: Protocol, *,
                  batch_size: int = 32, progress: Callable[[int], None] | None = None
                  ) -> None:
         self.score, self.x, self.p = score, x, protocol
         self.batch_size, self.progress = batch_size, progress
-        self.fills = {f: make_fill(f, x, protocol.seed) for f in protocol.fills}
+        for f in protocol.fills:  # an unknown fill fails here, before any pass
+            make_fill(f, x, protocol.seed)
         self._base: dict[str, np.ndarray] = {}
         C, H, W = x.shape
         self.subsets = correlation_subsets(H, W, protocol.subsets, protocol.subset_fraction,
                                            protocol.subset_block, protocol.seed)
 
+    def _fill(self, name: str) -> Fill:
+        """The fill ``name``, its noise (if any) from the start of its seeded stream."""
+        return make_fill(name, self.x, self.p.seed)
+
     def _curves(self, orders: list[torch.Tensor], fill: str) -> tuple[np.ndarray, int]:
-        return removal_curves(self.score, self.x, orders, self.fills[fill], self.p.step,
+        return removal_curves(self.score, self.x, orders, self._fill(fill), self.p.step,
                               batch_size=self.batch_size, progress=self.progress)
 
     def removal(self, relevance: torch.Tensor) -> tuple[dict[str, float], int]:
@@ -330,5 +338,5 @@ class ImageScorer:
     def correlation(self, relevance: torch.Tensor) -> tuple[float, int]:
         """Faithfulness correlation under the first fill, and the passes used."""
         return faithfulness_correlation(
-            self.score, self.x, relevance, self.fills[self.p.fills[0]], self.subsets,
+            self.score, self.x, relevance, self._fill(self.p.fills[0]), self.subsets,
             batch_size=self.batch_size, progress=self.progress)

@@ -149,3 +149,29 @@ def test_random_map_is_piecewise_constant_and_seeded():
     m = M.random_map(10, 10, 4, seed=2)
     assert m.shape == (10, 10) and torch.equal(m, M.random_map(10, 10, 4, seed=2))
     assert len(torch.unique(m[:4, :4])) == 1 and len(torch.unique(m)) == 9
+
+
+
+def test_road_scores_do_not_depend_on_what_was_scored_before():
+    # common random numbers: each map's ROAD curves (and the baseline's) start the noise
+    # stream afresh, so a configuration's score is the same first or third in a run
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(8, 8, generator=g)
+    model = wrap(LinearModel(weight), 8)
+    x = torch.rand(3, 8, 8, generator=g) * 0.5 + 0.25
+    protocol = M.Protocol(fills=("road",), step=0.25, orders=2, block=4)
+    other, mine = torch.randn(8, 8, generator=g), weight.clone()
+    alone, _ = M.ImageScorer(_logit0(model), x, protocol).removal(mine)
+    scorer = M.ImageScorer(_logit0(model), x, protocol)
+    scorer.removal(other)
+    after, _ = scorer.removal(mine)
+    assert after == alone
+    # one stream shared by both maps (the old behaviour) gives the second map other noise
+    shared = M.make_fill("road", x, protocol.seed)
+    orders = M.morf_lerf_orders(mine)
+    M.removal_curves(_logit0(model), x, M.morf_lerf_orders(other), shared, 0.25)
+    second, _ = M.removal_curves(_logit0(model), x, orders, shared, 0.25)
+    fresh, _ = M.removal_curves(_logit0(model), x, orders, M.make_fill("road", x, 0), 0.25)
+    assert not np.allclose(second, fresh)
+    with pytest.raises(Exception, match="fill"):
+        M.ImageScorer(_logit0(model), x, M.Protocol(fills=("nope",)))
