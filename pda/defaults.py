@@ -21,14 +21,15 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: exact incremental inference (pda.engine.incremental); auto: where measured faster
 INCREMENTAL_MODES = ("auto", "on", "off")
 
-#: the service default, sized so one job finishes in seconds on a 2-core CPU with OpenVINO
-#: (docs/performance.md); window 32 rather than 16 because the faithfulness evaluation
-#: found the 16 px window's maps no better than random block orders on deletion, and
-#: 32 px at the same stride better on both scores at a lower cost (docs/faithfulness.md)
+#: the service default, chosen by faithfulness per second on 30 photos (docs/faithfulness.md,
+#: "Defaults chosen"): window 32 rather than 16 or 48 (16 is worse on four removal
+#: metrics, 48 on the correlation); 2 samples rather than 4 or 8 (as faithful, on no
+#: metric worse, at half or a quarter of the passes); at 1,251 sweep passes it is more
+#: faithful than occlusion given more passes (stride 5, 1,522) on five of seven metrics
 DEFAULT_SAMPLER = "conditional"
 DEFAULT_WINDOW = 32
 DEFAULT_STRIDE = 8
-DEFAULT_SAMPLES = 4
+DEFAULT_SAMPLES = 2
 DEFAULT_PADDING = 2
 DEFAULT_TARGET = "top3"
 DEFAULT_LAYER = "output"
@@ -41,13 +42,13 @@ DEFAULT_FIT = "squash"
 DEFAULT_TRAIN_SIZE = 100_000
 #: the paper's settings (Zintgraf et al. 2017, section 4): ``preset="paper"``
 PAPER = {"window": 10, "padding": 2, "samples": 10, "stride": 1}
-#: plain occlusion (the constant sampler, one pass per window): a quarter of the default's
-#: passes, and measurably less faithful on 30 photos (docs/faithfulness.md)
+#: plain occlusion (the constant sampler, one pass per window): half the default's passes,
+#: and measurably less faithful on 30 photos (docs/faithfulness.md)
 FAST = {"sampler": "constant"}
 PRESETS = {"default": {}, "fast": FAST, "paper": PAPER}
 #: one line per preset, for the CLI's help and the API's schema
 PRESET_HELP = ("default = the service defaults; fast = occlusion (constant sampler, one "
-               "pass per window: a quarter of the default's passes); paper = "
+               "pass per window: half the default's passes); paper = "
                + ", ".join(f"{k} {v}" for k, v in PAPER.items()) + " (Zintgraf et al. 2017)")
 #: classes in a prediction (the job resource, /v1/predictions)
 PREDICTION_TOP = 5

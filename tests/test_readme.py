@@ -208,7 +208,7 @@ def test_every_figure_the_readme_quotes_is_in_docs():
     prose = re.sub(r"\s+", " ", README)  # code comments quote figures too
     prose = prose.replace("`PDA_RESULT_TTL_SECONDS` (24 h)", "")  # a setting, checked below
     quoted = set(FIGURE.findall(prose))
-    assert {"2.9x", "46 min", "2 h 14 min", "21.3 s"} <= quoted
+    assert {"2.9x", "46 min", "2 h 14 min", "9.5 s", "7.0 s"} <= quoted
     missing = sorted(f for f in quoted if f not in docs)
     assert not missing, f"README quotes figures docs/ does not hold: {missing}"
     assert Settings.model_fields["result_ttl_seconds"].default == 24 * 3600

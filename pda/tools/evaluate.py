@@ -32,11 +32,12 @@ __all__ = ["BOOTSTRAP", "CONFIGS", "DEFAULT_CONFIGS", "FAMILIES", "Progress", "e
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "occlusion": {"sampler": "constant"},  # constant sampler, S = 1: plain occlusion
-    # occlusion at the default's cost: stride 4 gives 2,401 windows x 1 pass against the
-    # default's 625 windows x 4 samples = 2,500 (the issue's "at equal forward passes")
+    # occlusion at a 4-sample map's cost: stride 4 gives 2,401 windows x 1 pass against
+    # 625 windows x 4 samples = 2,500 (the issue's "at equal forward passes" while the
+    # default was 4 samples)
     "occlusion-equal": {"sampler": "constant", "stride": 4},
-    # occlusion at the 2-sample default's cost or a little above: stride 5 gives 1,521
-    # windows x 1 pass against 625 windows x 2 samples = 1,250
+    # occlusion at the default's cost or a little above: stride 5 gives 1,521 windows x 1
+    # pass against the default's 625 windows x 2 samples = 1,250
     "occlusion-stride5": {"sampler": "constant", "stride": 5},
     "marginal": {"sampler": "marginal"},
     "window16": {"window": 16},
