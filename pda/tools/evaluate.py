@@ -42,6 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "marginal": {"sampler": "marginal"},
     "window16": {"window": 16},
     "window48": {"window": 48},
+    "samples1": {"samples": 1},  # conditional at occlusion's cost (626 passes)
     "samples2": {"samples": 2},
     "samples4": {"samples": 4},
     "samples8": {"samples": 8},

@@ -18,11 +18,11 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    "pda/data/evaluation)")
     v.add_argument("--model", help="built-in name or model file (default efficientnet_lite0)")
     v.add_argument("--configs", help="comma-separated configurations (default "
-                   "default,occlusion,marginal,random; also window16, window48, samples2, "
-                   "samples4, samples8, samples16, stride4, wide, fine, drilldown, logits, "
-                   "gradient, occlusion-stride5 (occlusion at 1,522 passes, at or above the "
-                   "default's 1,251), occlusion-equal (stride 4: 2,402 passes, the 4-sample "
-                   "map's); "
+                   "default,occlusion,marginal,random; also window16, window48, samples1, "
+                   "samples2, samples4, samples8, samples16, stride4, wide, fine, drilldown, "
+                   "logits, gradient, occlusion-stride5 (occlusion at 1,522 passes, at or "
+                   "above the default's 1,251), occlusion-equal (stride 4: 2,402 passes, the "
+                   "4-sample map's); "
                    "context and constant are older names of default and occlusion)")
     v.add_argument("--families", help="metric families (default removal,correlation,"
                    "randomisation; randomisation explains every image twice)")
