@@ -20,6 +20,10 @@ score function), P curve points, K correlation subsets.
   correlation (signed and of |map|) and SSIM between a map and the map of the same
   class after the classifier's last layer is re-initialised. A faithful map changes:
   low is good.
+- **Random logit** (Sixt, Granz, Landgraf, ICML 2020): the same similarities between the
+  map of the top class and the map of a random other class (``pda.tools.evaluate``):
+  a class-specific map differs; a mirror image (Spearman -1) is the top class's map
+  again, in the other class's probability mass.
 
 Fills (the ``Fill`` callables): ``blur`` and ``grey`` (:mod:`.faithfulness`'s canvases:
 the pixels show a fixed image) and ``road`` (:mod:`.road`, noisy linear imputation,

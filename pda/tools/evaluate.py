@@ -3,7 +3,8 @@
 Every image's top-1 class is explained under every configuration, and each map is scored
 by the metric families of :mod:`pda.engine.metrics` (docs/faithfulness.md, "Metric
 families"): MoRF/LeRF removal curves under several fills against random block orders,
-faithfulness correlation, and the last-layer randomisation check. The tables
+faithfulness correlation, the last-layer randomisation check and the random-logit check
+(the top class's map against a random other class's, from the same sweep). The tables
 (:mod:`pda.tools.evaluate_report`) give each metric's mean with a 95% bootstrap interval over
 the images, paired differences against a reference configuration, and the cost per image
 in seconds and forward passes. Progress and an up-front time estimate go to ``log``.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..defaults import DEFAULT_STRIDE, DETERMINISTIC_SAMPLERS
@@ -63,7 +65,7 @@ ALIASES = {"context": "default", "constant": "occlusion"}
 #: what runs when --configs is not given
 DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
 #: the metric families (``--families``)
-FAMILIES = ("removal", "correlation", "randomisation")
+FAMILIES = ("removal", "correlation", "randomisation", "random-logit")
 #: the shipped evaluation photos (docs/faithfulness.md; not the sampler's fitting set)
 EVAL_DIR = Path(__file__).parent.parent / "data" / "evaluation"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -119,6 +121,8 @@ def estimate(configs: dict[str, dict[str, Any]], n_images: int, H: int, W: int,
     for fields in configs.values():
         sweep = sweep_passes(fields, H, W)
         per = sweep * (2 if "randomisation" in families else 1)
+        if "random-logit" in families:
+            per += _other_class_passes(fields, sweep)
         if "removal" in families:
             per += protocol.removal_passes(with_baseline=False)
         if "correlation" in families:
@@ -173,24 +177,58 @@ def _sweep_progress(bar: Progress) -> Callable[[int, int], None]:
     return cb
 
 
-def _make_map(model: Any, x: torch.Tensor, fields: dict[str, Any], target: int,
-              stats: Any, seed: int, batch_size: int | None, backend: str,
-              progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, int]:
-    """The configuration's (H, W) map of class ``target`` and its forward passes."""
+def _shares_sweep(fields: dict[str, Any]) -> bool:
+    """Whether one sweep gives this configuration's maps of several classes at the cost
+    of one (every PDA sweep but the drill-down's, whose refined windows follow the
+    classes' maps)."""
+    return "method" not in fields and not fields.get("drilldown")
+
+
+def _other_class_passes(fields: dict[str, Any], sweep: int) -> int:
+    """Forward passes the random-logit family adds to one map of ``sweep`` passes (the
+    drill-down's: an upper bound, as its sweep's)."""
+    return 0 if _shares_sweep(fields) or fields.get("method") == "random" else sweep
+
+
+def other_class(n_classes: int, target: int, seed: int, image: int) -> int:
+    """The random other class of image number ``image``: uniform over the classes but
+    ``target``, fixed by ``seed`` and the image's place (every configuration sees it)."""
+    r = int(np.random.default_rng([seed, image]).integers(n_classes - 1))
+    return r + (r >= target)
+
+
+def _make_maps(model: Any, x: torch.Tensor, fields: dict[str, Any], targets: list[int],
+               stats: Any, seed: int, batch_size: int | None, backend: str,
+               progress: Callable[[int, int], None] | None
+               ) -> tuple[torch.Tensor, int, int]:
+    """The configuration's (len(targets), H, W) maps of the classes ``targets``, the
+    forward passes of the first and those the others added (0 for a PDA sweep: one sweep
+    gives every class's map; a drill-down takes one call per class)."""
     from ..engine.explain import explain
     from ..engine.metrics import gradient_saliency, random_map
 
     method = fields.get("method")
     C, H, W = x.shape
+    n = len(targets)
     if method == "random":
-        return random_map(H, W, DEFAULT_STRIDE, seed), 0
+        return torch.stack([random_map(H, W, DEFAULT_STRIDE, seed + i) for i in range(n)]), 0, 0
     if method == "gradient":
-        return gradient_saliency(model, x, target), 2
-    params = ExplainParams(**{**fields, "target": str(target), "seed": seed,
+        return torch.stack([gradient_saliency(model, x, t) for t in targets]), 2, 2 * (n - 1)
+    assert n == 1 or _shares_sweep(fields), "one sweep per class: call once per class"
+    params = ExplainParams(**{**fields, "target": ",".join(map(str, targets)), "seed": seed,
                               "faithfulness": False})
     expl = explain(model, x, params, stats, runtime=Runtime(batch_size=batch_size, backend=backend),
                    progress=progress)
-    return torch.from_numpy(expl.relevance[0]), expl.forward_passes
+    return torch.from_numpy(expl.relevance), expl.forward_passes, 0
+
+
+def _make_map(model: Any, x: torch.Tensor, fields: dict[str, Any], target: int,
+              stats: Any, seed: int, batch_size: int | None, backend: str,
+              progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, int]:
+    """The configuration's (H, W) map of class ``target`` and its forward passes."""
+    maps, passes, _ = _make_maps(model, x, fields, [target], stats, seed, batch_size, backend,
+                                 progress)
+    return maps[0], passes
 
 
 def top_class(model: Any, x: torch.Tensor, target: str) -> int:
@@ -233,6 +271,8 @@ def run(
         C, H, W = x.shape
         bs = batch_size or auto_batch_size(x.device, (H, W), model)
         t = top_class(model, x, target)
+        r = (other_class(int(model(x[None]).shape[1]), t, seed, i)
+             if "random-logit" in families else None)
         score = build_readout(model, "output", [t], backend=backend, batch_size=bs)
         scorer = ImageScorer(score, x, protocol, batch_size=bs, progress=bar.add)
         p = float(torch.softmax(model(x[None]).float(), 1)[0, t])
@@ -240,16 +280,26 @@ def run(
             where = f"[{j + 1}/{len(configs)} {cname}] image {i + 1}/{len(images)} {name}"
             bar.phase(f"{where}: map")
             t0 = time.perf_counter()
-            rel, passes = _make_map(model, x, fields, t, stats, seed, batch_size, backend,
-                                    _sweep_progress(bar))
-            seconds = time.perf_counter() - t0
+            if r is not None and "method" not in fields and not _shares_sweep(fields):
+                rel, passes = _make_map(model, x, fields, t, stats, seed, batch_size,
+                                        backend, _sweep_progress(bar))
+                seconds = time.perf_counter() - t0
+                other, extra = _make_map(model, x, fields, r, stats, seed, batch_size,
+                                         backend, _sweep_progress(bar))
+                maps = torch.stack([rel, other])
+            else:
+                maps, passes, extra = _make_maps(model, x, fields,
+                                                 [t] if r is None else [t, r], stats, seed,
+                                                 batch_size, backend, _sweep_progress(bar))
+                rel, seconds = maps[0], time.perf_counter() - t0
             if fields.get("method") == "gradient":
-                bar.add(passes)
+                bar.add(passes + extra)
             row: dict[str, Any] = {
                 "config": cname, "image": name, "target": t,
                 "label": model.labels[t] if t < len(model.labels) else str(t),
                 "probability": p, "seconds": seconds, "sweep_passes": passes}
             t1, used = time.perf_counter(), 0
+            used += extra  # the other class's map, where it needs passes of its own
             if "removal" in families:
                 bar.phase(f"{where}: removal curves ({', '.join(protocol.fills)})")
                 scores, n = scorer.removal(rel)
@@ -265,6 +315,10 @@ def run(
                                     _sweep_progress(bar))
                 row.update({f"rand_{k}": v for k, v in randomisation_scores(rel, rrel).items()})
                 used += n
+            if r is not None:
+                sims = randomisation_scores(rel, maps[1])
+                row.update({"logit_class": r, "logit_spearman": sims["spearman"],
+                            "logit_spearman_abs": sims["spearman_abs"]})
             row["metric_passes"], row["metric_seconds"] = used, time.perf_counter() - t1
             log(_line(row, protocol.fills))
             rows.append(row)
@@ -284,6 +338,8 @@ def _line(row: dict[str, Any], fills: tuple[str, ...]) -> str:
         parts.append(f"corr {row['correlation']:+.3f}")
     if "rand_spearman" in row:
         parts.append(f"rand rho {row['rand_spearman']:+.3f}")
+    if "logit_spearman" in row:
+        parts.append(f"other class rho {row['logit_spearman']:+.3f}")
     parts.append(f"{row['seconds']:.1f} s, {row['sweep_passes']} passes")
     return "  ".join(parts)
 

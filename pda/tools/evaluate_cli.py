@@ -25,7 +25,9 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    "4-sample map's); "
                    "context and constant are older names of default and occlusion)")
     v.add_argument("--families", help="metric families (default removal,correlation,"
-                   "randomisation; randomisation explains every image twice)")
+                   "randomisation,random-logit; randomisation explains every image twice; "
+                   "random-logit compares the map with a random other class's, from the "
+                   "same sweep)")
     v.add_argument("--fills", default="blur,road",
                    help="removal fills: blur, road (noisy linear imputation), grey "
                    "(default blur,road; the first also serves the correlation)")

@@ -14,9 +14,12 @@ import numpy as np
 
 BOOTSTRAP = 2000
 #: metric -> +1 when higher is better, -1 when lower is; per fill F the removal keys are
-#: F_morf, F_lerf, F_morf_gap, F_lerf_gap, F_srg
+#: F_morf, F_lerf, F_morf_gap, F_lerf_gap, F_srg; 0: neither (0 is ideal: the signed
+#: Spearman of the top class's map and a random other class's is -1 for a mirror image,
+#: +1 for the same map; it is shown without a verdict, the |map| Spearman carries it)
 REMOVAL = {"morf": -1, "lerf": +1, "morf_gap": -1, "lerf_gap": +1, "srg": +1}
-OTHER = {"correlation": +1, "rand_spearman": -1, "rand_spearman_abs": -1, "rand_ssim": -1}
+OTHER = {"correlation": +1, "rand_spearman": -1, "rand_spearman_abs": -1, "rand_ssim": -1,
+         "logit_spearman": 0, "logit_spearman_abs": -1}
 
 
 def metric_keys(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -100,11 +103,13 @@ def paired(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
     return out
 
 
-ARROW = {+1: "↑", -1: "↓"}
+ARROW = {+1: "↑", -1: "↓", 0: "(0 ideal)"}
 NAMES = {"morf": "MoRF", "lerf": "LeRF", "morf_gap": "MoRF − random",
          "lerf_gap": "LeRF − random", "srg": "SRG (LeRF − MoRF)",
          "correlation": "faithfulness corr.", "rand_spearman": "rand. Spearman",
-         "rand_spearman_abs": "rand. Spearman |map|", "rand_ssim": "rand. SSIM"}
+         "rand_spearman_abs": "rand. Spearman |map|", "rand_ssim": "rand. SSIM",
+         "logit_spearman": "other class Spearman",
+         "logit_spearman_abs": "other class Spearman |map|"}
 
 
 def _label(k: str) -> str:

@@ -169,3 +169,49 @@ def test_older_configuration_names_still_work_and_unknown_ones_are_named():
     assert "context" not in CONFIGS and "constant" not in CONFIGS  # one entry per setting
     with pytest.raises(InvalidParameterError, match="unknown configuration 'contxt'"):
         pick_configs(["contxt"])
+
+
+def test_random_logit_family_on_the_box_model():
+    """Two classes: class 1's weight of evidence is minus class 0's (its odds are the
+    inverse), so the other class's map is the exact mirror image: Spearman -1, and 1 on
+    |map|. The family takes no passes for a PDA sweep and leaves the top class's map as
+    it is."""
+    model, x = box_case()
+    configs = _configs("occlusion", "gradient", "random")
+    rows = ev.run(model, [("a.png", x)], configs, random_stats(), batch_size=16,
+                  backend="torch", protocol=SMALL, families=("removal", "random-logit"))
+    occ, grad, rnd = rows
+    assert all(r["logit_class"] == 1 for r in rows)
+    assert occ["logit_spearman"] == pytest.approx(-1.0)
+    assert occ["logit_spearman_abs"] == pytest.approx(1.0)
+    # gradient of p1 = -gradient of p0: |map| is the same map
+    assert grad["logit_spearman"] == pytest.approx(1.0)
+    assert abs(rnd["logit_spearman"]) < 0.5  # two independent random maps
+    plain = ev.run(model, [("a.png", x)], configs, random_stats(), batch_size=16,
+                   backend="torch", protocol=SMALL, families=("removal",))
+    for r, q in zip(rows, plain, strict=True):
+        assert {k: v for k, v in r.items() if "_" in k and k.startswith(("blur", "road"))} == {
+            k: v for k, v in q.items() if "_" in k and k.startswith(("blur", "road"))}
+        assert r["sweep_passes"] == q["sweep_passes"]
+    assert occ["metric_passes"] == plain[0]["metric_passes"]  # no passes of its own
+    assert grad["metric_passes"] == plain[1]["metric_passes"] + 2
+    made = sum(r["sweep_passes"] + r["metric_passes"] for r in rows)
+    assert ev.estimate(configs, 1, 32, 32, SMALL, ("removal", "random-logit")) == made
+    table = ev.summarize(rows)
+    assert table[0]["logit_spearman"]["mean"] == pytest.approx(-1.0)
+    text = ev.markdown(table, {}, ev.paired(rows, "occlusion"))
+    assert "other class Spearman (0 ideal)" in text and "other class Spearman |map| ↓" in text
+    # the drill-down refines where a class's map is large: one call per class
+    (dd,) = ev.run(model, [("a.png", x)], _configs("drilldown"), random_stats(),
+                   batch_size=16, backend="torch", protocol=SMALL, families=("random-logit",))
+    assert dd["logit_spearman"] == pytest.approx(-1.0)
+    assert dd["metric_passes"] == dd["sweep_passes"] > 0
+
+
+def test_the_random_other_class_is_uniform_over_the_others_and_fixed_by_the_seed():
+    picks = [ev.other_class(5, 2, seed=0, image=i) for i in range(400)]
+    assert set(picks) == {0, 1, 3, 4}
+    assert min(picks.count(c) for c in (0, 1, 3, 4)) > 60  # 100 expected of each
+    assert picks == [ev.other_class(5, 2, seed=0, image=i) for i in range(400)]
+    assert picks != [ev.other_class(5, 2, seed=1, image=i) for i in range(400)]
+    assert ev.other_class(2, 0, seed=3, image=7) == 1
