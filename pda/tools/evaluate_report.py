@@ -140,7 +140,8 @@ def markdown(table: list[dict[str, Any]], settings: dict[str, str],
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in table:
         n = e["images"]
-        cells = ([e["config"], settings.get(e["config"], ""), str(n)]
+        # a "|" in a cell (gradient's max|dp/dx|) would end it: escaped
+        cells = ([e["config"], settings.get(e["config"], "").replace("|", "\\|"), str(n)]
                  + [_fmt(e[k]) for k in keys]
                  + [f"{e[f + '_beats_random']['both']}/{n}" for f in fills]
                  + [f"{e['seconds']:.1f}", f"{e['sweep_passes']:.0f}",

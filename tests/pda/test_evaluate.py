@@ -94,6 +94,7 @@ def test_summary_paired_differences_and_files(tmp_path):
     md, js = ev.write(tmp_path, rows, table, settings, {"model": "toy"}, pairs)
     text = md.read_text()
     assert "| occlusion | constant k8 s4 S1 | 2 |" in text
+    assert "| gradient | gradient saliency max\\|dp/dx\\| | 2 |" in text  # one cell
     assert "road SRG (LeRF − MoRF) ↑" in text and "config − occlusion" in text
     assert json.loads(js.read_text())["table"][0]["sweep_passes"] == 50
 
