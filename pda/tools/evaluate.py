@@ -186,8 +186,8 @@ def _shares_sweep(fields: dict[str, Any]) -> bool:
 
 def _other_class_passes(fields: dict[str, Any], sweep: int) -> int:
     """Forward passes the random-logit family adds to one map of ``sweep`` passes (the
-    drill-down's: an upper bound, as its sweep's)."""
-    return 0 if _shares_sweep(fields) or fields.get("method") == "random" else sweep
+    drill-down's: an upper bound, as its sweep's; a random map's: 0)."""
+    return 0 if _shares_sweep(fields) else sweep
 
 
 def other_class(n_classes: int, target: int, seed: int, image: int) -> int:
@@ -271,11 +271,11 @@ def run(
         C, H, W = x.shape
         bs = batch_size or auto_batch_size(x.device, (H, W), model)
         t = top_class(model, x, target)
-        r = (other_class(int(model(x[None]).shape[1]), t, seed, i)
-             if "random-logit" in families else None)
+        out = model(x[None]).float()
+        p = float(torch.softmax(out, 1)[0, t])
+        r = other_class(out.shape[1], t, seed, i) if "random-logit" in families else None
         score = build_readout(model, "output", [t], backend=backend, batch_size=bs)
         scorer = ImageScorer(score, x, protocol, batch_size=bs, progress=bar.add)
-        p = float(torch.softmax(model(x[None]).float(), 1)[0, t])
         for j, (cname, fields) in enumerate(configs.items()):
             where = f"[{j + 1}/{len(configs)} {cname}] image {i + 1}/{len(images)} {name}"
             bar.phase(f"{where}: map")

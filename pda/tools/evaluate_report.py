@@ -137,11 +137,11 @@ def markdown(table: list[dict[str, Any]], settings: dict[str, str],
     head = (["config", "settings", "n"] + [f"{_label(k)} {ARROW[_dir(k)]}" for k in keys]
             + [f"{f}: beats random (MoRF & LeRF)" for f in fills]
             + ["s / image", "map passes", "metric passes"])
+    head = [_esc(h) for h in head]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in table:
         n = e["images"]
-        # a "|" in a cell (gradient's max|dp/dx|) would end it: escaped
-        cells = ([e["config"], settings.get(e["config"], "").replace("|", "\\|"), str(n)]
+        cells = ([e["config"], _esc(settings.get(e["config"], "")), str(n)]
                  + [_fmt(e[k]) for k in keys]
                  + [f"{e[f + '_beats_random']['both']}/{n}" for f in fills]
                  + [f"{e['seconds']:.1f}", f"{e['sweep_passes']:.0f}",
@@ -150,7 +150,7 @@ def markdown(table: list[dict[str, Any]], settings: dict[str, str],
     text = "\n".join(lines) + "\n"
     if pairs:
         ref = pairs[0]["reference"]
-        head = ["config − " + ref, "n"] + [f"{_label(k)}" for k in keys]
+        head = ["config − " + ref, "n"] + [_esc(_label(k)) for k in keys]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pairs:
             lines.append("| " + " | ".join(
@@ -160,6 +160,12 @@ def markdown(table: list[dict[str, Any]], settings: dict[str, str],
         text += "\nPaired differences (per image, then bootstrap over images):\n\n"
         text += "\n".join(lines) + "\n"
     return text
+
+
+def _esc(text: str) -> str:
+    """A table cell's text: a "|" (``|map|``, gradient's ``max|dp/dx|``) would end the
+    cell, so it is escaped."""
+    return text.replace("|", "\\|")
 
 
 def _dir(k: str) -> int:

@@ -201,7 +201,7 @@ def test_random_logit_family_on_the_box_model():
     table = ev.summarize(rows)
     assert table[0]["logit_spearman"]["mean"] == pytest.approx(-1.0)
     text = ev.markdown(table, {}, ev.paired(rows, "occlusion"))
-    assert "other class Spearman (0 ideal)" in text and "other class Spearman |map| ↓" in text
+    assert "other class Spearman (0 ideal)" in text and "other class Spearman \\|map\\| ↓" in text
     # the drill-down refines where a class's map is large: one call per class
     (dd,) = ev.run(model, [("a.png", x)], _configs("drilldown"), random_stats(),
                    batch_size=16, backend="torch", protocol=SMALL, families=("random-logit",))
