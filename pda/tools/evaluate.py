@@ -280,7 +280,7 @@ def run(
             where = f"[{j + 1}/{len(configs)} {cname}] image {i + 1}/{len(images)} {name}"
             bar.phase(f"{where}: map")
             t0 = time.perf_counter()
-            if r is not None and "method" not in fields and not _shares_sweep(fields):
+            if r is not None and fields.get("drilldown"):  # one sweep per class
                 rel, passes = _make_map(model, x, fields, t, stats, seed, batch_size,
                                         backend, _sweep_progress(bar))
                 seconds = time.perf_counter() - t0
