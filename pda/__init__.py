@@ -7,7 +7,7 @@ API process stays light; the torch side lives in :mod:`pda.engine` and :mod:`pda
 which only workers and the CLI load. docs/architecture.md draws the picture.
 
 ``pda.explain(image, model=..., **params)`` is the CLI's explanation as a function
-(:mod:`pda.api`); it is imported on first use, so ``import pda`` stays torch-free.
+(:mod:`pda.library`); it is imported on first use, so ``import pda`` stays torch-free.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import Result, explain
+    from .library import Result, explain
 
 from .version import __version__
 
@@ -24,7 +24,7 @@ __all__ = ["Result", "__version__", "explain"]
 
 def __getattr__(name: str) -> Any:
     if name in ("explain", "Result"):  # lazily: the API process never loads torch
-        from . import api
+        from . import library
 
-        return getattr(api, name)
+        return getattr(library, name)
     raise AttributeError(f"module 'pda' has no attribute {name!r}")

@@ -12,12 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> int:
-    print(f"pda: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+from pda.tools.usage import fail as _fail
 
 
 class _UsageError(Exception):
@@ -63,8 +58,8 @@ class _Progress:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from pda.api import explain, explain_params
     from pda.errors import InvalidParameterError
+    from pda.library import explain, explain_params
 
     given = {f: getattr(args, f) for f in _param_fields() if getattr(args, f) is not None}
     try:  # the same check explain() makes, first, so that a bad flag is named as one
@@ -78,7 +73,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
               file=sys.stderr)
         backend = "compile"
     bar = _Progress(not args.quiet)
-    try:  # the library's explanation (pda.api): one code path, one set of defaults
+    try:  # the library's explanation (pda.library): one code path, one set of defaults
         result = explain(args.image, args.model, preset=args.preset, backend=backend,
                          device=args.device, precision=args.precision,
                          batch_size=args.batch_size,

@@ -28,12 +28,6 @@ class ProblemError(Exception):
         self.headers = dict(headers or {})
         self.extra = extra
 
-    @property
-    def status(self) -> int:
-        from .problems import status_of  # the table lives beside to_problem
-
-        return status_of(self)
-
 
 class PDAError(ProblemError):
     """Base class: a problem the caller can fix (bad input, unknown name, ...)."""

@@ -34,10 +34,15 @@ from .defaults import (
     PRESETS,
     SAMPLERS,
 )
-from .drilldown.plan import check_drilldown, coarse_stride_for, plan_drilldown
 from .errors import InvalidParameterError, UnknownLayerError
-from .grid import count_windows, passes_per_window
-from .passcount import passes_needed
+from .grid import (
+    check_drilldown,
+    coarse_stride_for,
+    count_windows,
+    passes_needed,
+    passes_per_window,
+    plan_drilldown,
+)
 
 
 class ExplainParams(BaseModel):

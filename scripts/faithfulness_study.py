@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from pda.engine.inputs import preprocess
-from pda.engine.metrics import Protocol
 from pda.engine.stats import get_stats
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.settings import get_settings
 from pda.tools import evaluate as ev
+from pda.tools.metrics import Protocol
 
 
 def main() -> None:

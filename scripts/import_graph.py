@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 #: (group, label, colour, module prefixes); the first match wins
 GROUPS = [
-    ("cli", "pda.cli, pda.api, pda.tools\n(composition roots)", "#eeeeee",
-     ("pda.cli", "pda.api", "pda.tools", "pda.__main__")),
+    ("cli", "pda.cli, pda.library, pda.tools\n(composition roots)", "#eeeeee",
+     ("pda.cli", "pda.library", "pda.tools", "pda.__main__")),
     ("api", "service/\nthe API: validate, queue, serve files", "#d8ecd8", ("service",)),
     ("proc", "worker/\nthe RQ worker process", "#d8d8f0", ("worker",)),
     ("jobs", "pda.jobs\na job's life: record, store, queue", "#f4e6c8", ("pda.jobs",)),
     ("engine", "pda.engine, drill-down\npure tensor code: the sweep", "#f2d0d0",
-     ("pda.engine", "pda.drilldown.refine", "pda.drilldown.check", "pda.drilldown.ssim")),
+     ("pda.engine",)),
     ("models", "pda.models\nloaded networks", "#f2d0d0", ("pda.models",)),
     ("light", "pda (light)\nsettings, params, grid, runtime,\ncatalog, images, render,\n"
      "document, problems, errors",

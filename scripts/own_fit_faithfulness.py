@@ -28,12 +28,12 @@ import torch
 
 from pda.defaults import DEFAULT_PADDING, DEFAULT_WINDOW
 from pda.engine.inputs import preprocess
-from pda.engine.metrics import Protocol
 from pda.engine.stats import SamplerStats, fit_gaussian, get_stats
 from pda.images import open_image
 from pda.models.registry import get_model
 from pda.settings import get_settings
 from pda.tools import evaluate as ev
+from pda.tools.metrics import Protocol
 
 #: patches of the photo the own fit takes (the study's figure)
 OWN_PATCHES = 10_000

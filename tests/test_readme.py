@@ -183,8 +183,8 @@ def test_the_readme_python_example_runs(sandbox):
     root, env = sandbox
     (marker, _, body), = [b for b in readme_blocks() if b[1] == "python"]
     kwargs = marker.split("quick: pda.explain ", 1)[1]
-    program = ("import functools\nimport pda\nimport pda.api\n"
-               f"pda.explain = functools.partial(pda.api.explain, {kwargs})\n" + body)
+    program = ("import functools\nimport pda\nimport pda.library\n"
+               f"pda.explain = functools.partial(pda.library.explain, {kwargs})\n" + body)
     proc = subprocess.run([sys.executable, "-c", program], cwd=root, env=env, text=True,
                           capture_output=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

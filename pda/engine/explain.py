@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ..defaults import PREDICTION_TOP, SAMPLERS
-from ..drilldown.refine import explain_drilldown
 from ..errors import InvalidParameterError
 from ..grid import check_window
 from ..params import ExplainParams, parse_target
@@ -26,6 +25,7 @@ from ..params import faithfulness_passes as planned_faithfulness_passes
 from ..runtime import Runtime
 from .backends import BackendReadout, net_for, resolve_backend, torch_threads
 from .device import auto_batch_size, check_precision
+from .drilldown.refine import explain_drilldown
 from .faithfulness import score
 from .geometry import window_positions
 from .incremental import IncrementalUnsupportedError, window_readout

@@ -46,7 +46,7 @@ from ..defaults import (
     FAITHFULNESS_STEP,
 )
 from ..errors import InvalidParameterError
-from ..passcount import passes_needed, step_counts
+from ..grid import passes_needed, step_counts
 
 #: (B, C, H, W) pixel-space images -> (B, T) softmax probabilities of the targets
 Probabilities = Callable[[torch.Tensor], torch.Tensor]

@@ -28,9 +28,14 @@ from typing import Any
 
 import torch
 
-from ..drilldown.check import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, DEFAULT_UNIFORM_SHARE
-from ..drilldown.refine import DEFAULT_MARGIN, drilldown
-from ..drilldown.ssim import ssim
+from ..engine.drilldown.check import (
+    DEFAULT_DRAWS,
+    DEFAULT_TARGETED,
+    DEFAULT_TILE,
+    DEFAULT_UNIFORM_SHARE,
+)
+from ..engine.drilldown.refine import DEFAULT_MARGIN, drilldown
+from ..engine.drilldown.ssim import ssim
 from ..engine.geometry import window_positions, windows_to_pixels
 from ..engine.samplers import make_sampler
 from ..engine.stats import get_stats

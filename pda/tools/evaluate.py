@@ -1,7 +1,7 @@
 """``pda evaluate DIR``: faithfulness and cost of several configurations over a folder.
 
 Every image's top-1 class is explained under every configuration, and each map is scored
-by the metric families of :mod:`pda.engine.metrics` (docs/faithfulness.md, "Metric
+by the metric families of :mod:`pda.tools.metrics` (docs/faithfulness.md, "Metric
 families"): MoRF/LeRF removal curves under several fills against random block orders,
 faithfulness correlation, the last-layer randomisation check and the random-logit check
 (the top class's map against a random other class's, from the same sweep). The tables
@@ -205,7 +205,7 @@ def _make_maps(model: Any, x: torch.Tensor, fields: dict[str, Any], targets: lis
     forward passes of the first and those the others added (0 for a PDA sweep: one sweep
     gives every class's map; a drill-down takes one call per class)."""
     from ..engine.explain import explain
-    from ..engine.metrics import gradient_saliency, random_map
+    from .metrics import gradient_saliency, random_map
 
     method = fields.get("method")
     C, H, W = x.shape
@@ -260,7 +260,7 @@ def run(
     (3, H, W)) pairs; ``on_map(config, image, map)`` sees every map."""
     from ..engine.backends import build_readout
     from ..engine.device import auto_batch_size
-    from ..engine.metrics import ImageScorer, Protocol, randomisation_scores, randomised_model
+    from .metrics import ImageScorer, Protocol, randomisation_scores, randomised_model
 
     protocol = protocol or Protocol(seed=seed)
     bar = progress or Progress(0, lambda _m: None)

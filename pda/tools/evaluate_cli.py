@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .usage import fail
+
 BACKENDS = ["auto", "torch", "compile", "openvino", "onnxruntime"]
 
 
@@ -70,31 +72,30 @@ def measure_rate(model: Any, x: Any, backend: str, batch_size: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..cli import _fail
     from ..engine.device import auto_batch_size, resolve_device
     from ..engine.inputs import preprocess
-    from ..engine.metrics import Protocol
     from ..engine.stats import get_stats
     from ..images import open_image
     from ..models.registry import get_model
     from ..settings import get_settings
     from . import evaluate as ev
+    from .metrics import Protocol
 
     settings = get_settings()
     configs = ev.pick_configs(args.configs.split(",") if args.configs else None)
     families = ev.pick_families(args.families.split(",") if args.families else None)
     folder = Path(args.directory) if args.directory else ev.EVAL_DIR
     if not folder.is_dir():
-        return _fail(f"{folder} is not a folder")
+        return fail(f"{folder} is not a folder")
     files = ev.list_images(folder, args.images)
     if not files:
-        return _fail(f"no images in {folder}")
+        return fail(f"no images in {folder}")
     reference = args.reference or next(iter(configs))
     if reference not in configs:
-        return _fail(f"--reference {reference} is not among --configs")
+        return fail(f"--reference {reference} is not among --configs")
     protocol = Protocol(fills=tuple(f for f in args.fills.split(",") if f), step=args.step,
                         seed=args.seed)
-    from ..engine.metrics import fractions, make_fill
+    from .metrics import fractions, make_fill
 
     fractions(protocol.step)  # fail on a bad step before any work
     device = resolve_device(args.device or settings.device)

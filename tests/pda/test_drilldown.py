@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pda.document import result_document
-from pda.drilldown.check import estimate_error
-from pda.drilldown.refine import (
+from pda.engine.drilldown.check import estimate_error
+from pda.engine.drilldown.refine import (
     SweepScores,
     axis_nodes,
     cell_importance,
@@ -16,7 +16,7 @@ from pda.drilldown.refine import (
     interpolate,
     refine_cells,
 )
-from pda.drilldown.ssim import data_range, ssim, ssim_map
+from pda.engine.drilldown.ssim import data_range, ssim, ssim_map
 from pda.engine.explain import explain
 from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler

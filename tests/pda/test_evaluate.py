@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pda.engine.metrics import Protocol
 from pda.errors import InvalidParameterError
 from pda.tools import evaluate as ev
+from pda.tools.metrics import Protocol
 from tests.support.paths import REFERENCE_PHOTOS
 from tests.support.toys import box_case, random_stats, wrap
 

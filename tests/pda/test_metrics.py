@@ -1,4 +1,4 @@
-"""The metric families of pda.engine.metrics and ROAD's imputation on inputs small enough
+"""The metric families of pda.tools.metrics and ROAD's imputation on inputs small enough
 to compute by hand."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pda.engine import metrics as M
-from pda.engine.road import linear_impute, noisy_linear_impute
+from pda.tools import metrics as M
+from pda.tools.road import linear_impute, noisy_linear_impute
 from tests.support.toys import ConvNet, LinearModel, wrap
 
 WEIGHT = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # logit 0 of a 2 x 2 linear model

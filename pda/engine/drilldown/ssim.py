@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .plan import SSIM_SIDE
+from ...grid import SSIM_SIDE
 
 SIDE = SSIM_SIDE
 SIGMA = 1.5

@@ -31,24 +31,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine.geometry import windows_to_pixels
-from ..engine.samplers import Sampler
-from ..engine.sweep import (
+from ...errors import InvalidParameterError
+from ...grid import (
+    DEFAULT_MARGIN,
+    check_drilldown,
+    coarse_stride_for,
+    grid_shape,
+    passes_per_window,
+    plan_drilldown,
+)
+from ..geometry import windows_to_pixels
+from ..samplers import Sampler
+from ..sweep import (
     DEFAULT_TRAIN_SIZE,
     Progress,
     Readout,
     run_sweep,
     window_scores,
 )
-from ..errors import InvalidParameterError
-from ..grid import grid_shape, passes_per_window
 from .check import estimate_error
-from .plan import (
-    DEFAULT_MARGIN,
-    check_drilldown,
-    coarse_stride_for,
-    plan_drilldown,
-)
 from .ssim import SIDE
 
 #: full-grid window ids (n,) sorted and unique -> window scores (n, T), in that order

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..drilldown.ssim import SIDE, ssim_map
+from ..engine.drilldown.ssim import SIDE, ssim_map
+from ..engine.faithfulness import auc, block_order, fill_canvas, relevance_order
 from ..errors import InvalidParameterError
-from .faithfulness import auc, block_order, fill_canvas, relevance_order
 from .road import noisy_linear_impute
 
 #: (B, C, H, W) pixel-space images -> (B, T) scores

@@ -33,9 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine.geometry import windows_to_pixels
-from ..grid import grid_shape
-from .plan import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE
+from ...grid import DEFAULT_DRAWS, DEFAULT_TARGETED, DEFAULT_TILE, grid_shape
+from ..geometry import windows_to_pixels
 from .ssim import MARGIN, SIDE, data_range, ssim_map
 
 DEFAULT_UNIFORM_SHARE = 0.5
