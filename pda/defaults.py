@@ -63,3 +63,7 @@ FAITHFULNESS_FILL = "blur"
 FAITHFULNESS_STEP = 0.02
 FAITHFULNESS_ORDERS = 3
 FAITHFULNESS_BLOCK = 16
+#: what a job is doing, beside its status (the job resource's ``phase``): waiting; loading
+#: the model and the image, predicting and building the backend and the sampler; the
+#: windows' forward passes; the faithfulness scores' passes; storing the results
+PHASES = ("queued", "preparing", "sweeping", "scoring", "writing")

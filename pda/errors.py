@@ -198,6 +198,11 @@ class JobFailedError(ProblemError):
     """A job that failed after all its attempts (500)."""
 
 
+class WorkerOutOfMemoryError(ProblemError):
+    """A job that needs more memory than the worker has: deterministic, never retried
+    (500: the service accepted it; the submit-time checks should have refused it)."""
+
+
 class JobAbandonedError(ProblemError):
     """A job whose workers stopped (died, stalled) more often than retries allow (500)."""
 

@@ -51,6 +51,19 @@ def count_windows(height: int, width: int, window: int, stride: int) -> int:
     return gh * gw
 
 
+def block_ranges(n_windows: int, blocks: int) -> list[tuple[int, int]]:
+    """Window ranges [start, stop) of ``blocks`` whole blocks each (the last may be
+    shorter): how a sweep is cut into a split job's chunks and into a whole job's
+    checkpoint segments, so that each part draws exactly the full sweep's samples."""
+    size = max(1, blocks) * BLOCK_WINDOWS
+    return [(a, min(a + size, n_windows)) for a in range(0, n_windows, size)]
+
+
+def blocks_within(passes: int, per_window: int) -> int:
+    """Whole blocks of windows that ``passes`` forward passes cover (at least one)."""
+    return max(1, passes // (per_window * BLOCK_WINDOWS))
+
+
 def passes_per_window(sampler: str | _HasDeterminism, samples: int) -> int:
     """Forward passes one window costs: S samples, or one for a deterministic sampler
     (given by name, as the API has it, or as the engine's sampler object)."""

@@ -28,10 +28,10 @@ from .document import cli_files, result_document, stored_files, with_grids
 from .engine.device import auto_batch_size, resolve_device
 from .engine.explain import Explanation
 from .engine.explain import explain as engine_explain
-from .engine.inputs import preprocess, to_uint8
+from .engine.inputs import model_input, to_uint8
 from .engine.stats import get_stats
 from .errors import InvalidParameterError
-from .images import check_min_side, open_image, original_size
+from .images import check_min_side, original_size
 from .models.registry import LoadedModel, get_model
 from .params import ExplainParams, plan, with_preset
 from .runtime import COMPILE_DEPRECATED, Runtime
@@ -231,12 +231,12 @@ def _image_source(image: ImageSource) -> str | Path | bytes:
 def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings: Settings,
          runtime: Runtime, *, sampler_stats: str | Path | None, progress: Progress | None,
          announce: Callable[[str], None] | None) -> Result:
-    photo = open_image(_image_source(image), max_pixels=settings.max_image_pixels,
-                       fit_to=model.input_size)
+    given = model_input(_image_source(image), model.input_size, params.fit,
+                        max_pixels=settings.max_image_pixels)
+    photo, x, crop = given.photo, given.x, given.crop
     check_min_side(original_size(photo))
-    if params.layer not in ("output", "logits"):
+    if params.hidden:
         model.get_layer(params.layer)  # fail before any work on an unknown layer
-    x, crop = preprocess(photo, model.input_size, params.fit)
     n = plan(params, model.input_size)
     stats = get_stats(str(sampler_stats) if sampler_stats else settings.sampler_stats)
     batch = runtime.batch_size or auto_batch_size(model.device, model.input_size, model)

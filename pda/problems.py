@@ -52,6 +52,7 @@ from .errors import (
     UnknownTargetError,
     UnsupportedMediaTypeError,
     UploadTooLargeError,
+    WorkerOutOfMemoryError,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -130,6 +131,7 @@ TABLE: dict[type[BaseException], Kind] = {
     InvalidJobError: Kind("/problems/invalid-job", "The job cannot be run", 422),
     JobFailedError: Kind("/problems/job-failed", "Job failed", 500),
     JobAbandonedError: Kind("/problems/job-abandoned", "Job abandoned", 500),
+    WorkerOutOfMemoryError: Kind("/problems/out-of-memory", "Worker out of memory", 500),
     PredictionFailedError: Kind("/problems/prediction-failed", "Prediction failed", 500),
     # the API's own failures
     InternalError: Kind("about:blank", "Internal error", 500),

@@ -85,6 +85,7 @@ def job_public(rec: JobRecord, workers_alive: int | None = None,
         "id": rec.id, "status": rec.status.value, "model": rec.model, "params": rec.params,
         "progress": {"done": done, "total": total,
                      "fraction": round(done / total, 4) if total else 0.0},
+        **phase_of(rec),
         "eta_seconds": eta, "note": note,
         "created_at": rec.created_at, "started_at": rec.started_at,
         "finished_at": rec.finished_at, "expires_at": rec.expires_at,
@@ -94,6 +95,19 @@ def job_public(rec: JobRecord, workers_alive: int | None = None,
         "chunks": ({"total": rec.chunks_total, "done": rec.chunks_done}
                    if rec.chunks_total else None),
     }
+
+
+def phase_of(rec: JobRecord) -> dict[str, Any]:
+    """The job's phase and that phase's own count while it is queued or running."""
+    if not rec.status.active:
+        return {"phase": None, "phase_progress": None}
+    phase = "queued" if rec.status == JobStatus.QUEUED else rec.phase
+    if phase == "queued" and rec.status == JobStatus.RUNNING:
+        phase = "preparing"  # claimed, before its first report
+    unit = "steps" if phase in ("queued", "preparing", "writing") else "passes"
+    count = None if phase == "queued" else {"done": rec.phase_done, "total": rec.phase_total,
+                                            "unit": unit}
+    return {"phase": phase, "phase_progress": count}
 
 
 def retry_after(rec: JobRecord) -> str:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pda.defaults import PHASES
 from pda.params import ExplainParams
 
 #: a link present only once the job has finished: left out (not null) before
@@ -79,6 +80,12 @@ class PreviousAttempt(BaseModel):
         "checkpoints", exclude_if=lambda v: v is None)
 
 
+class PhaseProgress(BaseModel):
+    done: int
+    total: int
+    unit: Literal["steps", "passes"]
+
+
 class ExplanationPublic(BaseModel):
     """A job: its status, progress, parameters, prediction, and links to its results."""
 
@@ -87,6 +94,12 @@ class ExplanationPublic(BaseModel):
     model: str
     params: JobParams
     progress: Progress
+    phase: Literal[PHASES] | None = Field(
+        None, description="what the job is doing while queued or running: queued, preparing "
+        "(model, image, backend and sampler set-up), sweeping (the windows' forward passes), "
+        "scoring (the faithfulness scores), writing (storing the results); null once ended")
+    phase_progress: PhaseProgress | None = Field(
+        None, description="the phase's own count: preparation steps, or forward passes")
     eta_seconds: float | None = Field(None, description="estimated seconds until finished")
     note: str | None = Field(None, description="why the job may wait, e.g. no worker alive")
     created_at: str

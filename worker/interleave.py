@@ -3,7 +3,7 @@
 An idle worker takes a prediction from the predict queue through RQ's loop
 (:func:`run_prediction`, that queue comes first). A worker busy on an explanation would
 make the caller wait for the whole sweep, so the sweep's per-batch callback (the one that
-writes progress and checks cancellation, in :mod:`worker.tasks` and :mod:`worker.chunked`)
+writes progress and checks cancellation, :meth:`worker.attempt.Attempt.report`)
 also calls :func:`between_batches`: every :data:`CHECK_EVERY` seconds it looks at the head
 of the predict queue (one ``LRANGE``), takes off the predictions for a model this process
 already holds (:func:`pda.jobs.predictions.claim`) and answers them with that model before
@@ -30,10 +30,9 @@ from rq import Queue
 from rq.timeouts import BaseTimeoutException
 
 from pda.engine.device import resolve_device
-from pda.engine.explain import predict
-from pda.engine.inputs import preprocess
+from pda.engine.inputs import model_input
+from pda.engine.setup import predict
 from pda.errors import PDAError, PredictionFailedError
-from pda.images import open_image
 from pda.jobs import predictions
 from pda.jobs.queue import connect, predict_queue
 from pda.models.registry import get_model, loaded_models
@@ -142,9 +141,8 @@ def _answer(conn: redis.Redis, settings: Settings, request: dict[str, Any],
         model = loaded_models(device, settings).get(request["model"]) or get_model(
             request["model"], device, settings, allow_paths=False)
         announce_model(conn, model)
-        image = open_image(data, max_pixels=settings.max_image_pixels,
-                           fit_to=model.input_size)
-        x, _ = preprocess(image, model.input_size, request["fit"])
+        x = model_input(data, model.input_size, request["fit"],
+                        max_pixels=settings.max_image_pixels).x
         return {"model": model.name, "input_size": list(model.input_size),
                 "prediction": predict(model, x.to(model.device), top=request["top"])}
     except PDAError as exc:  # found only here: a model file that does not load, ...

@@ -5,8 +5,8 @@ stay loaded and CUDA is never initialised before a fork (there is no fork). SIGT
 asks for a warm shutdown: the running sweep stops at the end of its current batch and
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
-(:func:`worker.tasks.reap_abandoned`) or whose queue message was lost
-(:func:`worker.tasks.requeue_lost`). Readiness counts workers by their own beat in
+(:func:`pda.jobs.lifecycle.reap_abandoned`) or whose queue message was lost
+(:func:`pda.jobs.lifecycle.requeue_lost`). Readiness counts workers by their own beat in
 ``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker list.
 """
 
@@ -34,7 +34,7 @@ from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
-from worker import tasks
+from worker import attempt
 from worker.announce import announce_builtins, announce_model
 
 log = logging.getLogger("pda.worker")
@@ -44,7 +44,7 @@ class PDAWorker(SimpleWorker):
     """SimpleWorker whose SIGTERM also stops the running sweep at a batch boundary."""
 
     def request_stop(self, signum, frame):  # noqa: ANN001 (RQ's signature)
-        tasks.shutdown_requested.set()
+        attempt.shutdown_requested.set()
         super().request_stop(signum, frame)
 
 
@@ -140,7 +140,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
 
 def worker_info(settings: Settings, device: str, started: float) -> dict:
     """What a worker says about itself in each beat (shown by /readyz and the metrics)."""
-    job = tasks.current_job
+    job = attempt.current
     state = "busy" if job else "idle" if preloaded.is_set() else "loading"
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
             "state": state, "job": job, "started_at": started,

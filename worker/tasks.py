@@ -1,77 +1,43 @@
-"""The RQ job: one explanation attempt, a thin adapter around :func:`explain`.
+"""The RQ job functions (paths in :data:`pda.jobs.queue.TASKS`): one attempt of a whole
+job, of a chunk of a split job, or of a split job's merge.
 
-The worker process keeps models and statistics loaded between jobs (module-level
-caches in :mod:`pda.models.registry` and :mod:`pda.engine.stats`). Progress goes into the
-job record after every batch; cancellation and warm shutdown are checked there too, so
-a sweep stops within one batch.
+Each is a thin adapter: claim the attempt (a compare-and-set, so duplicate or late
+messages are skipped), then, inside one :class:`worker.attempt.Attempt`, load the job
+(:func:`load`: the model from the process cache, the stored image, the engine's
+:class:`pda.engine.explain.Run`) and call the run: the whole explanation (checkpointed),
+one chunk's windows, or the maps of the merged chunks; then store the result files.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import redis
-
 from pda.document import faithfulness_summary, result_document, stored_files
-from pda.engine.device import resolve_device
-from pda.engine.explain import (
-    Explanation,
-    Setup,
-    add_faithfulness,
-    conclude,
-    faithfulness_passes,
-    prepare,
-    split_progress,
-    sweep_part,
-)
-from pda.engine.inputs import preprocess, to_uint8
+from pda.engine.explain import Explanation, Run
+from pda.engine.inputs import ModelInput, model_input, to_uint8
+from pda.engine.setup import STEPS
 from pda.engine.stats import get_stats
-from pda.errors import Canceled, JobFailedError, PDAError
-from pda.eta import RateMeter
+from pda.engine.sweep import merge_partials, pack_partial
+from pda.errors import PDAError
 from pda.grid import count_windows, passes_per_window
-from pda.images import open_image, original_size
-from pda.jobs import lifecycle
-from pda.jobs.chunks import Chunks, split
+from pda.images import original_size
+from pda.jobs.attempts import ChunkHold, JobCheckpoints, JobHold, MergeHold
+from pda.jobs.chunks import MERGE, Chunks, split
 from pda.jobs.queue import connect
 from pda.jobs.record import JobRecord, JobStatus
-from pda.jobs.store import JobStore, is_transient
-from pda.models.registry import get_model
+from pda.jobs.store import JobStore
+from pda.models.registry import LoadedModel, get_model
 from pda.params import ExplainParams
-from pda.problems import job_problem
 from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
-from worker import checkpoints, interleave
 from worker.announce import announce_model
-from worker.liveness import Pulse, start_beat
+from worker.attempt import Attempt, Stop, persist, worker_name
 
 log = logging.getLogger("pda.worker")
-
-#: set by the worker's SIGTERM handler: the running sweep requeues itself and stops
-shutdown_requested = threading.Event()
-#: the job this process is computing now (None when idle), for the worker's heartbeat
-current_job: str | None = None
-#: Redis errors a worker rides out (a restart, a failover) rather than failing the job
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-class Requeue(Exception):
-    """Stop this attempt and put the job back on the queue (warm shutdown)."""
-
-
-class Superseded(Exception):
-    """This attempt was taken for abandoned and the job rerun: stop without writing."""
-
-
-class RecordLost(Exception):
-    """The job's record vanished from Redis mid-job: stop without re-creating it."""
-
 
 _stores: dict[tuple, JobStore] = {}
 
@@ -85,151 +51,147 @@ def store_for(settings: Settings) -> JobStore:
     return _stores[key]
 
 
+# --- the three job functions -------------------------------------------------------------
+
 def run_explanation(job_id: str, attempt: int) -> str:
-    """Run one attempt of job ``job_id``; the outcome goes to the store, not to RQ."""
+    """Run attempt ``attempt`` of job ``job_id`` whole, or split it into chunks."""
     settings = get_settings()
     store = store_for(settings)
     record = store.get(job_id)
     if record is None:
         return "gone"
-    worker_name = f"{socket.gethostname()}:{os.getpid()}"
     # atomic: of two messages for one attempt (a repaired loss, a retried delivery) one runs
-    if not store.mark_running(job_id, worker_name, attempt):
+    if not store.mark_running(job_id, worker_name(), attempt):
         current = store.fields(job_id, "status", "attempt")
         return f"skipped (the job is {current[0]} at attempt {current[1]}; this is {attempt})"
-    started = time.perf_counter()
-    pulse = Pulse()
-    stop_beat = start_beat(lambda: store.heartbeat(job_id), pulse,
-                           settings.stale_job_seconds / 3, settings.stall_seconds,
-                           f"job {job_id} attempt {attempt}")
-    global current_job
-    current_job = job_id
-    try:
-        outcome = _explain(store, settings, job_id, record, attempt, pulse)
-    except Exception as exc:
-        return _stopped(store, settings, record, attempt, exc)
-    finally:
-        stop_beat.set()
-        current_job = None
-    if outcome is None:
-        return "split into chunks"
-    files, summary = outcome
-    seconds = time.perf_counter() - started
-    # canceled during the last batch, or rerun elsewhere meanwhile
+    record = store.get(job_id) or record
+    with Attempt(JobHold(store, settings, record, attempt), settings) as att:
+        try:
+            # the first write: preparing, and where a rerun resumes (the count stays)
+            att.phase("preparing", 0, len(STEPS), **_resuming(record))
+            job = load(store, settings, record, att)
+            if _split(store, settings, record, attempt, job.run):
+                return "split into chunks"
+            expl = job.run.explain(checkpoints=JobCheckpoints(store, record, attempt))
+            att.phase("writing")
+            files, summary = result_files(record, job, expl)
+        except Exception as exc:
+            return att.stopped(exc)
     if not persist(store.finish, job_id, files, attempt, **summary):
-        return "canceled"
+        return "canceled"  # canceled during the last batch, or rerun elsewhere meanwhile
     store.count(JobStatus.FINISHED, record.model, passes=summary["forward_passes"],
-                seconds=seconds)
+                seconds=summary["seconds"])
     return "finished"
 
 
-def _stopped(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
-             exc: Exception) -> str:
-    """What an attempt that did not finish leaves behind, by why it stopped."""
-    job_id, model = record.id, record.model
-    if isinstance(exc, Canceled):
-        log.info("job %s canceled while running", job_id)
-        store.count(JobStatus.CANCELED, model)
-        return "canceled"
-    if isinstance(exc, Superseded):
-        log.warning("job %s attempt %d was rerun elsewhere; dropping this one", job_id, attempt)
-        return "superseded"
-    if isinstance(exc, RecordLost):
-        log.warning("job %s: its record is gone from Redis (data lost: a restart without "
-                    "persistence, or a flush); stopped the sweep and wrote nothing, so no "
-                    "partial record is left behind", job_id)
-        persist(store.unindex, job_id)
-        return "lost"
-    if isinstance(exc, Requeue):
-        persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes,
-                at_front=True, reason="shutdown")
-        log.warning("job %s requeued by a warm shutdown", job_id)
-        return "requeued"
-    if isinstance(exc, PDAError):  # the caller's mistake found late (a broken model file)
-        log.warning("job %s failed: %s", job_id, exc)
-        persist(lifecycle.fail, store, job_id, model, job_problem(exc))
-        return "failed"
-    # transient or internal: retry, then fail with a clear message
-    log.error("job %s attempt %s crashed", job_id, attempt, exc_info=exc)
-    if attempt <= settings.job_retries:
-        persist(lifecycle.requeue, store, settings, job_id, attempt, record.planned_passes)
-        return "retrying"
-    persist(lifecycle.fail, store, job_id, model, job_problem(JobFailedError(
-        f"the explanation failed after {attempt} attempts: {one_line(exc)}")))
-    return "failed"
-
-
-def persist(fn: Callable[..., Any], *args: Any, patience: float = 30.0, **kwargs: Any) -> Any:
-    """``fn(...)``, retried while Redis is briefly away (a restart) or full (results
-    expiring make room), so that a computed result or a requeue is not thrown away; past
-    ``patience`` the error propagates and the reaper reruns the job once its heartbeat is
-    stale."""
-    deadline = time.monotonic() + patience
-    delay = 0.2
-    while True:
+def run_chunk(job_id: str, part: int, attempt: int) -> str:
+    """Run attempt ``attempt`` of chunk ``part`` of split job ``job_id``."""
+    settings = get_settings()
+    store = store_for(settings)
+    chunks = Chunks(store, settings)
+    entry = chunks.claim(job_id, part, attempt, worker_name())
+    if entry is None:
+        return "skipped (the job ended, or the chunk is not at this attempt)"
+    record = store.get(job_id)
+    if record is None:
+        return "gone"
+    with Attempt(ChunkHold(store, settings, record, part, attempt), settings) as att:
         try:
-            return fn(*args, **kwargs)
-        except (*REDIS_DOWN, redis.exceptions.ResponseError) as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            job = load(store, settings, record, att, targets=record.targets)
+            partial = pack_partial(job.run.sweep(tuple(entry["range"])))
+        except Exception as exc:
+            return att.stopped(exc)
+    outcome = persist(chunks.finish, job_id, part, attempt, partial)
+    if outcome == MERGE:
+        persist(chunks.enqueue_merge, job_id)
+    return f"chunk done ({outcome or 'not stored: taken over or ended'})"
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line; TorchScript puts the model's own error last."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = (lines[-1] if lines else "").removeprefix("builtins.")
-    if not text.startswith(type(exc).__name__) and ": " not in text[:40]:
-        text = f"{type(exc).__name__}: {text}"
-    return text[:300]
+def run_merge(job_id: str) -> str:
+    """Turn a split job's chunks into its result, once every chunk is done. A merge is an
+    attempt like the others: counted (the job's ``merge_attempts``), beating while it
+    progresses, given back on a warm shutdown, failing the job after PDA_JOB_RETRIES."""
+    settings = get_settings()
+    store = store_for(settings)
+    chunks = Chunks(store, settings)
+    record = store.get(job_id)
+    if record is None or record.status != JobStatus.RUNNING:
+        store.unrun(f"{job_id}#{MERGE}")
+        return "skipped (the job is not running)"
+    partials = chunks.partials(job_id)
+    if len(partials) != record.chunks_total:
+        return f"skipped ({len(partials)} of {record.chunks_total} chunks stored)"
+    attempt = persist(chunks.claim_merge, job_id)
+    if attempt is None:
+        return "skipped (the job is not running)"
+    started = time.perf_counter()
+    hold = MergeHold(store, settings, record, attempt)
+    with Attempt(hold, settings) as att:
+        try:
+            att.phase("preparing", 0, len(STEPS))
+            job = load(store, settings, record, att, targets=record.targets)
+            swept = merge_partials([partials[i] for i in sorted(partials)], job.run.windows)
+            expl = job.run.explain(swept=swept, seconds=_elapsed(record))
+            att.phase("writing")
+            files, summary = result_files(record, job, expl)
+        except Exception as exc:
+            return att.stopped(exc)
+    if not persist(store.finish, job_id, files, None, **summary):
+        return "not stored (canceled meanwhile)"
+    hold.close("finished")
+    store.count(JobStatus.FINISHED, record.model, passes=expl.forward_passes,
+                seconds=summary["seconds"])
+    log.info("job %s: merged %d chunks in %.2f s (merge attempt %d)", job_id, len(partials),
+             time.perf_counter() - started, attempt)
+    return "finished"
 
+
+# --- what they share ------------------------------------------------------------------------
 
 @dataclass
-class Prepared:
-    """A job ready to sweep: the engine's setup and the image it came from."""
+class Loaded:
+    """A job ready to run: the engine's run, the model, and the photo it came from."""
 
-    setup: Setup
-    image: Any  # the decoded upload (PIL), for the photo overlay
-    crop: tuple[int, int, int, int]
-    model: Any  # the LoadedModel
+    run: Run
+    model: LoadedModel
+    input: ModelInput
 
 
-def prepare_job(store: JobStore, settings: Settings, record: JobRecord, *,
-                targets: list[dict[str, Any]] | None = None,
-                on_prediction: Callable[[list[dict[str, Any]]], None] | None = None
-                ) -> Prepared:
-    """Load the model (process cache), decode the stored upload and prepare the sweep;
-    ``targets`` (the record's, of a split job) fixes the targets its planning run chose."""
+def load(store: JobStore, settings: Settings, record: JobRecord, att: Attempt, *,
+         targets: list[dict[str, Any]] | None = None) -> Loaded:
+    """Load the model (process cache), decode the stored upload and prepare the run,
+    reporting each step to ``att``; ``targets`` (the record's, of a split job) fixes the
+    targets its planning run chose."""
     runtime = Runtime.from_settings(settings)  # PDA_BACKEND, PDA_PRECISION, PDA_DEVICE, ...
-    device = resolve_device(runtime.device)
-    model = get_model(record.model, device, settings)
+    model = get_model(record.model, runtime.device, settings)
     announce_model(store.r, model)
     params = ExplainParams(**record.params)
     image_bytes = store.image(record.id)
     if image_bytes is None:
         raise PDAError("the uploaded image has expired from the store")
-    image = open_image(image_bytes, max_pixels=settings.max_image_pixels,
-                       fit_to=model.input_size)
-    x, crop = preprocess(image, model.input_size, params.fit)
-    setup = prepare(model, x, params, get_stats(settings.sampler_stats), runtime,
-                    targets=[t["target"] for t in targets] if targets else None,
-                    on_prediction=on_prediction)
-    return Prepared(setup, image, crop, model)
+    given = model_input(image_bytes, model.input_size, params.fit,
+                        max_pixels=settings.max_image_pixels)
+
+    def on_prediction(prediction: list[dict[str, Any]]) -> None:
+        if targets is None:  # the planning run: the job's resource shows it at once
+            att.write(prediction=prediction)
+
+    run = Run(model, given.x, params, get_stats(settings.sampler_stats), runtime,
+              targets=[t["target"] for t in targets] if targets else None,
+              report=att.report, on_prediction=on_prediction)
+    return Loaded(run, model, given)
 
 
-def result_files(record: JobRecord, job: Prepared, expl: Explanation, *,
-                 progress: Any = None) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """The result files to store and the record's summary fields; the maps are scored for
-    faithfulness here first (a whole job's and a split job's alike)."""
-    setup, model = job.setup, job.model
-    expl = add_faithfulness(model, setup, expl, progress=progress)
+def result_files(record: JobRecord, job: Loaded, expl: Explanation
+                 ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The result files to store and the record's summary fields."""
+    setup, model, given = job.run.setup, job.model, job.input
     doc = result_document(
         expl, model_name=model.name, input_size=model.input_size,
-        image_size=original_size(job.image), crop_box=job.crop, params=setup.params,
+        image_size=original_size(given.photo), crop_box=given.crop, params=setup.params,
         num_classes=model.num_classes,
     )
-    files = stored_files(expl, to_uint8(setup.x.cpu()), job.image, doc)
+    files = stored_files(expl, to_uint8(setup.x.cpu()), given.photo, doc)
     summary = {
         "forward_passes": expl.forward_passes, "seconds": round(expl.seconds, 3),
         "targets": [{**t, **({"faithfulness": faithfulness_summary(e["faithfulness"])}
@@ -237,7 +199,7 @@ def result_files(record: JobRecord, job: Prepared, expl: Explanation, *,
                     for t, e in zip(target_list(expl.targets, expl.labels),
                                     doc["explanations"], strict=True)],
         "unit": expl.unit, "coverage": doc["coverage"],
-        "image": {**record.image, "crop_box": list(job.crop)},
+        "image": {**record.image, "crop_box": list(given.crop)},
     }
     return files, summary
 
@@ -246,67 +208,11 @@ def target_list(targets: list[int], labels: list[str]) -> list[dict[str, Any]]:
     return [{"target": t, "label": lab} for t, lab in zip(targets, labels, strict=True)]
 
 
-def _explain(
-    store: JobStore, settings: Settings, job_id: str, record: JobRecord, attempt: int,
-    pulse: Pulse,
-) -> tuple[dict[str, bytes], dict[str, Any]] | None:
-    """Run the job here, or split it into chunks (then None: the chunks finish it)."""
-    last = [0.0]
-    meter = RateMeter()  # this attempt's passes/s, for the job resource's ETA
-
-    def progress(done: int, total: int) -> None:
-        """After every forward batch of the sweep and of the scores: the one place where
-        an attempt reports progress and checks for cancel, takeover and shutdown."""
-        pulse.touch()  # the attempt's heartbeat beats while this is called (liveness)
-        now = time.monotonic()
-        rate = meter.add(done, now)
-        if now - last[0] > 0.25 or done == total:
-            last[0] = now
-            try:
-                # +1 on both: the unmodified image's pass, counted in the job's plan
-                if not store.set_progress(job_id, done + 1, total + 1, rate=rate):
-                    raise RecordLost(job_id)
-                status, current = store.fields(job_id, "status", "attempt")
-            except REDIS_DOWN:  # keep computing; the result is written once Redis is back
-                status, current = None, attempt
-            if status == "canceled":
-                raise Canceled(job_id)
-            if current != attempt:
-                raise Superseded(job_id)
-        if shutdown_requested.is_set():
-            raise Requeue(job_id)
-        interleave.between_batches(settings)  # callers of /v1/predictions wait no longer
-
-    def on_prediction(prediction: list[dict[str, Any]]) -> None:
-        if not store.update(job_id, prediction=prediction):
-            raise RecordLost(job_id)
-
-    job = prepare_job(store, settings, record, on_prediction=on_prediction)
-    if _split(store, settings, record, attempt, job.setup):
-        return None
-    sweep_progress, score_progress = split_progress(progress, faithfulness_passes(job.setup))
-    if job.setup.params.drilldown is None:
-        sweep = checkpoints.resumable_sweep(
-            store, job_id, attempt, job.setup, sweep_progress,
-            on_resume=lambda passes: _resumed(store, record, passes))
-    else:
-        sweep = sweep_part(job.setup, progress=sweep_progress)
-    expl = conclude(job.setup, sweep)
-    return result_files(record, job, expl, progress=score_progress)
-
-
-def _resumed(store: JobStore, record: JobRecord, passes: int) -> None:
-    """Say in the job's resource where this attempt resumed (its first progress)."""
-    if record.previous_attempt is not None:
-        store.update(record.id, previous_attempt={**record.previous_attempt,
-                                                  "resumed_from": passes + 1})
-
-
 def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
-           setup: Setup) -> bool:
+           run: Run) -> bool:
     """Split a large exact job into chunks of whole window blocks (pda.jobs.chunks);
     False when it runs here (small, approximate, or ``PDA_CHUNK_PASSES`` 0)."""
-    params = setup.params
+    setup, params = run.setup, run.params
     if params.drilldown is not None or settings.chunk_passes <= 0:
         return False
     H, W = setup.x.shape[-2:]
@@ -315,12 +221,28 @@ def _split(store: JobStore, settings: Settings, record: JobRecord, attempt: int,
     ranges = split(n_w, settings.chunk_passes, per)
     if len(ranges) == 1:
         return False
-    fields = {"targets": target_list(setup.targets, setup.labels),
-              "progress_done": 1,
-              "progress_total": n_w * per + 1 + faithfulness_passes(setup)}
+    fields = {"targets": target_list(setup.targets, setup.labels), "phase": "sweeping",
+              "progress_total": run.total}
     if not persist(Chunks(store, settings).start, record.id, attempt, ranges, per, fields):
-        raise Superseded(record.id)
+        raise Stop("taken", f"job {record.id}")
     log.info("job %s split into %d chunks of up to %d passes", record.id, len(ranges),
              settings.chunk_passes)
     return True
+
+
+def _resuming(record: JobRecord) -> dict[str, Any]:
+    """A rerun's first words: where it resumes (the sweep passes its predecessors kept in
+    checkpoints, plus the unmodified image's), before it has loaded anything."""
+    previous = record.previous_attempt
+    if previous is None or not record.checkpoint_passes:
+        return {}
+    return {"previous_attempt": {**previous, "resumed_from": record.checkpoint_passes + 1}}
+
+
+def _elapsed(record: JobRecord) -> float:
+    """Seconds since the job's first attempt started (a split job's time)."""
+    if not record.started_at:
+        return 0.0
+    begun = datetime.fromisoformat(record.started_at.replace("Z", "+00:00")).timestamp()
+    return time.time() - begun
 

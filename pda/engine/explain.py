@@ -1,40 +1,47 @@
-"""One explanation, end to end: parameters, targets, layer readouts, sweep, maps.
+"""One explanation run, owned by the engine: every process that explains calls it.
 
-This is the adapter the CLI and the RQ job call: :func:`prepare`, :func:`sweep_part`,
-:func:`conclude` (or :func:`explain`, all three) turn a model and a preprocessed image
-into an :class:`Explanation` whose maps are NumPy arrays; :func:`pda.document.result_document`
-makes the contract's result document of it. The numerics live in :mod:`.engine`.
+:class:`Run` runs one explanation: the set-up (:mod:`.setup`), then the exact sweep or the
+drill-down, over all windows or a chunk's, with an optional checkpoint hook, then the
+maps and the faithfulness scores. The library (``pda.explain``), the worker's whole job,
+a chunk of a split job, the merge and ``pda evaluate`` all call it and pass only what
+differs: the windows, a checkpoint store, a progress sink, chunks' merged sweep. (As
+captum's ``FeatureAblation.attribute`` is the one loop its methods share.)
+
+Progress is one :class:`Status` per step of the set-up and per forward batch: the phase
+(``preparing``, ``sweeping``, ``scoring``), the phase's own count, and the run's forward
+passes done of its planned total (:func:`pda.params.plan`: the total the API fixed at
+submit). The sink may raise to stop the run (a cancel, a shutdown): the run stops there.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..defaults import PREDICTION_TOP, SAMPLERS
-from ..errors import InvalidParameterError
-from ..grid import check_window
-from ..params import ExplainParams, parse_target
-from ..params import faithfulness_passes as planned_faithfulness_passes
+from ..grid import (
+    BLOCK_WINDOWS,
+    block_ranges,
+    passes_per_window,
+)
+from ..params import ExplainParams, faithfulness_passes, plan
 from ..runtime import Runtime
-from .backends import BackendReadout, net_for, resolve_backend, torch_threads
-from .device import auto_batch_size, check_precision
+from .backends import torch_threads
 from .drilldown.refine import explain_drilldown
 from .faithfulness import score
-from .geometry import window_positions
-from .incremental import IncrementalUnsupportedError, window_readout
-from .incremental.decisions import use_incremental
-from .samplers import make_sampler
+from .setup import STEPS, Setup, prepare, score_readout
 from .stats import SamplerStats
-from .sweep import Progress, Sweep, WindowReadout, relevance_maps, run_sweep
+from .sweep import Sweep, merge_partials, pack_partial, relevance_maps, run_sweep
 
-log = logging.getLogger("pda.engine")
+#: a whole job's sweep is checkpointed about every this many passes (whole blocks) ...
+SEGMENT_PASSES = 5_000
+#: ... and at least this many times, so a rerun loses at most a tenth of its sweep
+MIN_SEGMENTS = 10
 
 
 @dataclass
@@ -53,194 +60,177 @@ class Explanation:
     runtime: dict[str, Any] | None = None  # backend, precision, device; incremental or not
 
 
-def predict(model: Any, x: torch.Tensor, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
-    """Top-k classes of the unmodified image ``x`` (C, H, W)."""
-    probs = torch.softmax(model(x[None]).float(), dim=1)[0]
-    p, idx = probs.topk(min(top, probs.numel()))
-    return [
-        {"class_index": int(i), "label": _label(model, int(i)), "probability": float(q)}
-        for q, i in zip(p.tolist(), idx.tolist(), strict=True)
-    ]
+@dataclass(frozen=True)
+class Status:
+    """Where a run is: its phase, the phase's own count (preparation steps, or forward
+    passes), and the run's forward passes done of its planned total."""
+
+    phase: str  # preparing, sweeping, scoring (pda.defaults.PHASES)
+    phase_done: int
+    phase_total: int
+    done: int
+    total: int
 
 
-def _label(model: Any, index: int) -> str:
-    labels = getattr(model, "labels", None) or []
-    return labels[index] if index < len(labels) else str(index)
+Report = Callable[[Status], None]
 
 
-@dataclass
-class Setup:
-    """Everything a sweep of one job needs, fixed before its first window pass: the same
-    for a one-process run and for every chunk of a split job (:func:`prepare`)."""
+class Checkpoints(Protocol):
+    """Where a whole run keeps its sweep's finished segments (the worker's: the job store),
+    so that a rerun resumes instead of restarting."""
 
-    x: torch.Tensor  # (C, H, W) on the model's device
-    params: ExplainParams
-    prediction: list[dict[str, Any]]
-    targets: list[int]
-    labels: list[str]
-    unit: str
-    log_odds: bool
-    num_classes: int | None
-    readout: Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) -> (B, T)
-    sampler: Any
-    batch_size: int
-    precision: str
-    fixed_batch: bool
-    started: float
-    channels_last: bool = True
-    runtime: dict[str, Any] | None = None
-    torch_threads: int | None = None  # torch's threads while the backend runs
-    window_readout: WindowReadout | None = None  # exact incremental inference, when used
-    score_backend: str = "torch"  # what runs the faithfulness scores (concrete, never auto)
-    #: the caller's runtime choices, with the batch size fixed (the scores' net uses them)
-    choices: Runtime = Runtime()
+    def load(self) -> dict[tuple[int, int], bytes]:
+        """Stored segments: window range -> partial sums (:func:`.sweep.pack_partial`)."""
+
+    def save(self, segment: tuple[int, int], blob: bytes, passes: int) -> None:
+        """Keep one finished segment; ``passes``: sweep passes kept so far."""
+
+    def resumed(self, passes: int) -> None:
+        """Told once, before the rest is swept, how many sweep passes were restored."""
 
 
-def prepare(
-    model: Any,
-    x: torch.Tensor,
-    params: ExplainParams,
-    stats: SamplerStats,
-    runtime: Runtime,
-    *,
-    targets: list[int] | None = None,
-    on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> Setup:
-    """Check the parameters, predict, fix the targets (``targets`` given: those, as the
-    planning run of a split job chose them) and build the readout and the sampler.
-
-    ``runtime`` (:class:`pda.runtime.Runtime`: the CLI's, the library's or the worker's,
-    built once from the settings) says how: its backend runs the readout
-    (:mod:`.backends`; ``auto`` is resolved here, once, for the model's device), its
-    precision the forward passes, its cache dir keeps converted graphs across restarts.
-    Where exact incremental inference (torch) was measured faster than that backend's
-    naive sweep (:mod:`.incremental.decisions`), the windows go through it instead;
-    ``runtime.incremental`` (``PDA_INCREMENTAL``) stands in for a request's
-    ``incremental="auto"``. The model is already on its device: ``runtime.device`` chose
-    it when it was loaded."""
-    started = time.perf_counter()
-    if params.sampler not in SAMPLERS:  # pydantic guards this too; keeps direct callers honest
-        raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
-    C, H, W = x.shape
-    check_window(H, W, params.window, params.stride)
-    precision = runtime.precision
-    check_precision(precision, model.device)  # fail before any forward pass
-    x = x.to(model.device)
-    prediction = predict(model, x)
-    if on_prediction is not None:
-        on_prediction(prediction)
-    batch_size = runtime.batch_size or auto_batch_size(x.device, (H, W), model)
-    runtime = runtime.replace(batch_size=batch_size)
-    asked, cache_dir = runtime.backend, runtime.cache_dir
-    backend = resolve_backend(asked, model.device, precision)  # once per job
-    mode = runtime.incremental if params.incremental == "auto" else params.incremental
-    incremental = params.drilldown is None and precision == "fp32" and use_incremental(
-        mode, model.name, x.device.type, backend)
-    net, note = _net(model, params.layer, "torch" if incremental else backend, asked == "auto",
-                     precision=precision, batch_size=batch_size, cache_dir=cache_dir)
-    if params.layer in ("output", "logits"):
-        targets = targets or _class_targets(model, x, params, prediction)
-        labels = [_label(model, t) for t in targets]
-        num_classes = model.num_classes
-        unit, log_odds = ("bits", True) if params.layer == "output" else ("activation", False)
-    else:
-        targets = targets or _channel_targets(net(x[None])[0], params)
-        labels = [f"{params.layer}[{t}]" for t in targets]
-        unit, log_odds, num_classes = "activation", False, None
-    readout = BackendReadout(net, params.layer, targets, model.device)
-    positions = window_positions(H, W, params.window, params.stride, device=x.device)
-    sampler = make_sampler(params.sampler, x, params.window, positions, stats,
-                           padding=params.padding, fill=params.fill)
-    windows, why = _incremental(model, x, params, list(targets)) if incremental else (
-        None, None)
-    if incremental and windows is None:  # the model does not trace: the backend, naively
-        net, note = _net(model, params.layer, backend, asked == "auto", precision=precision,
-                         batch_size=batch_size, cache_dir=cache_dir)
-        readout = BackendReadout(net, params.layer, targets, model.device)
-    # the scores run where a naive sweep would (incremental inference only helps windows);
-    # a model the backend could not convert stays on torch for them too
-    score_backend = "torch" if note else backend
-    recorded = {**readout.runtime.as_dict(), "incremental": windows is not None,
-               "incremental_mode": mode, **({"incremental_note": why} if why else {}),
-               **({"backend_note": note} if note else {})}
-    return Setup(x=x, params=params, prediction=prediction, targets=list(targets),
-                 labels=labels, unit=unit, log_odds=log_odds, num_classes=num_classes,
-                 readout=readout, sampler=sampler, batch_size=batch_size,
-                 precision=precision, fixed_batch=readout.fixed_batch, started=started,
-                 channels_last=readout.channels_last, runtime=recorded,
-                 torch_threads=readout.torch_threads, window_readout=windows,
-                 score_backend=score_backend, choices=runtime)
+def segments(n_windows: int, per_window: int) -> list[tuple[int, int]]:
+    """Window ranges of a whole run's checkpoint segments: about :data:`SEGMENT_PASSES`
+    passes each and at least :data:`MIN_SEGMENTS` of them (whole blocks, at least one)."""
+    n_blocks = math.ceil(n_windows / BLOCK_WINDOWS)
+    by_passes = math.ceil(SEGMENT_PASSES / (per_window * BLOCK_WINDOWS))
+    return block_ranges(n_windows, max(1, min(by_passes, n_blocks // MIN_SEGMENTS)))
 
 
-def _net(model: Any, layer: str, backend: str, fallback: bool, **kw: Any
-         ) -> tuple[Any, str | None]:
-    """The backend's net; when the caller left the backend to ``auto`` and conversion fails
-    (a user model file the converter cannot read), torch eager and why."""
-    try:
-        return net_for(model, layer, backend, **kw), None
-    except Exception as e:  # noqa: BLE001 (any converter error: the torch path still works)
-        if not fallback or backend == "torch":
-            raise
-        log.warning("backend %s cannot run %s (%s); using torch", backend, model.name, e)
-        return net_for(model, layer, "torch", **kw), (
-            f"{backend} could not convert the model, so torch ran it: {str(e)[:160]}")
+class Run:
+    """One explanation of ``model``'s decision on pixel-space image ``x`` (C, H, W) in
+    [0, 1]; preparing it is part of constructing it (announced through ``report``).
 
+    ``runtime`` says how (:func:`.setup.prepare`); ``targets`` fixes the targets (a split
+    job's planning run chose them); ``on_prediction`` gets the top-5 as soon as known."""
 
-def _incremental(model: Any, x: torch.Tensor, params: ExplainParams, targets: list[int]
-                 ) -> tuple[WindowReadout | None, str | None]:
-    """The incremental window readout, or None and why (a model torch.fx cannot trace,
-    such as an exported one: then the naive sweep)."""
-    try:
-        return window_readout(model, x, params.layer,
-                              torch.tensor(targets, device=x.device)), None
-    except IncrementalUnsupportedError as e:
-        return None, str(e)[:200]
+    def __init__(self, model: Any, x: torch.Tensor, params: ExplainParams,
+                 stats: SamplerStats, runtime: Runtime, *, targets: list[int] | None = None,
+                 report: Report | None = None,
+                 on_prediction: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        C, H, W = x.shape
+        self.model, self.params, self.report = model, params, report
+        counted = plan(params, (H, W))
+        self.windows = counted["windows"]
+        self.per_window = passes_per_window(params.sampler, params.samples)
+        self.sweep_total = counted["sweep_passes"]  # exact: windows x S + the image's pass
+        self.total = counted["forward_passes"]  # the scores' passes for topK until known
+        self.setup: Setup = prepare(model, x, params, stats, runtime, targets=targets,
+                                    on_prediction=on_prediction, step=self._step)
+        self.score_total = faithfulness_passes(params, (H, W), len(self.setup.targets))
+        self.total = self.sweep_total + self.score_total
 
+    # -- progress ---------------------------------------------------------------------------
+    def _emit(self, phase: str, phase_done: int, phase_total: int, done: int,
+              total: int | None = None) -> None:
+        if self.report is not None:
+            self.report(Status(phase, phase_done, phase_total, done,
+                               self.total if total is None else total))
 
-def _class_targets(model: Any, x: torch.Tensor, params: ExplainParams,
-                   prediction: list[dict[str, Any]]) -> list[int]:
-    kind, spec = parse_target(params.target)
-    num_classes = model.num_classes
-    if kind == "top":
-        targets = [p["class_index"] for p in prediction[:spec]]
-        if len(targets) < spec:
-            targets = torch.softmax(model(x[None]).float(), 1)[0].topk(spec).indices.tolist()
-        return targets
-    bad = [t for t in spec if t >= num_classes]
-    if bad:
-        raise InvalidParameterError(
-            f"target class {bad[0]} does not exist: the model has {num_classes} "
-            f"classes (0..{num_classes - 1})", field="target",
-        )
-    return list(spec)
+    def _step(self, name: str) -> None:
+        """One preparation step starts: a status the caller can stop the run at."""
+        self._emit("preparing", STEPS.index(name), len(STEPS), 0)
 
+    # -- the sweep --------------------------------------------------------------------------
+    def sweep(self, windows: tuple[int, int] | None = None, *,
+              checkpoints: Checkpoints | None = None) -> Sweep:
+        """The exact sweep of windows [a, b) of the full grid (all by default: then
+        resumed from and saved to ``checkpoints`` segment by segment, when given). Every
+        window gets the samples a one-process sweep gives it (randomness per block)."""
+        if self.params.drilldown is not None:
+            raise ValueError("a drill-down run sweeps through explain(), not sweep()")
+        if windows is not None:  # a chunk: counted in its own passes, not the run's
+            a, b = windows
+            n = (b - a) * self.per_window
+            return self._sweep(torch.arange(a, b), 0, n, run_offset=0, run_total=n)
+        plan_ = segments(self.windows, self.per_window)
+        if checkpoints is None or len(plan_) == 1:
+            return self._sweep(None, 0, self.sweep_total - 1)
+        return self._resumable(plan_, checkpoints)
 
-def _channel_targets(acts: torch.Tensor, params: ExplainParams) -> list[int]:
-    """Channels to explain from the layer's mean activations ``acts`` (channels,)."""
-    kind, spec = parse_target(params.target)
-    n_ch = acts.numel()
-    if kind == "top":
-        return acts.topk(min(spec, n_ch)).indices.tolist()
-    if max(spec) >= n_ch:
-        raise InvalidParameterError(
-            f"channel {max(spec)} does not exist: layer {params.layer!r} has "
-            f"{n_ch} channels (0..{n_ch - 1})", field="target",
-        )
-    return list(spec)
+    def _sweep(self, ids: torch.Tensor | None, offset: int, phase_total: int, *,
+               run_offset: int = 1, run_total: int | None = None) -> Sweep:
+        """Sweep windows ``ids`` (None: all); ``offset`` sweep passes were done before
+        them, and the run's count starts ``run_offset`` above the sweep's (the unmodified
+        image's pass of a whole run)."""
+        def progress(d: int, _t: int) -> None:
+            self._emit("sweeping", offset + d, phase_total, run_offset + offset + d, run_total)
 
+        p = self.setup.params
+        progress(0, 0)
+        with torch_threads(self.setup.torch_threads):
+            return run_sweep(self.setup.forward, self.setup.x, self.setup.sampler,
+                             window=p.window, stride=p.stride, samples=p.samples, seed=p.seed,
+                             window_ids=ids, progress=progress)
 
-def sweep_part(setup: Setup, window_ids: torch.Tensor | None = None, *,
-               progress: Progress | None = None) -> Sweep:
-    """Sweep the windows ``window_ids`` of the full grid (all by default): a whole job,
-    or one chunk of a split one (the same samples either way, docs/algorithm.md)."""
-    p = setup.params
-    with torch_threads(setup.torch_threads):
-        return run_sweep(
-            setup.readout, setup.x, setup.sampler, window=p.window, stride=p.stride,
-            samples=p.samples, batch_size=setup.batch_size, seed=p.seed, progress=progress,
-            precision=setup.precision, fixed_batch=setup.fixed_batch, window_ids=window_ids,
-            channels_last=setup.channels_last, window_readout=setup.window_readout,
-        )
+    def _resumable(self, plan_: list[tuple[int, int]], checkpoints: Checkpoints) -> Sweep:
+        per, total = self.per_window, self.sweep_total - 1
+        stored = checkpoints.load()
+        parts = {seg: stored[seg] for seg in plan_ if seg in stored}  # another plan's: ignored
+        done = sum((b - a) * per for a, b in parts)
+        if parts:
+            checkpoints.resumed(done)
+        for seg in plan_:
+            if seg in parts:
+                continue
+            sub = self._sweep(torch.arange(*seg), done, total)
+            parts[seg] = pack_partial(sub)
+            done += (seg[1] - seg[0]) * per
+            checkpoints.save(seg, parts[seg], done)
+        return merge_partials([parts[seg] for seg in plan_], self.windows)
+
+    # -- the whole explanation --------------------------------------------------------------
+    def explain(self, *, checkpoints: Checkpoints | None = None, swept: Sweep | None = None,
+                seconds: float | None = None, scores: bool = True) -> Explanation:
+        """The maps of the exact sweep (resumed from ``checkpoints``), of the drill-down,
+        or of ``swept`` (a split job's chunks merged), then their faithfulness scores when
+        the parameters ask for them (``scores=False`` leaves them out)."""
+        setup = self.setup
+        if swept is None and self.params.drilldown is not None:
+            expl = self._drilldown()
+        else:
+            swept = swept if swept is not None else self.sweep(checkpoints=checkpoints)
+            expl = conclude(setup, swept, seconds=seconds)
+        return self.score(expl) if scores else expl
+
+    def _drilldown(self) -> Explanation:
+        setup = self.setup
+
+        def progress(d: int, t: int) -> None:
+            self._emit("sweeping", d, t, d)
+
+        with torch_threads(setup.torch_threads):
+            rel, counts, passes, approximation = explain_drilldown(
+                setup.forward, setup.x, setup.sampler, self.params, log_odds=setup.log_odds,
+                num_classes=setup.num_classes, progress=progress)
+        return _explanation(setup, rel, counts, passes, None, approximation)
+
+    def score(self, expl: Explanation) -> Explanation:
+        """Score ``expl``'s maps by deletion/insertion (docs/faithfulness.md) when the
+        parameters ask for it; the passes join ``expl.forward_passes``. Idempotent."""
+        setup = self.setup
+        if expl.faithfulness is not None or not self.score_total:
+            return expl
+        start = time.perf_counter()
+        probabilities, note = score_readout(self.model, setup)
+        began = time.perf_counter()  # after a first-time conversion of the scores' graph
+
+        def progress(d: int, _t: int) -> None:
+            self._emit("scoring", d, self.score_total, self.sweep_total + d)
+
+        self._emit("scoring", 0, self.score_total, self.sweep_total)
+        with torch_threads(probabilities.torch_threads):
+            expl.faithfulness, used = score(
+                probabilities, setup.x, torch.from_numpy(expl.relevance).to(setup.x.device),
+                seed=self.params.seed, batch_size=setup.batch_size, progress=progress)
+        rate = used / max(time.perf_counter() - began, 1e-9)
+        expl.faithfulness_passes = used
+        expl.forward_passes += used
+        expl.seconds += time.perf_counter() - start
+        expl.runtime = {**(expl.runtime or {}), "faithfulness": {
+            **probabilities.runtime.as_dict(), "passes_per_second": round(rate, 2),
+            **({"backend_note": note} if note else {})}}
+        return expl
 
 
 def conclude(setup: Setup, sweep: Sweep, *, seconds: float | None = None) -> Explanation:
@@ -273,88 +263,19 @@ def explain(
     stats: SamplerStats,
     runtime: Runtime,
     *,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
     on_prediction: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Explanation:
-    """Explain ``model``'s decision on pixel-space image ``x`` (C, H, W) in [0, 1].
+    """Explain ``model``'s decision on ``x``: one :class:`Run`, start to end.
 
-    ``runtime`` says how (:func:`prepare`): batch size None picks one for the model's
-    device (:func:`.device.auto_batch_size`); precision bf16/fp16 runs the sweep's forward
-    passes under autocast (the reported prediction stays fp32); the backend runs them
-    (:mod:`.backends`; ``auto`` = the fastest exact one for the device). The result
-    records what ran (``Explanation.runtime``).
-    """
-    setup = prepare(model, x, params, stats, runtime, on_prediction=on_prediction)
-    sweep_progress, score_progress = split_progress(progress, faithfulness_passes(setup))
-    if params.drilldown is None:
-        expl = conclude(setup, sweep_part(setup, progress=sweep_progress))
-    else:
-        with torch_threads(setup.torch_threads):
-            rel, counts, passes, approximation = explain_drilldown(
-                setup.readout, setup.x, setup.sampler, params, log_odds=setup.log_odds,
-                num_classes=setup.num_classes, batch_size=setup.batch_size,
-                progress=sweep_progress, precision=setup.precision,
-                fixed_batch=setup.fixed_batch)
-        expl = _explanation(setup, rel, counts, passes, None, approximation)
-    return add_faithfulness(model, setup, expl, progress=score_progress)
+    ``progress(done, total)`` counts the sweep's window passes and then the scores' (the
+    exact sweep's unmodified-image pass is not in either: callers add it), in one total
+    fixed from the start."""
+    exact = params.drilldown is None
 
+    def report(s: Status) -> None:
+        if progress is not None and s.phase != "preparing":
+            progress(s.done - exact, s.total - exact)
 
-def faithfulness_passes(setup: Setup) -> int:
-    """Forward passes :func:`add_faithfulness` makes: 0 when off or for a hidden layer
-    (a channel has no class probability to delete)."""
-    C, H, W = setup.x.shape
-    return planned_faithfulness_passes(setup.params, (H, W), len(setup.targets))
-
-
-def split_progress(progress: Progress | None, extra: int
-                   ) -> tuple[Progress | None, Progress | None]:
-    """Progress callbacks for a sweep and then ``extra`` scoring passes, reported in one
-    fixed total (the sweep's own total + ``extra``)."""
-    if progress is None or not extra:
-        return progress, None
-    sweep_total = [0]
-
-    def sweep(done: int, total: int) -> None:
-        sweep_total[0] = total
-        progress(done, total + extra)
-
-    def score(done: int, _total: int) -> None:
-        progress(sweep_total[0] + done, sweep_total[0] + extra)
-
-    return sweep, score
-
-
-def add_faithfulness(model: Any, setup: Setup, expl: Explanation, *,
-                     progress: Progress | None = None) -> Explanation:
-    """Score ``expl``'s maps by deletion/insertion (docs/faithfulness.md) when its
-    parameters ask for it; the passes join ``expl.forward_passes``. Idempotent."""
-    if expl.faithfulness is not None or not faithfulness_passes(setup):
-        return expl
-    start = time.perf_counter()
-    probabilities, note = score_readout(model, setup)
-    began = time.perf_counter()  # after a first-time conversion of the scores' graph
-    with torch_threads(probabilities.torch_threads):
-        expl.faithfulness, used = score(
-            probabilities, setup.x, torch.from_numpy(expl.relevance).to(setup.x.device),
-            seed=setup.params.seed, batch_size=setup.batch_size, progress=progress)
-    rate = used / max(time.perf_counter() - began, 1e-9)
-    expl.faithfulness_passes = used
-    expl.forward_passes += used
-    expl.seconds += time.perf_counter() - start
-    expl.runtime = {**(expl.runtime or {}), "faithfulness": {
-        **probabilities.runtime.as_dict(), "passes_per_second": round(rate, 2),
-        **({"backend_note": note} if note else {})}}
-    return expl
-
-
-def score_readout(model: Any, setup: Setup) -> tuple[BackendReadout, str | None]:
-    """The faithfulness scores' readout, softmax probabilities of the targets (B, T): the
-    sweep's backend at its batch size, always fp32 (the protocol scores fp32 probabilities),
-    so the scores run as fast as the sweep (docs/performance.md) and equal eager torch's
-    to float rounding. The net is the sweep's own when the sweep ran the backend in fp32
-    (memoised per model); else it is converted once per process (or read from the cache)."""
-    net, note = _net(model, "output", setup.score_backend, setup.choices.backend == "auto",
-                     precision="fp32", batch_size=setup.batch_size,
-                     cache_dir=setup.choices.cache_dir)
-    return BackendReadout(net, "output", setup.targets, model.device), note
-
+    return Run(model, x, params, stats, runtime, report=report,
+               on_prediction=on_prediction).explain()

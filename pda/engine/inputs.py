@@ -6,12 +6,15 @@ this is the thin torch side of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from ..images import fit_array
+from ..images import fit_array, open_image
 
 
 class Normalise(nn.Module):
@@ -40,6 +43,26 @@ def preprocess(img: Image.Image, input_size: tuple[int, int], fit: str
     bottom) in its original pixels (:func:`pda.images.fit_array`)."""
     a, place = fit_array(img, input_size, fit)
     return to_tensor(a), place.crop_box
+
+
+@dataclass
+class ModelInput:
+    """A photo made into a model's input: the decoded photo (EXIF applied, reduced to what
+    the model needs), the input x (3, H, W) in [0, 1] and the photo's crop box."""
+
+    photo: Image.Image
+    x: torch.Tensor
+    crop: tuple[int, int, int, int]
+
+
+def model_input(source: str | Path | bytes, input_size: tuple[int, int], fit: str, *,
+                max_pixels: int | None = None) -> ModelInput:
+    """Decode ``source`` (a path or the file's bytes, untrusted: :func:`pda.images.
+    open_image` caps its pixels) and fit it to ``input_size``: the one way every process
+    (library, worker, predictions, evaluation) turns an image into a model's input."""
+    photo = open_image(source, max_pixels=max_pixels, fit_to=input_size)
+    x, crop = preprocess(photo, input_size, fit)
+    return ModelInput(photo, x, crop)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

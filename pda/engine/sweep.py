@@ -94,44 +94,57 @@ def weight_of_evidence(
     return log2_odds(full) - log2_odds(without)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """How a sweep's forward passes run, as one object rather than six keywords threaded
+    through every signature: the readout, the batch size, the precision (bf16/fp16 run
+    under autocast, the base pass too, so the difference compares like with like), whether
+    the base pass and the last batch are padded to ``batch_size`` (padding rows are the
+    unmodified image, their outputs dropped: a compiled model sees one shape and never
+    recompiles), the batches' memory format (None: what the device prefers,
+    :func:`.device.prefers_channels_last`) and, for exact incremental inference, a window
+    readout that gets the windows' corners and sampled patches instead of full images.
+    None of them changes which samples are drawn."""
+
+    readout: Readout
+    batch_size: int = 64
+    precision: str = "fp32"
+    fixed_batch: bool = False
+    channels_last: bool | None = None
+    window_readout: WindowReadout | None = None
+
+
 def run_sweep(
-    readout: Readout,
+    forward: Forward | Readout,
     x: torch.Tensor,
     sampler: Sampler,
     *,
     window: int,
     stride: int,  # required: the defaults live in pda.defaults, not here
     samples: int,
-    batch_size: int = 64,
     seed: int = 0,
-    progress: Progress | None = None,
-    precision: str = "fp32",
-    channels_last: bool | None = None,
-    fixed_batch: bool = False,
     window_ids: torch.Tensor | None = None,
-    window_readout: WindowReadout | None = None,
+    progress: Progress | None = None,
 ) -> Sweep:
-    """Evaluate ``readout`` on every window x sample perturbation of ``x`` (C, H, W).
+    """Evaluate ``forward``'s readout (a :class:`Forward`, or a bare readout with the
+    defaults) on every window x sample perturbation of ``x`` (C, H, W).
 
-    ``precision`` bf16/fp16 runs the readout under autocast (the base pass too, so the
-    difference compares like with like); ``channels_last`` builds NHWC batches (default:
-    what the device prefers, :func:`.device.prefers_channels_last`). Neither changes
-    which samples are drawn. ``fixed_batch`` pads the base pass and the last batch to
-    ``batch_size`` (padding rows are the unmodified image, their outputs dropped), so a
-    compiled model sees one shape and never recompiles.
-
-    ``window_ids`` sweeps only those windows of the full grid (a chunk, or a drill-down's
-    fine windows); each gets exactly the samples the full sweep would give it, because
-    randomness is drawn per block of the full grid. ``window_readout`` replaces building
-    full images: it gets the windows' corners and sampled patches (incremental inference).
+    ``window_ids`` sweeps only those windows of the full grid (a chunk, a checkpoint
+    segment, or a drill-down's fine windows); each gets exactly the samples the full sweep
+    would give it, because randomness is drawn per block of the full grid.
     """
+    if not isinstance(forward, Forward):
+        forward = Forward(forward)
+    readout, batch_size, fixed_batch = forward.readout, forward.batch_size, forward.fixed_batch
+    window_readout = forward.window_readout
     if samples < 1:
         raise InvalidParameterError(f"samples must be at least 1, got {samples}", field="samples")
     if batch_size < 1:
         raise InvalidParameterError(f"batch size must be at least 1, got {batch_size}")
     C, H, W = x.shape
     dev = x.device
-    amp = autocast(dev, precision)  # validates the precision before any work
+    amp = autocast(dev, forward.precision)  # validates the precision before any work
+    channels_last = forward.channels_last
     if channels_last is None:
         channels_last = prefers_channels_last(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -29,9 +29,9 @@ import redis
 from rq import Queue
 
 from .. import keys
-from ..grid import BLOCK_WINDOWS
+from ..grid import block_ranges, blocks_within
 from ..settings import Settings
-from .queue import BACKSTOP_SECONDS
+from .queue import BACKSTOP_SECONDS, TASKS
 from .record import JobStatus, encode
 from .store import JobStore, now_iso
 
@@ -50,20 +50,13 @@ def parse_member(value: str) -> tuple[str, str | None]:
     return job_id, part or None
 
 
-def windows_per_chunk(chunk_passes: int, passes_per_window: int) -> int:
-    """Whole blocks of windows that fit ``chunk_passes`` (at least one block)."""
-    blocks = max(1, chunk_passes // (passes_per_window * BLOCK_WINDOWS))
-    return blocks * BLOCK_WINDOWS
-
-
 def split(n_windows: int, chunk_passes: int, passes_per_window: int
           ) -> list[tuple[int, int]]:
     """Window ranges [start, stop) of each chunk; one range when the job is not split
     (``chunk_passes`` 0, or the job fits one chunk)."""
     if chunk_passes <= 0 or n_windows * passes_per_window <= chunk_passes:
         return [(0, n_windows)]
-    size = windows_per_chunk(chunk_passes, passes_per_window)
-    return [(a, min(a + size, n_windows)) for a in range(0, n_windows, size)]
+    return block_ranges(n_windows, blocks_within(chunk_passes, passes_per_window))
 
 
 def chunk_queue(settings: Settings, conn: redis.Redis) -> Queue:
@@ -126,7 +119,7 @@ class Chunks:
 
     def _enqueue(self, job_id: str, part: int, attempt: int, entry: dict[str, Any],
                  *, at_front: bool = False) -> None:
-        self.queue.enqueue("worker.chunked.run_chunk", job_id, part, attempt,
+        self.queue.enqueue(TASKS["chunk"], job_id, part, attempt,
                            job_id=rq_chunk_id(job_id, part, attempt),
                            job_timeout=BACKSTOP_SECONDS,
                            result_ttl=600, failure_ttl=self.settings.result_ttl_seconds,
@@ -223,7 +216,7 @@ class Chunks:
         return out["attempt"] if ok else None
 
     def enqueue_merge(self, job_id: str) -> None:
-        self.queue.enqueue("worker.chunked.run_merge", job_id,
+        self.queue.enqueue(TASKS["merge"], job_id,
                            job_id=rq_chunk_id(job_id, MERGE, int(time.time() * 1000)),
                            at_front=True, result_ttl=600, job_timeout=BACKSTOP_SECONDS,
                            description=f"merge of {job_id}")

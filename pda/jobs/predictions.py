@@ -30,7 +30,7 @@ import redis
 from rq import Queue
 
 from .. import keys
-from .queue import forget_message
+from .queue import TASKS, forget_message
 
 #: requests and answers expire this long after the caller's deadline
 LINGER_SECONDS = 60
@@ -69,7 +69,7 @@ def submit(conn: redis.Redis, queue: Queue, pred_id: str, request: dict[str, Any
     pipe.set(request_key(pred_id), json.dumps(request), ex=ttl)
     pipe.set(image_key(pred_id), image, ex=ttl)
     pipe.execute()
-    queue.enqueue("worker.interleave.run_prediction", pred_id, job_id=rq_id(pred_id),
+    queue.enqueue(TASKS["prediction"], pred_id, job_id=rq_id(pred_id),
                   ttl=ttl, result_ttl=0, failure_ttl=ttl, job_timeout=max(60, ttl),
                   description=f"prediction {pred_id}")
 

@@ -52,6 +52,11 @@ class JobRecord(BaseModel):
     progress_done: int = 0
     progress_total: int = 0
     progress_rate: float | None = None  # passes/s this attempt measured (pda.eta)
+    # what the attempt is doing (pda.defaults.PHASES) and that phase's own count: steps
+    # while preparing, forward passes while sweeping or scoring
+    phase: str = "queued"
+    phase_done: int = 0
+    phase_total: int = 0
     image: dict[str, Any] = {}
     # running
     started_at: str | None = None

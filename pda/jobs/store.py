@@ -158,7 +158,8 @@ class JobStore:
 
         return self.transition(job_id, (JobStatus.QUEUED,), attempt, {
             "status": JobStatus.RUNNING, "started_at": now_iso(), "worker": worker,
-            "heartbeat_at": time.time()}, then=index)
+            "heartbeat_at": time.time(), "phase": "preparing", "phase_done": 0,
+            "phase_total": 0}, then=index)
 
     def requeued(self, job_id: str, attempt: int, reason: str = "worker_lost") -> bool:
         """Back to ``queued`` as ``attempt``, if it still is ``attempt - 1`` and not ended;
@@ -168,7 +169,7 @@ class JobStore:
             pipe.zadd(keys.QUEUED, {job_id: time.time()})
 
         return self.transition(job_id, (JobStatus.RUNNING, JobStatus.QUEUED), attempt - 1, {
-            "status": JobStatus.QUEUED, "attempt": attempt, "progress_done": 0,
+            "status": JobStatus.QUEUED, "attempt": attempt, "phase": "queued",
             "started_at": None, "worker": None,
             "previous_attempt": {"attempt": attempt - 1, "ended": reason, "at": now_iso()}},
             then=index)
@@ -183,24 +184,57 @@ class JobStore:
             "expires_at": now_iso(expires), "files": sorted(files), **fields},
             then=lambda pipe: self.store_results(pipe, job_id, files))
 
-    def heartbeat(self, job_id: str) -> None:
-        self.r.zadd(keys.RUNNING, {job_id: time.time()}, xx=True)
-
     def set_progress(self, job_id: str, done: int, total: int,
-                     rate: float | None = None) -> bool:
-        """Progress, the attempt's measured passes/s (pda.eta) and a heartbeat; False if
-        the record is gone (nothing written)."""
-        return self._hset_existing(
-            keys.job(job_id),
-            {"progress_done": done, "progress_total": total, "heartbeat_at": time.time(),
-             **({"progress_rate": rate} if rate else {})},
-            zadd=(keys.RUNNING, job_id))
+                     rate: float | None = None, **fields: Any) -> bool:
+        """Progress (``done`` never lowers what the record shows: a rerun that resumes
+        behind its predecessor's last report keeps the job's count where it was), the
+        attempt's measured passes/s (pda.eta), ``fields`` (the phase) and a heartbeat;
+        False if the record is gone (nothing written)."""
+        return self.report(job_id, {"progress_done": done, "progress_total": total,
+                                    **({"progress_rate": rate} if rate else {}), **fields},
+                           member=job_id) is not None
 
     def set_progress_done(self, job_id: str, done: int) -> bool:
-        """Passes done so far (a split job's chunks add theirs up); False if the record is
-        gone."""
-        return self._hset_existing(keys.job(job_id),
-                                   {"progress_done": done, "heartbeat_at": time.time()})
+        """Passes done so far (a split job's chunks add theirs up; never lowered); False if
+        the record is gone."""
+        return self.report(job_id, {"progress_done": done}) is not None
+
+    def report(self, job_id: str, fields: dict[str, Any], *, member: str | None = None
+               ) -> tuple[str, int] | None:
+        """Write an attempt's progress ``fields`` into the record, with ``heartbeat_at``,
+        while the job is queued or running (an ended job's record is left as it is), and
+        refresh ``member``'s score in the running index. ``progress_done`` never decreases
+        for a client. Returns the job's (status, attempt) as they were, so one round trip
+        also tells the attempt whether it was canceled or taken over; None if the record
+        is gone (nothing is written: a lost record is never re-created)."""
+        key = keys.job(job_id)
+
+        def write(pipe: redis.client.Pipeline) -> tuple[str, int] | None:
+            status, attempt, shown = pipe.hmget(key, "status", "attempt", "progress_done")
+            if status is None:
+                return None
+            status, attempt = json.loads(status), json.loads(attempt or "1")
+            if status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return status, attempt
+            values = {**fields, "heartbeat_at": time.time()}
+            if "progress_done" in values and shown is not None:
+                values["progress_done"] = max(int(values["progress_done"]), json.loads(shown))
+            pipe.multi()
+            pipe.hset(key, mapping=encode(values))
+            if member is not None:
+                pipe.zadd(keys.RUNNING, {member: time.time()}, xx=True)
+            return status, attempt
+
+        return self.r.transaction(write, key, value_from_callable=True)
+
+    def beat(self, member: str) -> None:
+        """An attempt's heartbeat: its member's score in the running index (a whole job's
+        id, or a chunk's or merge's ``{id}#{part}``); never adds a member."""
+        self.r.zadd(keys.RUNNING, {member: time.time()}, xx=True)
+
+    def unrun(self, member: str) -> None:
+        """Take ``member`` off the running index (a merge that ended or stepped aside)."""
+        self.r.zrem(keys.RUNNING, member)
 
     def end(self, job_id: str, status: JobStatus, *,
             only_from: tuple[JobStatus, ...] | None = None, **fields: Any) -> bool:

@@ -28,7 +28,7 @@ from pda.engine.device import resolve_device
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import SAMPLERS, make_sampler
 from pda.engine.stats import SamplerStats, get_stats
-from pda.engine.sweep import Sweep, relevance_maps, run_sweep
+from pda.engine.sweep import Forward, Sweep, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
 from pda.grid import count_windows
 from pda.params import ExplainParams, plan
@@ -143,9 +143,9 @@ class _Bench:
         idx = self.targets if targets is None else targets
         pos = window_positions(H, W, k, stride, device=self.dev)
         smp = make_sampler(sampler, self.x, k, pos, self.stats, padding=PAD)
-        sw = run_sweep(lambda b: self.probs(b)[:, idx], self.x, smp, window=k, stride=stride,
-                       samples=samples, batch_size=self.bs, precision=precision,
-                       channels_last=self.layout == "channels_last")
+        forward = Forward(lambda b: self.probs(b)[:, idx], batch_size=self.bs,
+                          precision=precision, channels_last=self.layout == "channels_last")
+        sw = run_sweep(forward, self.x, smp, window=k, stride=stride, samples=samples)
         _sync(self.dev)
         return sw
 
@@ -167,11 +167,10 @@ def run_bench(
     profile: bool = False, weights: str = "real",
 ) -> dict[str, Any]:
     """Measure everything listed in the module docstring; returns the JSON document."""
-    from pda.engine.inputs import preprocess
-    from pda.images import open_image
+    from pda.engine.inputs import model_input
 
     dev = model.device
-    x = preprocess(open_image(image or SAMPLE_IMAGE), model.input_size, fit="crop")[0].to(dev)
+    x = model_input(image or SAMPLE_IMAGE, model.input_size, "crop").x.to(dev)
     C, H, W = x.shape
     batch_sizes = batch_sizes or (GPU_BATCHES if dev.type == "cuda" else CPU_BATCHES)
     if precisions is None:
@@ -415,15 +414,14 @@ def _main_backends(args: argparse.Namespace, model: Any) -> int:
     """``pda bench --backends``: the backends and precisions side by side
     (:mod:`pda.tools.bench_backends`)."""
     from pda.engine.device import auto_batch_size
-    from pda.engine.inputs import preprocess
-    from pda.images import open_image
+    from pda.engine.inputs import model_input
     from pda.settings import get_settings
     from pda.tools.bench_backends import format_backends
     from pda.tools.bench_backends import main as backends_main
 
     dev = model.device
-    x = preprocess(open_image(Path(args.image) if args.image else SAMPLE_IMAGE),
-                   model.input_size, fit="crop")[0].to(dev)
+    x = model_input(Path(args.image) if args.image else SAMPLE_IMAGE, model.input_size,
+                    "crop").x.to(dev)
     sizes = _csv(args.batch_sizes, int, "--batch-sizes")
     bs = sizes[0] if sizes else auto_batch_size(dev, model.input_size, model)
     doc = {"model": model.name, "weights": "random" if args.random_weights else "real",

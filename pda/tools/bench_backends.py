@@ -30,7 +30,7 @@ from pda.engine.backends import (
 from pda.engine.backends import openvino_backend as ov_backend
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
-from pda.engine.sweep import Sweep, run_sweep, window_scores
+from pda.engine.sweep import Forward, Sweep, run_sweep, window_scores
 from pda.errors import PDAError
 from pda.params import ExplainParams, plan
 
@@ -89,9 +89,9 @@ def _sweep(row: _Row, x: torch.Tensor, sampler: Any, n_windows: int, bs: int) ->
     """Sweep the first ``n_windows`` windows of the paper grid; passes/s."""
     t0 = time.perf_counter()
     with torch_threads(row.readout.torch_threads):  # what explain() does
-        row.sweep = run_sweep(row.readout, x, sampler, window=K, stride=1, samples=S,
-                              batch_size=bs, channels_last=row.readout.channels_last,
-                              fixed_batch=row.readout.fixed_batch,
+        forward = Forward(row.readout, batch_size=bs, channels_last=row.readout.channels_last,
+                          fixed_batch=row.readout.fixed_batch)
+        row.sweep = run_sweep(forward, x, sampler, window=K, stride=1, samples=S,
                               window_ids=torch.arange(n_windows))
     _sync(x.device)
     return (row.sweep.forward_passes + 1) / (time.perf_counter() - t0)

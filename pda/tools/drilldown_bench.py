@@ -39,7 +39,7 @@ from ..engine.drilldown.ssim import ssim
 from ..engine.geometry import window_positions, windows_to_pixels
 from ..engine.samplers import make_sampler
 from ..engine.stats import get_stats
-from ..engine.sweep import DEFAULT_TRAIN_SIZE, run_sweep, weight_of_evidence
+from ..engine.sweep import DEFAULT_TRAIN_SIZE, Forward, run_sweep, weight_of_evidence
 
 CACHE = Path(".cache/drilldown")
 CHUNK_WINDOWS = 1024
@@ -66,23 +66,22 @@ def record_samples(readout: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
         rows.append(out.detach().double())
         return out
 
-    run_sweep(keep, x, sampler, window=window, stride=stride, samples=samples,
-              batch_size=batch_size, seed=seed, window_ids=ids)
+    run_sweep(Forward(keep, batch_size=batch_size), x, sampler, window=window, stride=stride,
+              samples=samples, seed=seed, window_ids=ids)
     T = rows[0].shape[1]
     return torch.cat(rows[1:]).reshape(len(ids), samples, T)  # (n, S, T) window-major
 
 
 def exact_table(image: str, a: argparse.Namespace) -> dict[str, Any]:
     """Every window's per-sample readouts of the top-``TOP`` classes, cached on disk."""
-    from ..engine.inputs import preprocess
-    from ..images import open_image
+    from ..engine.inputs import model_input
     from ..models.registry import get_model
 
     out = CACHE / f"{_key(image, a)}.pt"
     if out.exists():
         return torch.load(out)
     model = get_model(a.model, torch.device("cpu"))
-    x, _ = preprocess(open_image(image), model.input_size, fit="crop")
+    x = model_input(image, model.input_size, "crop").x
     C, H, W = x.shape
     probs = torch.softmax(model(x[None]).float(), 1)[0]
     targets = probs.topk(TOP).indices  # (T,)
@@ -196,8 +195,7 @@ def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
     On a busy machine this allows a comparison before the whole sweep is done; windows
     in those rows have their full-sweep samples, so nothing else changes.
     """
-    from ..engine.inputs import preprocess
-    from ..images import open_image
+    from ..engine.inputs import model_input
     from ..models.registry import get_model
 
     parts = sorted((CACHE / _key(image, a)).glob("*.pt"))
@@ -205,7 +203,7 @@ def partial_table(image: str, a: argparse.Namespace) -> dict[str, Any] | None:
         return None
     per = torch.cat([torch.load(p) for p in parts])  # (n, S, T)
     model = get_model(a.model, torch.device("cpu"))
-    x, _ = preprocess(open_image(image), model.input_size, fit="crop")
+    x = model_input(image, model.input_size, "crop").x
     H, W = x.shape[1:]
     gw = (W - a.window) // a.stride + 1
     rows = len(per) // gw

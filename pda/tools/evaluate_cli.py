@@ -73,9 +73,8 @@ def measure_rate(model: Any, x: Any, backend: str, batch_size: int) -> float:
 
 def main(args: argparse.Namespace) -> int:
     from ..engine.device import auto_batch_size, resolve_device
-    from ..engine.inputs import preprocess
+    from ..engine.inputs import model_input
     from ..engine.stats import get_stats
-    from ..images import open_image
     from ..models.registry import get_model
     from ..settings import get_settings
     from . import evaluate as ev
@@ -102,8 +101,9 @@ def main(args: argparse.Namespace) -> int:
     model = get_model(args.model or settings.default_model, device, settings)
     images = []
     for f in files:
-        img = open_image(str(f), max_pixels=settings.max_image_pixels, fit_to=model.input_size)
-        images.append((f.name, preprocess(img, model.input_size, args.fit)[0]))
+        given = model_input(str(f), model.input_size, args.fit,
+                            max_pixels=settings.max_image_pixels)
+        images.append((f.name, given.x))
     for fill in protocol.fills:
         make_fill(fill, images[0][1])  # an unknown fill fails here
     H, W = images[0][1].shape[1:]

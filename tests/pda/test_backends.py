@@ -23,7 +23,7 @@ from pda.engine.backends import (
 )
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
-from pda.engine.sweep import relevance_maps, run_sweep
+from pda.engine.sweep import Forward, relevance_maps, run_sweep
 from pda.errors import InvalidParameterError
 from pda.runtime import Runtime
 from tests.support.toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
@@ -46,9 +46,9 @@ def sweep_map(model, layer: str, targets: list[int], backend: str, *, sampler: s
                             batch_size=batch_size, cache_dir=cache_dir)
     smp = make_sampler(sampler, x, k, window_positions(H, W, k, stride, device=x.device),
                        stats or random_stats(), padding=2)
-    sw = run_sweep(readout, x, smp, window=k, stride=stride, samples=samples,
-                   batch_size=batch_size, channels_last=readout.channels_last,
-                   fixed_batch=readout.fixed_batch)
+    forward = Forward(readout, batch_size=batch_size, channels_last=readout.channels_last,
+                      fixed_batch=readout.fixed_batch)
+    sw = run_sweep(forward, x, smp, window=k, stride=stride, samples=samples)
     rel, _ = relevance_maps(sw, H, W, k, stride, log_odds=layer == "output",
                             num_classes=model.num_classes)
     return rel, readout.runtime

@@ -19,7 +19,7 @@ from pda.engine.device import auto_batch_size
 from pda.engine.explain import explain
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import make_sampler
-from pda.engine.sweep import run_sweep
+from pda.engine.sweep import Forward, run_sweep
 from pda.errors import InvalidParameterError
 from pda.grid import count_windows
 from pda.params import ExplainParams
@@ -140,9 +140,9 @@ def _sweep(precision: str | None = None, channels_last: bool | None = None,
     pos = window_positions(16, 16, 4, 2)
     smp = make_sampler(sampler, x, 4, pos, random_stats(), padding=2)
     kw = {} if precision is None else {"precision": precision}
-    return run_sweep(lambda b: torch.softmax(model(b).float(), 1), x, smp, window=4,
-                     stride=2, samples=3, batch_size=5, seed=1, channels_last=channels_last,
-                     **kw)
+    forward = Forward(lambda b: torch.softmax(model(b).float(), 1), batch_size=5,
+                      channels_last=channels_last, **kw)
+    return run_sweep(forward, x, smp, window=4, stride=2, samples=3, seed=1)
 
 
 def test_fp32_is_the_default_and_computes_the_same_numbers():

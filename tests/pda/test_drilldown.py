@@ -20,6 +20,7 @@ from pda.engine.drilldown.ssim import data_range, ssim, ssim_map
 from pda.engine.explain import explain
 from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
+from pda.engine.sweep import Forward
 from pda.errors import InvalidParameterError
 from pda.grid import grid_shape
 from pda.params import ExplainParams, plan
@@ -99,8 +100,8 @@ def test_refined_windows_cover_the_evidence_box_and_match_the_exact_map_there(sa
     def readout(b: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(b).float(), 1)[:, :1]
 
-    fn = SweepScores(readout, x, smp, window=k, stride=1, samples=3, log_odds=True,
-                     num_classes=2, batch_size=32, seed=0)
+    fn = SweepScores(Forward(readout, batch_size=32), x, smp, window=k, stride=1, samples=3,
+                     log_odds=True, num_classes=2, seed=0)
     d = drilldown(fn, size, size, k, 1, coarse_stride=4, fraction=0.15)
     assert d.computed[_overlapping(size, k, 1, box)].all()
     pix, _ = windows_to_pixels(d.scores, size, size, k, 1)
@@ -389,8 +390,9 @@ def test_bench_replay_from_an_exact_table_equals_a_real_drilldown():
                                        stride=1, samples=S, batch_size=16, seed=4)}
     kw = dict(coarse_stride=4, fraction=0.2, seed=1, check={"draws": 4, "targeted": 1})
     replay = drilldown(TableScores(table, S), size, size, k, 1, **kw)
-    real = drilldown(SweepScores(readout, x, smp, window=k, stride=1, samples=S, log_odds=True,
-                                 num_classes=3, batch_size=7, seed=4), size, size, k, 1, **kw)
+    real = drilldown(SweepScores(Forward(readout, batch_size=7), x, smp, window=k, stride=1,
+                                 samples=S, log_odds=True, num_classes=3, seed=4),
+                     size, size, k, 1, **kw)
     assert torch.equal(replay.computed, real.computed)
     assert torch.allclose(replay.scores, real.scores, atol=1e-9)
     assert replay.check_windows == real.check_windows > 0

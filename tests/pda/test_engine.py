@@ -11,7 +11,7 @@ import torch
 from pda.engine.explain import explain
 from pda.engine.geometry import window_positions, windows_to_pixels
 from pda.engine.samplers import make_sampler
-from pda.engine.sweep import laplace, relevance_maps, run_sweep
+from pda.engine.sweep import Forward, laplace, relevance_maps, run_sweep
 from pda.params import ExplainParams
 from pda.runtime import Runtime
 from tests.support.toys import ConvNet, LinearModel, RegionModel, random_stats, wrap
@@ -196,7 +196,8 @@ def test_averaging_happens_before_the_log_odds():
             calls["n"] += 1
         return torch.tensor(out)[:, None]
 
-    sweep = run_sweep(readout, x, Alternating(), window=4, stride=1, samples=2, batch_size=1)
+    sweep = run_sweep(Forward(readout, batch_size=1), x, Alternating(), window=4, stride=1,
+                      samples=2)
     rel, _ = relevance_maps(sweep, 4, 4, 4, 1, log_odds=True, num_classes=2)
     assert float(rel.abs().max()) == pytest.approx(0.0, abs=1e-12)
 
@@ -228,8 +229,8 @@ def test_fixed_batch_padding_does_not_change_the_result():
         return torch.softmax(model(b), 1)[:, :2]
 
     kw = dict(window=4, stride=2, samples=3, seed=5)
-    plain = run_sweep(readout, x, sampler, batch_size=64, **kw)
-    padded = run_sweep(readout, x, sampler, batch_size=10, fixed_batch=True, **kw)
+    plain = run_sweep(Forward(readout, batch_size=64), x, sampler, **kw)
+    padded = run_sweep(Forward(readout, batch_size=10, fixed_batch=True), x, sampler, **kw)
     assert 49 * 3 % 10 != 0  # the last batch really is padded
     torch.testing.assert_close(padded.window_means, plain.window_means, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(padded.base, plain.base, rtol=1e-5, atol=1e-7)
@@ -281,9 +282,9 @@ def test_a_subset_of_windows_gets_exactly_the_full_sweeps_values(sampler_name):
         return torch.softmax(model(b).float(), 1)
 
     kw = dict(window=k, stride=stride, samples=3, seed=11)
-    full = run_sweep(readout, x, sampler, batch_size=64, **kw)
+    full = run_sweep(Forward(readout, batch_size=64), x, sampler, **kw)
     ids = torch.tensor([288, 5, 64, 63, 200, 130, 7])
-    part = run_sweep(readout, x, sampler, batch_size=4, window_ids=ids, **kw)
+    part = run_sweep(Forward(readout, batch_size=4), x, sampler, window_ids=ids, **kw)
     order = torch.sort(ids).values
     assert part.window_ids.tolist() == order.tolist()
     assert torch.equal(part.positions, pos[order])
@@ -309,8 +310,9 @@ def test_a_window_readout_gives_the_same_sweep_as_full_images():
             b[i, :, r : r + k, c : c + k] = patches[i]
         return readout(b)
 
-    kw = dict(window=k, stride=2, samples=2, seed=1, batch_size=7)
-    plain = run_sweep(readout, x, sampler, **kw)
-    windowed = run_sweep(readout, x, sampler, window_readout=window_readout, **kw)
+    kw = dict(window=k, stride=2, samples=2, seed=1)
+    plain = run_sweep(Forward(readout, batch_size=7), x, sampler, **kw)
+    windowed = run_sweep(Forward(readout, batch_size=7, window_readout=window_readout), x,
+                         sampler, **kw)
     torch.testing.assert_close(windowed.window_means, plain.window_means, rtol=0, atol=1e-5)
     assert sum(seen) == plain.forward_passes and max(seen) == 7

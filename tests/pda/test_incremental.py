@@ -18,7 +18,7 @@ from pda.engine.incremental import (
 )
 from pda.engine.incremental.patch import Patch, affected, materialise
 from pda.engine.samplers import make_sampler
-from pda.engine.sweep import _perturbed_batch, relevance_maps, run_sweep
+from pda.engine.sweep import Forward, _perturbed_batch, relevance_maps, run_sweep
 from pda.runtime import Runtime
 from tests.support.toys import random_stats, wrap
 
@@ -155,8 +155,8 @@ def _maps(model, x, sampler_name, k, stride, B, layer="output"):
             return net.down(h).mean((2, 3))[:, idx]  # (B, T) layer "down", spatial mean
     maps = []
     for wr in (None, window_readout(model, x, layer, idx)):
-        sweep = run_sweep(readout, x, sampler, window=k, stride=stride, samples=2,
-                          batch_size=B, seed=7, window_readout=wr)
+        sweep = run_sweep(Forward(readout, batch_size=B, window_readout=wr), x, sampler,
+                          window=k, stride=stride, samples=2, seed=7)
         maps.append(relevance_maps(sweep, x.shape[1], x.shape[2], k, stride,
                                    log_odds=layer == "output", num_classes=4)[0])
     return maps
@@ -221,8 +221,9 @@ def test_efficientnet_lite0_on_a_real_photo_gives_the_naive_map():
     idx = torch.tensor([281, 285])
     maps = []
     for wr in (None, window_readout(model, x, "output", idx)):
-        sweep = run_sweep(lambda b: torch.softmax(model(b).float(), 1)[:, idx], x, sampler,
-                          window=k, stride=stride, samples=2, batch_size=25, window_readout=wr)
+        forward = Forward(lambda b: torch.softmax(model(b).float(), 1)[:, idx], batch_size=25,
+                          window_readout=wr)
+        sweep = run_sweep(forward, x, sampler, window=k, stride=stride, samples=2)
         maps.append(relevance_maps(sweep, 224, 224, k, stride, log_odds=True,
                                    num_classes=1000)[0])
     naive, fast = maps

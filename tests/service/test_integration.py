@@ -147,3 +147,34 @@ def test_each_explanation_carries_its_faithfulness_score(settings, start_server,
     assert full["deletion_auc"] == f["deletion_auc"] and 0 <= f["deletion_auc"] <= 1
     assert len(full["curves"]["deletion"]) == full["protocol"]["curve_points"] == 51
     assert doc["stats"] == {**doc["stats"], "forward_passes": 493, "faithfulness_passes": 394}
+
+
+def test_a_drilldown_through_the_service_is_the_librarys_drilldown(settings, start_server,
+                                                                   start_worker):
+    """The worker runs the engine's one run: a request with ``drilldown`` gets the
+    approximate mode, its ``approximation`` section and its passes, exactly as the library
+    (and so the CLI) gives them for the same seed, and the job's total is the drill-down's
+    bound, not the exact sweep's passes."""
+    import pda
+
+    fields = {"window": "32", "stride": "8", "sampler": "constant", "drilldown": "0.2",
+              "coarse_stride": "32", "faithfulness": "false", "target": "top2", "seed": "3"}
+    server = start_server(settings)
+    start_worker(settings)
+    job = wait_for(server.http, post(server, data=fields)["id"])
+    assert job["status"] == "finished", job
+    doc = server.http.get(job["links"]["relevance"]).json()
+    served = np.array([e["relevance"] for e in doc["explanations"]])
+
+    mine = pda.explain(CAT.read_bytes(), window=32, stride=8, sampler="constant",
+                       drilldown=0.2, coarse_stride=32, faithfulness=False, target="top2",
+                       seed=3, batch_size=8)
+    approx = doc["approximation"]
+    assert approx == mine.document["approximation"]  # the same coarse, refined and checked
+    assert approx["mode"] == "drilldown" and approx["saving"] > 1.5
+    exact = approx["exact_forward_passes"]  # the exact sweep's windows + the image's pass
+    assert exact == 625 + 1
+    assert job["progress"]["done"] == job["progress"]["total"] >= approx["forward_passes"]
+    assert job["progress"]["total"] < exact  # the job was planned as the drill-down
+    peak = float(np.abs(mine.relevance).max())
+    assert peak > 0 and float(np.abs(served - mine.relevance).max()) <= 1e-5 * peak

@@ -19,7 +19,7 @@ import sys
 import time
 
 import pda.engine.sweep as sweep
-import worker.chunked as chunked
+import worker.tasks as tasks
 from pda.cli import main
 
 DELAY = float(os.environ.get("PDA_TEST_BATCH_DELAY", "0"))
@@ -27,7 +27,7 @@ HANG_AT = int(os.environ.get("PDA_TEST_HANG_AT", "0"))
 MERGE_DELAY = float(os.environ.get("PDA_TEST_MERGE_DELAY", "0"))
 MERGE_FAIL = os.environ.get("PDA_TEST_MERGE_FAIL") == "1"
 _batch = sweep._perturbed_batch
-_merge = chunked.merge_partials
+_merge = tasks.merge_partials
 _count = [0]
 
 
@@ -47,7 +47,7 @@ def slowed_merge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
 
 
 sweep._perturbed_batch = slowed_batch
-chunked.merge_partials = slowed_merge
+tasks.merge_partials = slowed_merge
 
 if __name__ == "__main__":
     sys.exit(main(["worker"]))

@@ -23,7 +23,7 @@ from tests.support.figures import record_figures
 from tests.support.paths import CAT, ROOT
 from tests.support.servers import worker_loaded
 from tests.support.service import BIG, env_for, post, wait_for
-from tests.support.waiting import wait_until
+from tests.support.waiting import Poller, wait_until
 
 pytestmark = pytest.mark.slow
 ARTIFACT = ROOT / "test-artifacts" / "liveness.json"
@@ -125,27 +125,33 @@ def test_a_stalled_attempt_is_rerun_elsewhere(settings, start_server, slow_worke
 def test_a_killed_attempt_resumes_from_its_checkpoint_to_the_same_map(
         settings, start_server, slow_worker, tmp_path):
     env = {"PDA_STALE_JOB_SECONDS": "3"}
-    server = start_server(settings, **env)
+    # a client polls the job throughout: not limited by the per-minute rate here
+    server = start_server(settings, PDA_RATE_LIMIT_PER_MINUTE="100000", **env)
     store = JobStore(connect(settings))
     first = slow_worker(settings, PDA_TEST_BATCH_DELAY="0.3", **env)
     wait_until("a loaded worker", lambda: worker_loaded(server.http), timeout=180)
     job_id = post(server, BIG)["id"]
     total = 197
+    shown = Poller(server.http, job_id)  # what a client polling the job sees, throughout
     rec = wait_until("70 %", lambda: (r := store.get(job_id)).progress_done >= 0.7 * total
                      and r, timeout=180, every=0.02)
     first.proc.kill()
     killed_at = rec.progress_done
     slow_worker(settings, PDA_TEST_BATCH_DELAY="0.3", **env)
-    # the second attempt's first progress (it reports its checkpoint before any batch)
-    rec = wait_until("attempt 2's first progress", lambda: (r := store.get(job_id)).attempt
-                     == 2 and r.status == "running" and r.progress_done > 0 and r,
-                     timeout=180, every=0.02)
-    resumed_at = rec.progress_done
-    assert resumed_at >= 0.6 * total, (killed_at, resumed_at)
+    # the second attempt's first write says where it resumes, before it loads anything
+    rec = wait_until("attempt 2's first report", lambda: (r := store.get(job_id)).attempt
+                     == 2 and r.status == "running" and "resumed_from" in (
+                         r.previous_attempt or {}) and r, timeout=180, every=0.02)
+    resumed_at = rec.previous_attempt["resumed_from"]
+    assert 0.6 * total <= resumed_at <= killed_at, (killed_at, resumed_at)
+    assert rec.progress_done >= killed_at  # the count a client saw is not taken back
     job = wait_for(server.http, job_id, timeout=180)
+    seen = shown.stop()
     assert job["status"] == "finished" and job["attempt"] == 2, job
     prev = job["previous_attempt"]
     assert prev["ended"] == "worker_lost" and prev["resumed_from"] == resumed_at
+    # progress never went back for the client, across the kill and the rerun
+    assert len(seen) > 20 and seen == sorted(seen), seen
     assert job["progress"] == {"done": total, "total": total, "fraction": 1.0}
     served = np.load(io.BytesIO(
         server.http.get(f"/v1/explanations/{job_id}/relevance.npy").content))

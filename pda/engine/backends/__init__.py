@@ -31,6 +31,7 @@ import torch
 
 from ...defaults import BACKENDS
 from ...errors import InvalidParameterError
+from ...runtime import Runtime
 from ..device import check_precision, prefers_channels_last
 from . import onnx_backend, openvino_backend
 from .graphs import graph_kind, weights_digest
@@ -138,16 +139,17 @@ def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str =
     an in-place change, or on a deep copy whose weights changed, the memo and the disk
     cache miss and the model is converted again. Eager torch runs the live module and
     needs no key."""
-    return net_for(model, layer, resolve_backend(backend, model.device, precision),
-                   precision=precision, batch_size=batch_size, cache_dir=cache_dir)
+    return net_for(model, layer, Runtime(
+        backend=resolve_backend(backend, model.device, precision), precision=precision,
+        batch_size=batch_size, cache_dir=Path(cache_dir) if cache_dir is not None else None))
 
 
-def net_for(model: Any, layer: str, name: str, *, precision: str = "fp32",
-            batch_size: int = 4, cache_dir: Path | str | None = None) -> BackendNet:
-    """:func:`build_net` for a backend already resolved (:func:`resolve_backend`: a
-    concrete, available name whose precision was checked), as :func:`pda.engine.explain.
-    prepare` does once per job."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else None
+def net_for(model: Any, layer: str, runtime: Runtime) -> BackendNet:
+    """:func:`build_net` for a runtime whose backend is already resolved
+    (:func:`resolve_backend`: a concrete, available name whose precision was checked) and
+    whose batch size is fixed, as :func:`pda.engine.setup.prepare` does once per job."""
+    name, precision, cache_dir = runtime.backend, runtime.precision, runtime.cache_dir
+    batch_size = runtime.batch_size or 4
     fixed = name != "torch"
     key = (graph_kind(layer), name, precision, batch_size if fixed else None, cache_dir)
     with _LOCK:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...defaults import OUTPUT_LAYERS
 from ...errors import UnknownLayerError
 
 
@@ -84,7 +85,7 @@ class HiddenMeans(nn.Module):
 def graph_module(model: Any, layer: str, *, stop_early: bool = False) -> nn.Module:
     """The graph for ``layer`` (output, logits or a module name), in eval mode;
     ``stop_early``: a hidden layer's eager run ends at the layer (never traced)."""
-    g = PixelLogits(model) if layer in ("output", "logits") else HiddenMeans(
+    g = PixelLogits(model) if layer in OUTPUT_LAYERS else HiddenMeans(
         model, layer, stop_early=stop_early)
     try:
         g.eval()
@@ -95,7 +96,7 @@ def graph_module(model: Any, layer: str, *, stop_early: bool = False) -> nn.Modu
 
 def graph_kind(layer: str) -> str:
     """Output and logits share one graph (the softmax is taken after it)."""
-    return "logits" if layer in ("output", "logits") else f"hidden:{layer}"
+    return "logits" if layer in OUTPUT_LAYERS else f"hidden:{layer}"
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ...defaults import OUTPUT_LAYERS
 from ..device import autocast
 from .graphs import graph_module
 
@@ -23,7 +24,7 @@ log = logging.getLogger("pda")
 def eager_net(model: Any, layer: str, precision: str) -> Net:
     """Eager torch: logits (B, K), or a hidden layer's channel means (B, ch) computed with
     a hook that stops the forward pass at the layer (the tail is never run)."""
-    if layer in ("output", "logits"):
+    if layer in OUTPUT_LAYERS:
         def logits(b: torch.Tensor) -> torch.Tensor:
             with autocast(b.device, precision):
                 return model(b).float()  # (B, K)
@@ -50,7 +51,7 @@ def compiled_net(model: Any, layer: str, precision: str, batch_size: int,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     probe = torch.rand(batch_size, 3, *model.input_size, device=model.device)
     try:
-        if layer not in ("output", "logits"):
+        if layer not in OUTPUT_LAYERS:
             # Dynamo cannot trace the hook registered inside HiddenMeans.forward;
             # torch.export can, and Inductor then drops the layers after the hidden one
             with torch.no_grad():

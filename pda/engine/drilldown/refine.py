@@ -44,6 +44,7 @@ from ..geometry import windows_to_pixels
 from ..samplers import Sampler
 from ..sweep import (
     DEFAULT_TRAIN_SIZE,
+    Forward,
     Progress,
     Readout,
     run_sweep,
@@ -63,12 +64,12 @@ class SweepScores:
     """A :data:`ScoreFn` over :func:`pda.engine.sweep.run_sweep`: the asked windows, each with the
     samples the full sweep would draw for it; counts every forward pass it makes."""
 
-    def __init__(self, readout: Readout, x: torch.Tensor, sampler: Sampler, *, window: int,
-                 stride: int, samples: int, log_odds: bool,
+    def __init__(self, forward: Forward | Readout, x: torch.Tensor, sampler: Sampler, *,
+                 window: int, stride: int, samples: int, log_odds: bool, seed: int = 0,
                  train_size: int = DEFAULT_TRAIN_SIZE, num_classes: int | None = None,
-                 progress: Progress | None = None, planned: int = 0, **sweep_kw: Any) -> None:
-        self.readout, self.x, self.sampler = readout, x, sampler
-        self.sweep_kw = dict(window=window, stride=stride, samples=samples, **sweep_kw)
+                 progress: Progress | None = None, planned: int = 0) -> None:
+        self.forward, self.x, self.sampler = forward, x, sampler
+        self.sweep_kw = dict(window=window, stride=stride, samples=samples, seed=seed)
         self.score_kw = dict(log_odds=log_odds, train_size=train_size, num_classes=num_classes)
         self.per_window = passes_per_window(sampler, samples)
         self.progress, self.planned = progress, planned
@@ -81,7 +82,7 @@ class SweepScores:
             if self.progress is not None:
                 self.progress(min(done + n, self.planned), self.planned)
 
-        sweep = run_sweep(self.readout, self.x, self.sampler, window_ids=ids, progress=step,
+        sweep = run_sweep(self.forward, self.x, self.sampler, window_ids=ids, progress=step,
                           **self.sweep_kw)
         self.passes += sweep.forward_passes + 1
         return window_scores(sweep, **self.score_kw).cpu()  # (n, T)
@@ -244,9 +245,8 @@ def _spread(grid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, gh: int,
 
 
 def explain_drilldown(
-    readout: Readout, x: torch.Tensor, sampler: Sampler, params: Any, *, log_odds: bool,
-    num_classes: int | None, batch_size: int, progress: Progress | None = None,
-    precision: str = "fp32", fixed_batch: bool = False,
+    forward: Forward, x: torch.Tensor, sampler: Sampler, params: Any, *, log_odds: bool,
+    num_classes: int | None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, Any]]:
     """:func:`drilldown` for :func:`pda.engine.explain.explain`: relevance (T, H, W), counts (H, W),
     forward passes and the result document's ``approximation`` section."""
@@ -259,10 +259,10 @@ def explain_drilldown(
             f"error (SSIM), got {H}x{W}", field="drilldown")
     per = passes_per_window(sampler, params.samples)
     fn = SweepScores(
-        readout, x, sampler, window=k, stride=s, samples=params.samples, log_odds=log_odds,
+        forward, x, sampler, window=k, stride=s, samples=params.samples, log_odds=log_odds,
         train_size=params.train_size, num_classes=num_classes, progress=progress,
         planned=plan_drilldown(H, W, k, s, coarse_stride, params.drilldown, per),
-        batch_size=batch_size, seed=params.seed, precision=precision, fixed_batch=fixed_batch)
+        seed=params.seed)
     d = drilldown(fn, H, W, k, s, coarse_stride=coarse_stride, fraction=params.drilldown,
                   seed=params.seed)
     rel, counts = windows_to_pixels(d.scores, H, W, k, s)

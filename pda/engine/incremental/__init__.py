@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ...defaults import OUTPUT_LAYERS
 from .graph import (
     DENSE_ABOVE,
     IncrementalGraph,
@@ -36,7 +37,7 @@ def graph_for(model: Any, x: torch.Tensor, layer: str = "output",
         raise IncrementalUnsupportedError("exported and TorchScript models are not traced")
     gm = trace(model.module, model.normaliser)
     stop = None
-    if layer not in ("output", "logits"):
+    if layer not in OUTPUT_LAYERS:
         stop = find_layer(gm, layer)
         if stop is None:
             raise IncrementalUnsupportedError(f"layer {layer!r} is not in the traced graph")
@@ -51,7 +52,7 @@ def window_readout(model: Any, x: torch.Tensor, layer: str, idx: torch.Tensor,
 
     def read(positions: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         value = graph(positions, patches.to(x.dtype))
-        if layer not in ("output", "logits"):
+        if layer not in OUTPUT_LAYERS:
             return layer_mean(value)[:, idx]  # (B, T)
         logits = materialise(value) if not isinstance(value, torch.Tensor) else value
         if layer == "output":
