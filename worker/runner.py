@@ -5,8 +5,8 @@ stay loaded and CUDA is never initialised before a fork (there is no fork). SIGT
 asks for a warm shutdown: the running sweep stops at the end of its current batch and
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
-(:func:`worker.tasks.reap_abandoned`) or whose queue message was lost
-(:func:`worker.tasks.requeue_lost`). Readiness counts workers by their own beat in
+(:func:`pda.jobs.lifecycle.reap_abandoned`) or whose queue message was lost
+(:func:`pda.jobs.lifecycle.requeue_lost`). Readiness counts workers by their own beat in
 ``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker list.
 """
 

@@ -3,7 +3,8 @@
 This is the adapter the CLI and the RQ job call: :func:`prepare`, :func:`sweep_part`,
 :func:`conclude` (or :func:`explain`, all three) turn a model and a preprocessed image
 into an :class:`Explanation` whose maps are NumPy arrays; :func:`pda.document.result_document`
-makes the contract's result document of it. The numerics live in :mod:`.engine`.
+makes the contract's result document of it. The numerics live in the
+engine's other modules (:mod:`.sweep`, :mod:`.samplers`, :mod:`.faithfulness`).
 """
 
 from __future__ import annotations
