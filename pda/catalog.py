@@ -195,8 +195,8 @@ published_key = keys.model
 
 
 def publish(conn: redis.Redis, doc: dict[str, Any], ttl: int = PUBLISHED_TTL_SECONDS) -> None:
-    """A worker tells the API what it knows of a model (its :func:`describe` document plus
-    ``available``)."""
+    """A worker tells the API what it knows of a model (its
+    :func:`pda.models.describe.describe` document plus ``available``)."""
     conn.set(published_key(doc["name"]), json.dumps(doc), ex=ttl)
 
 

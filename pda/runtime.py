@@ -5,7 +5,7 @@ What an explanation computes is :class:`pda.params.ExplainParams`; how it is run
 :class:`Runtime`. The CLI, the library API and the worker each build one once, from the
 deployment's settings (``PDA_*``) and any explicit choices, and pass it down to
 :func:`pda.engine.explain.prepare`, which resolves it against the device once
-(``auto`` becomes a concrete backend; :func:`pda.engine.backends.resolve`). Torch-free,
+(``auto`` becomes a concrete backend; :func:`pda.engine.backends.resolve_backend`). Torch-free,
 so the API process and the settings can name it.
 """
 

@@ -51,7 +51,7 @@ def decode_upload(data: bytes, settings: Settings, input_size: list[int] | None
 
     Only what the model needs is decoded (:func:`pda.images.open_image` ``fit_to``), at
     most ``PDA_MAX_CONCURRENT_DECODES`` at a time, and the memory goes back to the system
-    when the last decode of a burst ends (:func:`service.memory.release`)."""
+    when the last decode of a burst ends (:func:`service.memory.release_if_idle`)."""
     fit_to = tuple(input_size) if input_size else None
     slots = decode_slot(settings)
     with slots:

@@ -1,2 +1,2 @@
-"""The pda worker side: the Prediction Difference Analysis engine (``worker.pda``),
-the RQ job functions and the worker process."""
+"""The pda worker side: the RQ job functions and the worker process, around the engine
+(:mod:`pda.engine`), which they import."""

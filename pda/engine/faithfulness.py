@@ -224,7 +224,7 @@ def score_explanation(
     batch_size: int = 64,
     **protocol: Any,
 ) -> tuple[list[dict[str, Any]], int]:
-    """:func:`score` for a :class:`pda.models.LoadedModel` (pixel space in, logits out) and
+    """:func:`score` for a :class:`pda.models.registry.LoadedModel` (pixel space in, logits out) and
     class ``targets``: the probabilities are the softmax of the model's logits, in fp32."""
     idx = torch.tensor(targets, device=x.device)
 

@@ -5,7 +5,7 @@ progress, prediction, error, files) lives here, so a crashed worker, a retried m
 or a canceled job can never make the status lie. Which writes happen when is decided in
 :mod:`.lifecycle`; compare-and-set writes go through redis-py's ``transaction()`` helper.
 
-Keys (prefix ``pda:``, names from :mod:`.keys`):
+Keys (prefix ``pda:``, names from :mod:`pda.keys`):
 - ``job:{id}``        hash: the job record (:class:`.record.JobRecord`, JSON values)
 - ``job:{id}:image``  the uploaded image bytes, until the job ends
 - ``job:{id}:files``  hash: result files (:data:`pda.document.STORED`)

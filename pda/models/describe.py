@@ -50,7 +50,8 @@ def _recorder(seen: dict[str, dict[str, Any]], name: str):
 
 
 def describe(model: LoadedModel, description: str = "") -> dict[str, Any]:
-    """The metadata document of one model (see :class:`pda.catalog.ModelInfo`)."""
+    """The metadata document of one model (what :func:`pda.catalog.model_info` serves; the
+    API's schema of it is :class:`service.schemas.ModelDetail`)."""
     return {
         "name": model.name,
         "description": description,

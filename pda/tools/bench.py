@@ -385,7 +385,7 @@ def _csv(text: str | None, kind: type, option: str) -> tuple | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of ``pda bench`` (options in worker/cli.py)."""
+    """Entry point of ``pda bench`` (options in pda/cli.py)."""
     from pda.models.registry import get_model
 
     opt = vars(args)

@@ -9,7 +9,7 @@ Two steps, both reproducible from the command line:
 ``exact`` sweeps every fine window once with the real model and keeps every sample's
 readout (n_w, S, T) on disk under ``.cache/drilldown/`` (chunked, so an interrupted run
 resumes). ``compare`` then replays drill-downs from that table: a drill-down's windows get
-exactly the samples the full sweep drew for them (:func:`.engine.sweep.run_sweep` draws
+exactly the samples the full sweep drew for them (:func:`pda.engine.sweep.run_sweep` draws
 per block of the full grid), so reading them from the table is the same computation as
 sweeping them again, at no cost. It reports, per configuration, the passes used against
 the exact sweep's, the true SSIM and max |difference| of the pixel maps, and the error

@@ -239,7 +239,7 @@ def last_layer(module: torch.nn.Module) -> tuple[str, torch.nn.Module]:
 
 
 def randomised_model(model: Any, seed: int = 0) -> Any:
-    """A copy of the :class:`pda.models.LoadedModel` whose last layer has fresh random
+    """A copy of the :class:`pda.models.registry.LoadedModel` whose last layer has fresh random
     weights (the layer's own ``reset_parameters`` under ``seed``); the original is not
     touched. Its name differs, so no converted graph of the original is reused."""
     module = copy.deepcopy(model.module)

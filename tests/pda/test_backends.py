@@ -238,7 +238,7 @@ def test_cuda_reduced_precision_is_recorded_and_close(precision):
 
 def test_gpu_marker_is_registered():
     text = (ROOT / "pyproject.toml").read_text()
-    assert '"gpu: ' in text and os.path.exists(ROOT / "scripts/gpu-check.sh")
+    assert '"gpu: ' in text and os.path.exists(ROOT / "scripts/ops/gpu-check.sh")
 
 
 @pytest.mark.parametrize("layer", ["output", "features.2"])

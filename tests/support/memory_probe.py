@@ -1,5 +1,5 @@
 """Measuring a server's memory under bursts of large uploads (the memory test and
-scripts/api_memory.py)."""
+scripts/measure/api_memory.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the real container stack (too slow for .ci/run; docs/deploy.md records runs).
 #
-#   scripts/compose-smoke.sh
+#   scripts/ops/compose-smoke.sh
 #
 # 1. builds the API image under the classic builder and under BuildKit and fails if either
 #    build runs a torch stage or the image holds torch; builds the worker and the dashboard;
@@ -20,12 +20,12 @@
 # Hub: PYTHON_IMAGE=pda-local/python:3.11-bookworm, TORCH_INDEX_URL=$(docker-offline.sh
 # index)), REDIS_IMAGE (default pda-local/redis:7 when present, else compose's own), DOCKER
 # (the docker CLI, default docker), KEEP=1 (leave the stack up on failure to look at it),
-# ROLLING=1 (then scripts/compose_rolling.py: a rolling restart of the API and the workers
+# ROLLING=1 (then scripts/ops/compose_rolling.py: a rolling restart of the API and the workers
 # under 20 clients, 0 failed requests and 0 lost jobs).
 # Images keep their compose names (pda-api:$VERSION-cpu, ...: pda/version.py) and stay
 # after the run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DOCKER=${DOCKER:-docker}
 # the image tags docker-compose.yml names follow the package version (a deploy test checks)
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' pda/version.py)
@@ -144,7 +144,7 @@ EOF
 # --- 4. kill the worker mid-job ----------------------------------------------------------------
 # The API answers an identical request with the job it already has (same image bytes and
 # parameters), so the second job gets the same pixels in other bytes: a PNG text chunk.
-python3 scripts/compose_rolling.py --png-variant smoke-kill > "$WORK/chelsea-2.png"
+python3 scripts/ops/compose_rolling.py --png-variant smoke-kill > "$WORK/chelsea-2.png"
 ID2=$(submit "$WORK/chelsea-2.png")
 [ "$ID2" != "$ID" ] || fail "the second submission was not a new job"
 worker=$(compose ps -q worker | head -1)
@@ -193,7 +193,7 @@ curl -sf -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/" || fail "dashboard doe
 # --- 6b. rolling restart under load (ROLLING=1; it leaves the API on random ports, so last) --
 rolling=""
 if [ "${ROLLING:-0}" = 1 ]; then
-  rolling=$(python3 scripts/compose_rolling.py --docker "$DOCKER") || { echo "$rolling" >&2; fail "rolling restart"; }
+  rolling=$(python3 scripts/ops/compose_rolling.py --docker "$DOCKER") || { echo "$rolling" >&2; fail "rolling restart"; }
   say "$rolling"
   rolling=" | ${rolling#compose-rolling: }"
 fi

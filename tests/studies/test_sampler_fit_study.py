@@ -1,5 +1,5 @@
-"""scripts/sampler_fit_study.py scores a Gaussian's predictions as it must: on patches drawn
-from the model's own distribution the 95 % interval holds 95 % of the values, the
+"""studies/faithfulness/sampler_fit_study.py scores a Gaussian's predictions as it must: on
+patches drawn from the model's own distribution the 95 % interval holds 95 % of the values, the
 conditional mean's MSE is the conditional variance, and the NLL is the closed form."""
 
 import importlib.util
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "sampler_fit_study.py"
+SCRIPT = Path(__file__).parents[2] / "studies" / "faithfulness" / "sampler_fit_study.py"
 spec = importlib.util.spec_from_file_location("sampler_fit_study", SCRIPT)
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)

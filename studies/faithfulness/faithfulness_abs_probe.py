@@ -1,7 +1,7 @@
 """Re-score the study's kept chelsea.png maps ordered by |relevance| (grey fill): does
-deleting negative evidence early close the gap to random orders? (docs/faithfulness.md)
+deleting negative evidence early close the gap to random orders? (notebook.md, "Findings")
 
-    nice python scripts/faithfulness_abs_probe.py /tmp/fstudy   # the study's --out
+    nice python studies/faithfulness/faithfulness_abs_probe.py /tmp/fstudy   # the study's --out
 """
 
 from __future__ import annotations

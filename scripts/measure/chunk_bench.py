@@ -1,6 +1,6 @@
 """Wall time of one large job against the number of workers (issue 14's benchmark).
 
-Usage: python scripts/chunk_bench.py [--window 16 --stride 4 --samples 2]
+Usage: python scripts/measure/chunk_bench.py [--window 16 --stride 4 --samples 2]
                                      [--configs 1x2:0 1x2 2x1] [--chunk-passes 1024]
 
 Starts its own redis-server, then for each configuration ``WxT[:CHUNK_PASSES]`` starts W
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402

@@ -6,11 +6,11 @@
 # own limit, 475 s in all; a step that fails or times out is recorded and the next
 # one runs).
 #
-#   scripts/fetch-gpu-wheels.sh                 # here, once: wheels into scripts/gpu-wheels/
-#   scripts/gpu-check.sh [OUTFILE]              # there; default $OUT/gpu-check.txt or ./
-#   scripts/gpu-check.sh --cpu-dry-run [OUTFILE]  # here: every step on the CPU, small sizes
+#   scripts/ops/fetch-gpu-wheels.sh                 # here, once: wheels into scripts/ops/gpu-wheels/
+#   scripts/ops/gpu-check.sh [OUTFILE]              # there; default $OUT/gpu-check.txt or ./
+#   scripts/ops/gpu-check.sh --cpu-dry-run [OUTFILE]  # here: every step on the CPU, small sizes
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DRY=0
 if [[ "${1:-}" == "--cpu-dry-run" ]]; then DRY=1; shift; fi
 REPORT=${1:-${OUT:-$ROOT}/gpu-check.txt}
@@ -62,7 +62,7 @@ EOF
 
 install_missing_wheels() {  # only what the machine lacks; never touches its torch
   local missing
-  missing=$($PY - "$ROOT/scripts/gpu-wheels.txt" <<'EOF'
+  missing=$($PY - "$ROOT/scripts/ops/gpu-wheels.txt" <<'EOF'
 import re, sys
 from importlib.metadata import PackageNotFoundError, version
 names = [re.split(r"[<>=!;\s\[]", ln.strip())[0] for ln in open(sys.argv[1])
@@ -77,7 +77,7 @@ EOF
   if [[ -z "$missing" ]]; then echo "all present"; return 0; fi
   echo "installing: $missing"
   # shellcheck disable=SC2086
-  $PY -m pip install --no-index --no-deps --find-links "$ROOT/scripts/gpu-wheels" $missing
+  $PY -m pip install --no-index --no-deps --find-links "$ROOT/scripts/ops/gpu-wheels" $missing
 }
 
 service_job() {  # embedded `pda serve` (in-process queue and GPU worker) + curl
@@ -118,9 +118,9 @@ step "wheels" 30 install_missing_wheels
 step "pytest -m gpu" 70 "$PY -m pytest -m gpu -q -p no:cacheprovider tests/pda/test_backends.py"
 step "pda bench --backends" 110 "$PY -m pda bench --device $DEVICE --backends $BACKENDS \
   --precisions $PRECISIONS ${BENCH[*]}"
-step "paper job: efficientnet_lite0" 85 "$PY scripts/gpu_paper_job.py --device $DEVICE \
+step "paper job: efficientnet_lite0" 85 "$PY scripts/measure/gpu_paper_job.py --device $DEVICE \
   --fraction $FRACTION_LITE"
-step "paper job: vgg16 (random weights; fp32, bf16)" 90 "$PY scripts/gpu_paper_job.py \
+step "paper job: vgg16 (random weights; fp32, bf16)" 90 "$PY scripts/measure/gpu_paper_job.py \
   --model vgg16 --random-weights --device $DEVICE --fraction $FRACTION_VGG \
   --backend $VGG_BACKEND --precision fp32,bf16"
 step "service job end to end" 75 service_job

@@ -1,6 +1,6 @@
 """API memory under bursts of large uploads: idle, peak and settled RSS of ``pda serve``.
 
-Usage: python scripts/api_memory.py [--bursts 1,8,16] [--json FILE]
+Usage: python scripts/measure/api_memory.py [--bursts 1,8,16] [--json FILE]
 
 Starts its own redis-server and ``pda serve`` (Redis mode, no worker: jobs only queue),
 then for each burst size sends that many concurrent uploads of a 6300 x 6300 PNG (about
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.memory_probe import SIDE, Sampler, big_png, burst, rss_mb  # noqa: E402

@@ -1,5 +1,5 @@
 """How good is the conditional sampler's Gaussian, and what does clipping do to its samples?
-(docs/faithfulness.md, "Hypotheses: the Gaussian fit and clipping"; issue 21.)
+(notebook.md, "Hypotheses: the Gaussian fit and clipping"; issue 21.)
 
 No classifier is involved: on every evaluation photo (pda/data/evaluation, none in the
 fitting set) it takes random interior windows of the default geometry (k = 32 inside a
@@ -21,7 +21,8 @@ fit: the share of values outside [0, 1], the mean |clipped - unclipped|, and eac
 sample's MSE to the truth with and without clipping. Means with 95 % bootstrap
 intervals over the photos; differences paired per photo against ``shipped``.
 
-    python scripts/sampler_fit_study.py [--windows 64] [--out docs/faithfulness-sampler-fit.json]
+    python studies/faithfulness/sampler_fit_study.py [--windows 64] \
+        [--out studies/faithfulness/results/faithfulness-sampler-fit.json]
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["shipped"]["mse_clipped_minus_raw"] = boot(clip, brng)
     result = {"photos": len(rows), "windows_per_photo": args.windows, "window": K,
               "padding": P, "seconds": round(time.time() - t0, 1), "summary": summary,
-              "command": "python scripts/sampler_fit_study.py"
+              "command": "python studies/faithfulness/sampler_fit_study.py"
                          + (f" --windows {args.windows}" if args.windows != 64 else "")}
     for name in names:
         print(name, {m: [round(v, 4) for v in s] for m, s in summary[name].items()})

@@ -7,7 +7,7 @@ attempt-checked transaction. Prints, per job shape, the checkpoints, the time of
 (pack + write), and MEMORY USAGE of the checkpoint key once the sweep is complete (its
 peak: the key is deleted when the job ends).
 
-    python scripts/checkpoint_footprint.py
+    python scripts/measure/checkpoint_footprint.py
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pda.engine.sweep import (
     Sweep,  # noqa: E402

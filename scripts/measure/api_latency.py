@@ -1,6 +1,6 @@
 """Latency of POST /v1/explanations and GET /v1/explanations/{id} against a live API.
 
-Usage: python scripts/api_latency.py [URL] [N]   (default http://127.0.0.1:8000, 200)
+Usage: python scripts/measure/api_latency.py [URL] [N]   (default http://127.0.0.1:8000, 200)
 Start the API first, e.g. ``PDA_REDIS_URL=redis://127.0.0.1:6379/14 pda serve`` (no
 worker is needed: jobs just queue). Each POST uses a new seed, so none is deduplicated.
 Prints p50/p90/p99 in milliseconds for each request kind, sequential requests.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pct(xs: list[float], q: float) -> float:

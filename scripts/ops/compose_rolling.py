@@ -1,7 +1,7 @@
 """Rolling restart of the compose stack's API and workers under load: 0 failed requests and
-0 lost jobs, or exit 1. Run by scripts/compose-smoke.sh (ROLLING=1) against its stack.
+0 lost jobs, or exit 1. Run by scripts/ops/compose-smoke.sh (ROLLING=1) against its stack.
 
-    python3 scripts/compose_rolling.py [--clients 20] [--docker docker]
+    python3 scripts/ops/compose_rolling.py [--clients 20] [--docker docker]
 
 Compose has no load balancer, so this plays the part of a Kubernetes Service the way
 k8s/base/api.yaml relies on it: the API runs as 2 replicas (API_PORT=0: each on a port of
@@ -34,7 +34,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMAGE = (REPO / "examples" / "chelsea.png").read_bytes()
 # A job of 49 forward passes: seconds, so jobs keep flowing through the roll.
 PARAMS = {"window": "32", "stride": "32", "samples": "1", "faithfulness": "false"}

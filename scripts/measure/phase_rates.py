@@ -1,6 +1,6 @@
 """Passes/s of a job's two phases in one run: the sweep and the faithfulness scores.
 
-    PYTHONPATH=$PWD python scripts/phase_rates.py [--stride 16] [--backend auto]
+    PYTHONPATH=$PWD python scripts/measure/phase_rates.py [--stride 16] [--backend auto]
 
 The default model on examples/chelsea.png with the default parameters (``--stride``
 shortens the sweep only). Each phase's rate is measured from its own progress reports,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pda.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""scripts/own_fit_faithfulness.py: the own fit is the photo's, and both maps are scored
-by the same protocol in one run (real model, one photo, a coarse tiny grid)."""
+"""studies/faithfulness/own_fit_faithfulness.py: the own fit is the photo's, and both maps
+are scored by the same protocol in one run (real model, one photo, a coarse tiny grid)."""
 
 import importlib.util
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "own_fit_faithfulness.py"
+SCRIPT = Path(__file__).parents[2] / "studies" / "faithfulness" / "own_fit_faithfulness.py"
 spec = importlib.util.spec_from_file_location("own_fit_faithfulness", SCRIPT)
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)

@@ -2,7 +2,7 @@
 
     pip download --no-deps scikit-image==0.26.0 scikit-learn==1.9.1 scipy==1.9.3 -d W
     apt-get download tuxpaint-stamps-default          # 2022.06.04-1, into W
-    python scripts/build_evaluation_photos.py W
+    python scripts/ops/build_evaluation_photos.py W
 
 Photos: the longer side to 256 px (Lanczos), JPEG quality 90. Tux Paint stamps are photo
 cut-outs with an alpha channel: composited over a white square (a product-photo background)
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-OUT = Path(__file__).resolve().parents[1] / "pda" / "data" / "evaluation"
+OUT = Path(__file__).resolve().parents[2] / "pda" / "data" / "evaluation"
 SIDE = 256
 WHEELS = {  # out name -> (wheel glob, member)
     "cat_chelsea": ("scikit_image-0.26.0-*.whl", "skimage/data/chelsea.png"),

@@ -4,10 +4,10 @@ Calls :func:`pda.tools.evaluate.run` with the same protocol as ``pda evaluate`` 
 evaluation.md/json (the same tables) and maps.npz (every configuration's map of every
 photo, keys ``CONFIG/IMAGE``) to --out, for looking at the maps behind a number:
 
-    nice python scripts/faithfulness_study.py pda/data/evaluation/tiger.jpg \\
+    nice python studies/faithfulness/faithfulness_study.py pda/data/evaluation/tiger.jpg \\
         --configs default,occlusion --families removal --out /tmp/fstudy
 
-(The study script behind the older tables of docs/faithfulness.md, which re-scored maps
+(The study script behind the older tables of notebook.md, which re-scored maps
 under the grey fill, is in the history at commit 57abafd.)
 """
 

@@ -1,6 +1,6 @@
 """API memory idle and after serving results, with the API run from a given Python.
 
-Usage: python scripts/api_rss.py [--api-python /path/to/venv/bin/python]
+Usage: python scripts/measure/api_rss.py [--api-python /path/to/venv/bin/python]
 
 Starts its own redis-server, ``pda serve`` (Redis mode) with ``--api-python`` (default:
 this interpreter; point it at a venv made from pyproject's ``api`` extra to prove the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.memory_probe import rss_mb  # noqa: E402

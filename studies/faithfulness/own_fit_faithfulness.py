@@ -1,7 +1,7 @@
-"""Does a Gaussian fitted on the photo itself give more faithful maps? (docs/faithfulness.md,
+"""Does a Gaussian fitted on the photo itself give more faithful maps? (notebook.md,
 "Hypotheses: the Gaussian fit and clipping"; issue 21.)
 
-The sampler-fit study (scripts/sampler_fit_study.py) found that a fit on the photo's own
+The sampler-fit study (sampler_fit_study.py, beside this one) found that a fit on the photo's own
 patches predicts hidden windows 16 % better than the shipped fit, without a classifier.
 This script puts that fit through the classifier: for every evaluation photo it explains
 the top-1 class twice with the default settings, once with the shipped statistics and
@@ -10,7 +10,8 @@ once with a per-photo copy whose Gaussian for the default patch (k + 2p = 36) is
 ``pda evaluate``'s removal (blur, ROAD) and correlation families in the same run, so the
 paired differences share the random baseline and the fill noise.
 
-    python scripts/own_fit_faithfulness.py [--images N] [--out docs/faithfulness-own-fit.json]
+    python studies/faithfulness/own_fit_faithfulness.py [--images N] \
+        [--out studies/faithfulness/results/faithfulness-own-fit.json]
 
 It prints the table and paired differences in ``pda evaluate``'s format (own − shipped).
 """
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = ev.paired(rows, "shipped")
     text = {"shipped": "conditional, shipped fit", "own": "conditional, fit on the photo"}
     print(ev.markdown(table, text, pairs))
-    result = {"command": " ".join(["python scripts/own_fit_faithfulness.py", *(argv or
+    result = {"command": " ".join(["python studies/faithfulness/own_fit_faithfulness.py", *(argv or
                                    sys.argv[1:])]),
               "fields": fields, "patch": patch, "own_patches": OWN_PATCHES,
               "seconds": round(time.time() - t0, 1), "table": table, "paired": pairs,

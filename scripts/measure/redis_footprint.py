@@ -1,6 +1,6 @@
 """Redis bytes per finished job: MEMORY USAGE of every key a job leaves behind.
 
-Usage: python scripts/redis_footprint.py [--window 16 --stride 8 --samples 4 --target top3]
+Usage: python scripts/measure/redis_footprint.py [--window 16 --stride 8 --samples 4 --target top3]
 
 Starts its own redis-server, submits examples/chelsea.png through the API (in-process
 TestClient), runs the job the way a worker does (worker.tasks.run_explanation, in this
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402

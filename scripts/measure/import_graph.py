@@ -1,6 +1,6 @@
 """The module picture of docs/architecture.md, drawn from the real imports.
 
-Usage: python scripts/import_graph.py [--out docs/architecture.svg]
+Usage: python scripts/measure/import_graph.py [--out docs/architecture.svg]
 
 Builds the import graph with grimp (import-linter's engine, so it sees what the CI
 contracts see, function-level imports included), groups the modules into the parts the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grimp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 #: (group, label, colour, module prefixes); the first match wins

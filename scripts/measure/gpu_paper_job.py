@@ -2,7 +2,7 @@
 top-3 classes) for one model: the whole grid, or its first ``--fraction`` of windows and
 the whole job extrapolated from their rate (labelled as such).
 
-Used by scripts/gpu-check.sh; prints one JSON line.
+Used by scripts/ops/gpu-check.sh; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pda.models.registry import get_model
 from pda.params import ExplainParams
 from pda.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
