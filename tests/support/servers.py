@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from pda.jobs.workers import WorkerRegistry
+
 from .paths import ROOT
 from .waiting import wait_until
 
@@ -26,10 +28,8 @@ def maintenance_ran_after(conn: redis.Redis, since: float, timeout: float = 60) 
     """Wait until every live worker has run a whole maintenance cycle that began after
     ``since`` (``worker.runner.maintenance_loop``: beat, reap abandoned jobs, repair lost
     messages, sleep): its first beat after ``since``, then its next beat, which comes only
-    once the reaping of that cycle has returned. What the reaper would do to a state of
-    ``since`` is then done: a test may assert it did not happen."""
-    from pda.jobs.workers import WorkerRegistry
-
+    once that cycle's reaping has returned. Whatever a reaper does with what was stale
+    at ``since`` is done by then, so a test may assert that it did not happen."""
     registry = WorkerRegistry(conn)
 
     def beats() -> dict[str, float]:
