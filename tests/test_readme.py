@@ -13,6 +13,7 @@ import pytest
 from pda.catalog import builtin_metadata
 from pda.cli import build_parser
 from pda.settings import Settings
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -148,7 +149,6 @@ def test_the_readme_command_line_examples_run(sandbox):
 def test_the_readme_curl_session_runs_against_pda_serve(sandbox):
     import socket
     import sys
-    import time
 
     root, env = sandbox
     (marker, _, body), = [b for b in readme_blocks() if "server" in b[0]]
@@ -160,10 +160,10 @@ def test_the_readme_curl_session_runs_against_pda_serve(sandbox):
                               cwd=root, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        for _ in range(240):  # embedded mode: the worker loads the model first
-            if bash(f"curl -sf {url}/livez >/dev/null", root, env).returncode == 0:
-                break
-            time.sleep(0.5)
+        # embedded mode: the worker loads the model first
+        wait_until("pda serve to answer /livez", lambda: bash(
+            f"curl -sf {url}/livez >/dev/null", root, env).returncode == 0, timeout=120,
+            every=0.5)
         extra = quick(marker, "").strip() or marker.split("quick: ", 1)[1]
         script = body.replace(README_URL, url).replace("-F image=@", f"{extra} -F image=@")
         proc = bash(script, root, env, timeout=600)

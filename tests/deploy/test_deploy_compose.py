@@ -99,12 +99,16 @@ def test_workers_stop_warm_with_a_grace_period(compose: dict[str, Any]) -> None:
 
 
 def test_commands_and_health_checks_name_real_code(compose: dict[str, Any]) -> None:
+    checked = {}
     for name, service in compose["services"].items():
         if not service.get("image", "").startswith("pda-"):
             continue
         for argv in (service.get("command"), service.get("healthcheck", {}).get("test")):
             if argv is not None:
                 assert check_command(argv) is None, (name, argv)
+                checked[name] = checked.get(name, 0) + 1
+    # every image of ours had something checked (no match would pass this test vacuously)
+    assert checked == {"api": 1, "worker": 1, "worker-gpu": 1, "rq-dashboard": 1}
 
 
 def test_redis_maxmemory_applies_well_inside_its_memory_limit(compose: dict[str, Any]) -> None:
@@ -117,11 +121,14 @@ def test_redis_maxmemory_applies_well_inside_its_memory_limit(compose: dict[str,
 
 def test_every_service_restarts_unless_stopped(compose: dict[str, Any]) -> None:
     # the dashboard once crashed at start and, with no policy, stayed exited
+    assert len(compose["services"]) == 6
     for name, service in compose["services"].items():
         assert service.get("restart") == "unless-stopped", name
 
 
 def test_builds_pass_pip_settings_through(compose: dict[str, Any]) -> None:
+    built = sorted(n for n, s in compose["services"].items() if "build" in s)
+    assert built == ["api", "rq-dashboard", "worker", "worker-gpu"]
     for name, service in compose["services"].items():
         if "build" not in service:
             continue

@@ -147,10 +147,13 @@ def test_no_syntax_directive() -> None:
 
 def test_pip_settings_are_build_arguments_of_every_build_stage() -> None:
     text = (REPO / "docker" / "Dockerfile").read_text()
-    for name, _, body in stages(text):
-        if re.search(r"^RUN .*pip install", body, flags=re.M):
-            for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"):
-                assert re.search(rf"^ARG {arg}$", body, flags=re.M), (name, arg)
+    bodies = {name: body for name, _, body in stages(text)}
+    installing = [n for n, body in bodies.items()
+                  if re.search(r"^RUN .*pip install", body, flags=re.M)]
+    assert installing == ["build-api", "build-dashboard", "build"]  # the match found them
+    for name in installing:
+        for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"):
+            assert re.search(rf"^ARG {arg}$", bodies[name], flags=re.M), (name, arg)
     base = dict((n, b) for n, _, b in stages(text))["build-base"]
     assert re.search(r"^ARG BUILD_CA_CERT$", base, flags=re.M)
     assert "update-ca-certificates" in base and "PIP_CERT=/etc/ssl/certs/" in base

@@ -39,6 +39,11 @@ def _edit(path: Path, old: str, new: str) -> None:
 # --- schemas -------------------------------------------------------------------------------
 
 
+def test_the_base_manifests_are_found() -> None:
+    # an empty list would skip the test below, not fail it
+    assert {"api.yaml", "worker.yaml", "redis.yaml", "config.yaml"} <= {p.name for p in BASE_FILES}
+
+
 @pytest.mark.parametrize("path", BASE_FILES, ids=lambda p: p.name)
 def test_every_base_manifest_is_valid(path: Path) -> None:
     objs = load_manifests(path)

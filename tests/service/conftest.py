@@ -3,7 +3,6 @@ servers, the status recorder) are in tests/conftest.py, helpers in tests/support
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from pda.settings import Settings
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -28,11 +28,12 @@ def worker_client(settings: Settings, start_worker) -> Iterator[TestClient]:
 
     worker = start_worker(settings)
     registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
-    deadline = time.time() + 180
-    while not any(w.get("state") == "idle" for w in registry.alive()):
+
+    def idle() -> bool:
         assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
-        assert time.time() < deadline, "the worker did not load its model"
-        time.sleep(0.2)
+        return any(w.get("state") == "idle" for w in registry.alive())
+
+    wait_until("the worker to load its model", idle, timeout=180, every=0.2)
     with TestClient(create_app(settings, start_worker=False),
                     raise_server_exceptions=False) as c:
         yield c

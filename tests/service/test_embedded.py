@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 from PIL import Image
@@ -11,6 +10,7 @@ from PIL import Image
 from tests.support.paths import CAT
 from tests.support.servers import worker_loaded
 from tests.support.service import SMALL, make_settings, wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +20,8 @@ def test_embedded_mode_serves_a_working_api_with_no_redis(start_server):
     server = start_server(make_settings(redis_url=None), PDA_CHUNK_PASSES="128")
     ready = server.http.get("/readyz")  # ready at once; the in-process worker loads beside it
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] == "ok"
-    deadline = time.time() + 90
-    while not worker_loaded(server.http):
-        assert time.time() < deadline, "the in-process worker never loaded its model"
-        time.sleep(0.3)
+    wait_until("the in-process worker to load its model", lambda: worker_loaded(server.http),
+               timeout=90, every=0.3)
     ready = server.http.get("/readyz")
     assert ready.json()["mode"] == "embedded" and ready.json()["checks"]["workers"] == 1
     r = server.http.post("/v1/explanations", data=SMALL,

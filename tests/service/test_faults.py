@@ -221,7 +221,11 @@ def test_a_job_whose_queue_message_was_lost_is_queued_again(settings, client, mo
     monkeypatch.setenv("PDA_QUEUE_NAME", settings.queue_name)
     monkeypatch.setenv("PDA_STALE_JOB_SECONDS", "0.01")
     get_settings.cache_clear()
-    time.sleep(0.05)
+
+    def queued_long() -> bool:  # what requeue_lost looks at: queued past the stale limit
+        return job_id in state.store.queued_since(0.01)
+
+    wait_until("queued past the stale limit", queued_long, timeout=5, every=0.01)
     assert requeue_lost(get_settings(), state.store) == [job_id]
     assert requeue_lost(get_settings(), state.store) == []  # once, not per worker
     rec = state.store.get(job_id)
@@ -231,7 +235,7 @@ def test_a_job_whose_queue_message_was_lost_is_queued_again(settings, client, mo
     assert run_explanation(job_id, 1).startswith("skipped")
     # nor would a message taken by a worker that died before claiming the job
     state.queue.fetch_job(rq_job_id(job_id, 2)).set_status("failed")
-    time.sleep(0.05)
+    wait_until("queued past the stale limit", queued_long, timeout=5, every=0.01)
     assert requeue_lost(get_settings(), state.store) == [job_id]
     assert state.store.get(job_id)["attempt"] == 3
 

@@ -25,6 +25,7 @@ from pda.jobs.queue import connect, get_queue, rq_job_id
 from pda.jobs.store import JobStore
 from tests.support.paths import ROOT
 from tests.support.service import make_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("PDA_LOAD_SECONDS", "20"))
@@ -111,10 +112,8 @@ def test_many_clients_under_every_limit_lose_nothing(clean_redis, start_server, 
         # in production API and workers have their own CPUs; here they share two cores,
         # so the sweeps yield to the API rather than inflate its latency
         os.setpriority(os.PRIO_PROCESS, w.proc.pid, 10)
-    deadline = time.time() + 120
-    while server.http.get("/readyz").json()["checks"].get("workers", 0) < 2:
-        assert time.time() < deadline, "workers did not start"
-        time.sleep(0.5)
+    wait_until("two workers", lambda: server.http.get("/readyz").json()["checks"].get(
+        "workers", 0) >= 2, timeout=120, every=0.5)
 
     tally, seeds, image = Tally(), itertools.count(), small_png()
     # the API loads a model on first use (about 2 s): measure the warm service
@@ -135,10 +134,8 @@ def test_many_clients_under_every_limit_lose_nothing(clean_redis, start_server, 
     # drain: every accepted job must end, once, finished
     store = JobStore(connect(settings))
     ids = tally.accepted
-    drain_deadline = time.time() + 180
-    while any(store.field(i, "status") in ("queued", "running") for i in ids):
-        assert time.time() < drain_deadline, "jobs still pending after 180 s"
-        time.sleep(0.5)
+    wait_until("every accepted job to end", lambda: not any(
+        store.field(i, "status") in ("queued", "running") for i in ids), timeout=180, every=0.5)
     drained = time.time() - end
     records = [store.get(i) for i in ids]
     statuses = Counter(r["status"] if r else "lost" for r in records)

@@ -12,7 +12,6 @@ import io
 import pkgutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from pda.defaults import PAPER
 from pda.params import ExplainParams, plan, with_preset
 from tests.support.paths import CAT
 from tests.support.service import SMALL
+from tests.support.waiting import wait_until
 
 PACKAGE = "pda_generated_client"
 
@@ -110,11 +110,13 @@ def test_a_generated_client_runs_the_whole_flow(generated, settings, start_worke
     quick = ex.create_explanation.sync(client=client, body=m.CreateExplanationFilesBody(
         image=image(), window=int(SMALL["window"]), stride=int(SMALL["stride"]),
         samples=int(SMALL["samples"]), faithfulness=False))
-    deadline = time.time() + 240
-    while quick.status.value in ("queued", "running"):
-        assert time.time() < deadline, quick
-        time.sleep(0.5)
-        quick = ex.get_explanation.sync(quick.id, client=client)
+    quick_id = quick.id
+
+    def ended():  # the job, once it has ended
+        q = ex.get_explanation.sync(quick_id, client=client)
+        return q if q.status.value not in ("queued", "running") else None
+
+    quick = wait_until("the quick job to end", ended, timeout=240, every=0.5)
     assert quick.status.value == "finished", quick.to_dict()
     assert quick.progress.total == plan(ExplainParams(
         window=32, stride=32, samples=2, faithfulness=False), size)["forward_passes"]

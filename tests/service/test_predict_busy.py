@@ -29,6 +29,7 @@ from pda.jobs.queue import predict_queue
 from tests.support.paths import CAT, ROOT
 from tests.support.servers import worker_loaded
 from tests.support.service import make_settings, wait_for
+from tests.support.waiting import wait_until
 
 PNG = CAT.read_bytes()
 ARTIFACT = ROOT / "test-artifacts" / "predict_busy.json"
@@ -124,11 +125,11 @@ def test_predictions_answer_while_the_only_worker_sweeps(clean_redis, start_serv
                           PDA_LOG_LEVEL="info")
     # two API keys: the same job submitted twice (once per key) runs twice
     server = start_server(settings, PDA_API_KEYS="busy,quiet")
-    deadline = time.time() + 240
-    while not worker_loaded(server.http):
+    def loaded() -> bool:
         assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
-        assert time.time() < deadline, "the worker did not load its model"
-        time.sleep(0.3)
+        return worker_loaded(server.http)
+
+    wait_until("the worker to load its model", loaded, timeout=240, every=0.3)
 
     def submit(key: str) -> str:
         r = server.http.post("/v1/explanations", data=LONG, headers={"X-API-Key": key},
@@ -142,10 +143,8 @@ def test_predictions_answer_while_the_only_worker_sweeps(clean_redis, start_serv
         return job["status"], job["progress"]["done"]
 
     busy = submit("busy")
-    deadline = time.time() + 120
-    while progress(busy)[1] < 50:  # sweeping (past the model's first pass)
-        assert time.time() < deadline, "the job did not start sweeping"
-        time.sleep(0.2)
+    # sweeping (past the model's first pass)
+    wait_until("the job to sweep", lambda: progress(busy)[1] >= 50, timeout=120, every=0.2)
     latencies, seen = [], []
     for _ in range(20):
         t = time.perf_counter()

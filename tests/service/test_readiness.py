@@ -39,38 +39,44 @@ def test_api_stays_ready_through_busy_idle_and_killed_workers(clean_redis, start
     assert waiting["eta_seconds"] is None and "no worker is alive" in waiting["note"]
 
     worker = start_worker(settings, **FAST_BEATS)
-    deadline = time.time() + 600  # generous: CI machines are shared
-    while ready()["alive"] == 0:
-        assert time.time() < deadline, "the worker never beat"
-        time.sleep(0.2)
-    seen_busy, started = False, None
-    while (cur := http.get(f"/v1/explanations/{job['id']}").json())["status"] != "finished":
+    # generous: CI machines are shared
+    wait_until("the worker's first beat", lambda: ready()["alive"] != 0, timeout=600,
+               every=0.2)
+    seen = {"busy": False, "started": None}
+
+    def finished() -> bool:
+        cur = http.get(f"/v1/explanations/{job['id']}").json()
+        if cur["status"] == "finished":
+            return True
         assert cur["status"] in ("queued", "running"), cur
         w = ready()
         assert w["alive"] == 1, w  # busy on a job longer than the freshness window
         if cur["status"] == "running":
-            started = started or time.time()
-            seen_busy |= w["busy"] == 1
+            seen["started"] = seen["started"] or time.time()
+            seen["busy"] |= w["busy"] == 1
             assert cur["note"] is None
-        assert time.time() < deadline
-        time.sleep(0.3)
-    busy_seconds = time.time() - started
+        return False
+
+    wait_until("the job to finish", finished, timeout=600, every=0.3)
+    seen_busy, busy_seconds = seen["busy"], time.time() - seen["started"]
     assert seen_busy and busy_seconds > 3, busy_seconds
 
     wait_until("the next beat to say idle", lambda: ready()["idle"] == 1, timeout=10,
                every=0.2)
     idle_from = time.time()
-    # on purpose: idle for longer than the 3 s window, and still counted all along
-    while time.time() - idle_from < 5:
+
+    def counted_while_idle() -> bool:
         w = ready()
         assert (w["alive"], w["idle"], w["busy"]) == (1, 1, 0), w
-        time.sleep(0.5)
+        return time.time() - idle_from >= 5
+
+    # on purpose: idle for longer than the 3 s window, and still counted all along
+    wait_until("5 s of idle, counted", counted_while_idle, timeout=10, every=0.5)
 
     worker.stop(signal.SIGKILL)
     killed = time.time()
-    while ready()["alive"] != 0:
-        assert time.time() - killed < 10, "a killed worker is still counted"
-        time.sleep(0.2)
+    wait_until("a killed worker to stop counting", lambda: ready()["alive"] == 0, timeout=10,
+               every=0.2)
     gone_after = time.time() - killed
     metrics = http.get("/metrics").text
     assert "pda_workers 0.0" in metrics

@@ -4,18 +4,20 @@ API), and what the store does when Redis is full or has lost a record."""
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
 
 from pda import catalog
-from pda.jobs.queue import connect
+from pda.jobs.queue import connect, rq_job_id
 from pda.jobs.store import JobStore, new_job_id
 from tests.support.servers import RedisServer
 from tests.support.service import SMALL, assert_problem, make_settings, submit
+from tests.support.waiting import wait_until
 from worker.announce import announce_builtins
 
 
@@ -147,15 +149,22 @@ def test_a_worker_never_recreates_a_record_lost_mid_job(clean_redis, start_worke
     with TestClient(create_app(settings, start_worker=False)) as c:
         job_id = submit(c, data={"window": "16", "stride": "8", "samples": "8"}).json()["id"]
         store = JobStore(connect(settings))
-        deadline = time.time() + 120
-        while (store.field(job_id, "progress_done") or 0) < 2:
-            assert time.time() < deadline, worker.log.read_text()[-2000:]
-            time.sleep(0.2)
+
+        def log() -> str:
+            return worker.log.read_text()[-2000:]
+
+        wait_until("progress", lambda: (store.field(job_id, "progress_done") or 0) >= 2,
+                   timeout=120, every=0.2, detail=log)
         clean_redis.delete(f"pda:job:{job_id}")  # Redis lost it (a restart, a flush)
-        while "record is gone" not in worker.log.read_text():
-            assert time.time() < deadline, worker.log.read_text()[-2000:]
-            time.sleep(0.2)
-        time.sleep(1.5)  # on purpose: time for the worker to recreate it, if it would
+        wait_until("the worker to see the record gone",
+                   lambda: "record is gone" in worker.log.read_text(), timeout=120,
+                   every=0.2, detail=log)
+        # the attempt's function has returned (RQ marks its message finished): nothing of
+        # it can write any more, so a record it would recreate is there by now
+        message = Job.fetch(rq_job_id(job_id, 1), connection=clean_redis)
+        wait_until("the attempt to return",
+                   lambda: message.get_status(refresh=True) == RQStatus.FINISHED,
+                   timeout=60, every=0.2, detail=log)
         assert clean_redis.exists(f"pda:job:{job_id}") == 0
         assert clean_redis.zscore("pda:running", job_id) is None
 

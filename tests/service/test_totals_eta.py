@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.support.paths import CAT
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
@@ -25,14 +26,15 @@ def post(server, data):
 def follow(server, job: dict, timeout: float = 600) -> list[tuple[float, dict]]:
     """Every state of the job, polled every 0.2 s until it ends: (time, resource)."""
     seen = [(time.time(), job)]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def ended() -> bool:
         cur = server.http.get(f"/v1/explanations/{job['id']}").json()
         seen.append((time.time(), cur))
-        if cur["status"] in ("finished", "failed", "canceled"):
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"job still {seen[-1][1]['status']} after {timeout} s")
+        return cur["status"] in ("finished", "failed", "canceled")
+
+    wait_until("the job to end", ended, timeout=timeout, every=0.2,
+               detail=lambda: seen[-1][1])
+    return seen
 
 
 # 7 x 7 windows of 32 px, 2 samples: 99 sweep passes; the scores on 224 x 224 have 49

@@ -7,19 +7,40 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import redis
 
+from pda.jobs.workers import WorkerRegistry
+
 from .paths import ROOT
+from .waiting import wait_until
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def maintenance_ran_after(conn: redis.Redis, since: float, timeout: float = 60) -> None:
+    """Wait until every live worker has run a whole maintenance cycle that began after
+    ``since`` (``worker.runner.maintenance_loop``: beat, reap abandoned jobs, repair lost
+    messages, sleep): its first beat after ``since``, then its next beat, which comes only
+    once that cycle's reaping has returned. Whatever a reaper does with what was stale
+    at ``since`` is done by then, so a test may assert that it did not happen."""
+    registry = WorkerRegistry(conn)
+
+    def beats() -> dict[str, float]:
+        return {w["name"]: w["beat_at"] for w in registry.alive() if "beat_at" in w}
+
+    first = wait_until(f"a beat of every worker after {since:.3f}",
+                       lambda: (b := beats()) and min(b.values()) > since and b,
+                       timeout=timeout, detail=beats)
+    wait_until("the next beat of each (its cycle's reaping done)",
+               lambda: all(beats().get(n, 0) > t for n, t in first.items()),
+               timeout=timeout, detail=beats)
 
 
 def worker_loaded(http: httpx.Client) -> bool:
@@ -42,20 +63,21 @@ class Server:
             env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pda serve exited: {log.read_text()[-2000:]}")
-            try:
-                if (ready(self.http) if callable(ready)
-                        else self.http.get(ready, timeout=5).status_code == 200):
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"pda serve: {ready} not 200 in {timeout:.0f} s: "
-                           f"{log.read_text()[-2000:]}")
+        try:
+            wait_until(f"pda serve: {ready}", lambda: self._ready(ready), timeout=timeout,
+                       every=0.3, detail=lambda: log.read_text()[-2000:])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self, ready) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"pda serve exited: {self.log.read_text()[-2000:]}")
+        try:
+            return bool(ready(self.http) if callable(ready)
+                        else self.http.get(ready, timeout=5).status_code == 200)
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
         self.http.close()
@@ -90,12 +112,15 @@ class RedisServer:
              "--daemonize", "no", *self.args],
             stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
         conn = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.time() + 20
-        while not _pings(conn):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"redis-server did not start: "
-                                   f"{(self.dir / 'redis.log').read_text()[-1000:]}")
-            time.sleep(0.05)
+        log = self.dir / "redis.log"
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {log.read_text()[-1000:]}")
+            return _pings(conn)
+
+        wait_until("redis-server to answer PING", answers, timeout=20, every=0.05,
+                   detail=lambda: log.read_text()[-1000:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

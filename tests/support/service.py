@@ -5,13 +5,13 @@ small sweeps, a submit, a problem document checked, a job waited for."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 
 from pda.settings import Settings
 
 from .paths import CAT
+from .waiting import wait_until
 
 #: set by the session fixture ``redis_conn`` (tests/conftest.py): an explicit
 #: PDA_TEST_REDIS_URL, or the session's own redis-server
@@ -45,13 +45,15 @@ def env_for(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def wait_for(http, job_id: str, statuses=("finished", "failed", "canceled"),
              timeout: float = 180, headers=None) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = http.get(f"/v1/explanations/{job_id}", headers=headers).json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+    """The job resource once its status is one of ``statuses``."""
+    last: dict = {}
+
+    def reached() -> dict | None:
+        last["job"] = job = http.get(f"/v1/explanations/{job_id}", headers=headers).json()
+        return job if job["status"] in statuses else None
+
+    return wait_until(f"job {job_id} to be {' or '.join(statuses)}", reached, timeout=timeout,
+                      every=0.2, detail=lambda: last.get("job"))
 
 
 def submit(client, data=SMALL, image=PNG, headers=None, name="cat.png"):

@@ -27,6 +27,7 @@ from pda.settings import Settings
 from tests.support.paths import CAT
 from tests.support.servers import RedisServer
 from tests.support.service import make_settings, wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 PNG = CAT.read_bytes()
@@ -100,12 +101,13 @@ class ChunkWatcher(threading.Thread):
 def start_workers(start_worker, settings: Settings, n: int, **env: str) -> list:
     workers = [start_worker(settings, **CHUNKED, **env) for _ in range(n)]
     registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
-    deadline = time.time() + 180
-    while sum(w.get("state") == "idle" for w in registry.alive()) < n:
+
+    def all_idle() -> bool:
         for w in workers:
             assert w.proc.poll() is None, w.log.read_text()[-2000:]
-        assert time.time() < deadline, "the workers did not load their model"
-        time.sleep(0.2)
+        return sum(w.get("state") == "idle" for w in registry.alive()) >= n
+
+    wait_until("the workers to load their model", all_idle, timeout=180, every=0.2)
     return workers
 
 
@@ -122,11 +124,16 @@ def test_two_workers_share_a_split_job_and_give_the_one_process_map(
     job_id = submit(client)
     watch = ChunkWatcher(settings, job_id)
     seen_progress = []
-    while (job := client.get(f"/v1/explanations/{job_id}").json())["status"] in (
-            "queued", "running"):
+
+    def ended() -> dict | None:
+        job = client.get(f"/v1/explanations/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
         if job["chunks"]:
             seen_progress.append((job["chunks"]["done"], job["progress"]["done"]))
-        time.sleep(0.1)
+        return None
+
+    job = wait_until("the split job to end", ended, timeout=240)
     table = watch.stop()
     assert job["status"] == "finished", job
     assert job["chunks"] == {"total": 6, "done": 6}
@@ -146,14 +153,10 @@ def test_a_killed_worker_costs_one_chunk_and_the_map_is_unchanged(
     workers = start_workers(start_worker, settings, 2)
     job_id = submit(client)
     watch = ChunkWatcher(settings, job_id)
-    deadline = time.time() + 120
-    while True:  # kill the worker of a chunk that has started but not finished
-        running = [c for t in watch.tables[-1:] for c in t.values()
-                   if c["status"] == "running"] if watch.tables else []
-        if running:
-            break
-        assert time.time() < deadline
-        time.sleep(0.05)
+    # kill the worker of a chunk that has started but not finished
+    running = wait_until("a running chunk", lambda: [
+        c for t in watch.tables[-1:] for c in t.values() if c["status"] == "running"],
+        timeout=120, every=0.05)
     pid = int(running[0]["worker"].rsplit(":", 1)[1])
     victim = next(w for w in workers if w.proc.pid == pid)
     victim.proc.kill()
@@ -170,16 +173,14 @@ def test_cancel_stops_every_chunk(settings, client, start_worker):
     workers = start_workers(start_worker, settings, 2)
     job_id = submit(client, {**SPLIT, "seed": "8"})
     r = redis.Redis.from_url(settings.redis_url)
-    deadline = time.time() + 120
-    while not r.hlen(keys.chunk_progress(job_id)):
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_until("a claimed chunk", lambda: r.hlen(keys.chunk_progress(job_id)), timeout=120,
+               every=0.05)
     assert client.delete(f"/v1/explanations/{job_id}").status_code == 200
     registry = WorkerRegistry(r)
-    t = time.time()
-    while any(w.get("state") != "idle" for w in registry.alive()):
-        assert time.time() - t < 15, registry.alive()  # one batch, not the rest of the job
-        time.sleep(0.1)
+    # within one batch, not the rest of the job
+    wait_until("every worker idle", lambda: all(w.get("state") == "idle"
+                                                 for w in registry.alive()),
+               timeout=15, detail=registry.alive)
     assert client.get(f"/v1/explanations/{job_id}").json()["status"] == "canceled"
     assert not r.exists(keys.chunks(job_id), keys.partials(job_id))
     assert all(w.proc.poll() is None for w in workers)
@@ -204,12 +205,11 @@ def test_redis_restart_with_aof_during_a_split_job(tmp_path, start_worker, one_p
         with TestClient(create_app(settings, start_worker=False)) as client:
             job_id = submit(client)
             r = redis.Redis.from_url(own.url)
-            deadline = time.time() + 120
-            while int(r.hget(keys.job(job_id), "chunks_done") or 0) < 1:
-                assert time.time() < deadline
-                time.sleep(0.05)
+            wait_until("a finished chunk",
+                       lambda: int(r.hget(keys.job(job_id), "chunks_done") or 0) >= 1,
+                       timeout=120, every=0.05)
             own.stop()
-            time.sleep(2)
+            time.sleep(2)  # an outage of some length (what follows waits on events)
             own.start()
             job = wait_for(client, job_id, timeout=240)
             assert job["status"] == "finished", job
