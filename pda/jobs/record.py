@@ -79,7 +79,7 @@ class JobRecord(BaseModel):
     chunks_done: int = 0
     labels: list[str] | None = None
     merge_attempts: int = 0
-    # reruns (worker.checkpoints): why the previous attempt ended (REASONS), when, and
+    # reruns (pda.jobs.attempts.JobCheckpoints): why the previous attempt ended (REASONS), when, and
     # where this one resumed; the sweep passes kept in checkpoints so far
     previous_attempt: dict[str, Any] | None = None
     checkpoint_passes: int = 0

@@ -55,7 +55,7 @@ def checkpoint_key(job_id: str) -> str:
 
 def chunk_keys(job_id: str) -> tuple[str, ...]:
     """A job's working keys, dropped when it ends: a split job's (pda.jobs.chunks) and a
-    whole job's checkpoints (worker.checkpoints)."""
+    whole job's checkpoints (pda.jobs.attempts.JobCheckpoints)."""
     return (keys.chunks(job_id), keys.chunk_progress(job_id), keys.partials(job_id),
             checkpoint_key(job_id))
 

@@ -1,4 +1,4 @@
-"""Redis bytes and time of a whole job's sweep checkpoints (worker.checkpoints).
+"""Redis bytes and time of a whole job's sweep checkpoints (pda.jobs.attempts.JobCheckpoints).
 
 Writes every checkpoint of a job's plan, as a worker does, into a throwaway
 redis-server (tests.support.servers.RedisServer): partial sums packed by pack_partial (readouts
@@ -23,14 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pda.engine.explain import segments  # noqa: E402
 from pda.engine.sweep import (
     Sweep,  # noqa: E402
     pack_partial,  # noqa: E402
 )
+from pda.jobs.attempts import JobCheckpoints  # noqa: E402
 from pda.jobs.record import JobRecord, JobStatus  # noqa: E402
 from pda.jobs.store import JobStore, checkpoint_key  # noqa: E402
 from tests.support.servers import RedisServer  # noqa: E402
-from worker import checkpoints  # noqa: E402
 
 #: name -> (windows, passes per window, targets): the default job (224 px, window 32,
 #: stride 8, 4 samples, top3), the paper preset (window 10, stride 1, 10 samples, top3)
@@ -41,7 +42,8 @@ JOBS = {"default (625 windows x 4 samples, 3 targets)": (625, 4, 3),
 def measure(store: JobStore, name: str, n_w: int, per: int, targets: int) -> None:
     job_id = f"fp{n_w}"
     store.create(JobRecord(id=job_id, status=JobStatus.RUNNING, owner="o"), b"x", 600)
-    plan = checkpoints.segments(n_w, per)
+    saved = JobCheckpoints(store, store.get(job_id), 1)
+    plan = segments(n_w, per)
     times, done = [], 0
     for a, b in plan:
         part = Sweep(base=torch.rand(targets, dtype=torch.float64),
@@ -50,7 +52,7 @@ def measure(store: JobStore, name: str, n_w: int, per: int, targets: int) -> Non
                      window_ids=torch.arange(a, b))
         t = time.perf_counter()
         done += (b - a) * per
-        assert checkpoints.save(store, job_id, 1, (a, b), pack_partial(part), done)
+        assert saved.save((a, b), pack_partial(part), done)
         times.append(time.perf_counter() - t)
     nbytes = int(store.r.memory_usage(checkpoint_key(job_id), samples=0))
     print(f"{name}: {len(plan)} checkpoints of {(plan[0][1] - plan[0][0]) * per} passes; "

@@ -16,11 +16,10 @@ import torch
 
 from pda.defaults import PAPER
 from pda.engine.device import auto_batch_size, resolve_device
-from pda.engine.explain import prepare, sweep_part
-from pda.engine.inputs import preprocess
+from pda.engine.explain import Run
+from pda.engine.inputs import model_input
 from pda.engine.stats import get_stats
 from pda.grid import count_windows
-from pda.images import open_image
 from pda.models.registry import get_model
 from pda.params import ExplainParams
 from pda.runtime import Runtime
@@ -41,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = resolve_device(args.device)
     model = get_model(args.model, dev, random_weights=args.random_weights)
-    x = preprocess(open_image(ROOT / "examples/chelsea.png"), model.input_size, fit="crop")[0]
+    x = model_input(ROOT / "examples/chelsea.png", model.input_size, "crop").x
     params = ExplainParams(**PAPER)
     bs = args.batch_size or auto_batch_size(dev, model.input_size, model)
     for precision in args.precision.split(","):  # one model load for every precision
@@ -51,17 +50,17 @@ def main() -> None:
 def time_job(model, x, params, dev, bs, precision, args) -> dict:
     """Build the readout (conversion or compilation included), warm up, time the sweep."""
     t0 = time.perf_counter()
-    setup = prepare(model, x, params, get_stats(),
-                    runtime=Runtime(batch_size=bs, precision=precision, backend=args.backend))
+    run = Run(model, x, params, get_stats(),
+              Runtime(batch_size=bs, precision=precision, backend=args.backend))
     build = time.perf_counter() - t0
     n_w = count_windows(*model.input_size, params.window, params.stride)
     n = max(1, round(n_w * args.fraction))
-    ids = None if n >= n_w else torch.arange(n)
-    sweep_part(setup, torch.arange(min(n, 64)))  # warm-up: allocator, autotuning
+    windows = None if n >= n_w else (0, n)
+    run.sweep((0, min(n, 64)))  # warm-up: allocator, autotuning
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t1 = time.perf_counter()
-    sw = sweep_part(setup, ids)
+    sw = run.sweep(windows)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t1
@@ -70,11 +69,11 @@ def time_job(model, x, params, dev, bs, precision, args) -> dict:
     return {
         "model": model.name, "weights": "random" if args.random_weights else "real",
         "device": str(dev), "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-        else "cpu", "runtime": setup.runtime, "batch_size": bs,
+        else "cpu", "runtime": run.setup.runtime, "batch_size": bs,
         "windows_swept": n, "windows": n_w, "passes_swept": sw.forward_passes,
         "seconds_swept": round(seconds, 2), "passes_per_s": round(rate, 1),
-        "paper_job_seconds": round(total / rate, 1) if ids is not None else round(seconds, 1),
-        "extrapolated": ids is not None, "build_seconds": round(build, 1)}
+        "paper_job_seconds": round(total / rate, 1) if windows is not None else round(seconds, 1),
+        "extrapolated": windows is not None, "build_seconds": round(build, 1)}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pda import keys
-from pda.grid import BLOCK_WINDOWS
+from pda.grid import BLOCK_WINDOWS, blocks_within
 from pda.jobs.chunks import (
     MERGE,
     Chunks,
@@ -18,8 +18,8 @@ from pda.jobs.chunks import (
     parse_member,
     rq_chunk_id,
     split,
-    windows_per_chunk,
 )
+from pda.jobs.queue import TASKS
 from pda.jobs.record import JobStatus
 from tests.support.service import make_settings
 
@@ -59,8 +59,9 @@ def test_index_members_name_the_job_and_the_part():
 
 def test_chunks_hold_whole_blocks_of_windows():
     assert BLOCK_WINDOWS == 64
-    assert windows_per_chunk(1000, 3) == 320  # 5 blocks of 64 windows x 3 passes fit
-    assert windows_per_chunk(1, 3) == 64  # at least one block
+    # the one cut into whole blocks (pda.grid), shared with the checkpoint segments
+    assert blocks_within(1000, 3) * BLOCK_WINDOWS == 320  # 5 blocks of 64 x 3 passes fit
+    assert blocks_within(1, 3) * BLOCK_WINDOWS == 64  # at least one block
 
 
 def test_a_job_is_split_only_when_it_exceeds_the_chunk_size():
@@ -85,7 +86,7 @@ def test_start_writes_the_table_and_enqueues_the_chunks_in_flight(store, conn, c
     assert {m.decode() for m in conn.zrange(keys.QUEUED, 0, -1)} == {f"{job}#0", f"{job}#1"}
     assert queued_ids(chunks) == [rq_chunk_id(job, 0, 1), rq_chunk_id(job, 1, 1)]
     message = chunks.queue.fetch_job(rq_chunk_id(job, 0, 1))
-    assert message.func_name == "worker.chunked.run_chunk" and message.args == (job, 0, 1)
+    assert message.func_name == TASKS["chunk"] and message.args == (job, 0, 1)
     assert chunks.queue.name == chunk_queue(chunks.settings, conn).name
     assert chunks.queue.name.endswith("-chunks")
     assert 2 * RESULT_TTL - 5 < conn.ttl(keys.chunks(job)) <= 2 * RESULT_TTL
@@ -204,6 +205,6 @@ def test_each_merge_attempt_is_counted_while_the_job_runs(store, conn, chunks, j
 def test_enqueue_merge_puts_a_merge_message_first(chunks, job):
     chunks.enqueue_merge(job)
     first = chunks.queue.fetch_job(queued_ids(chunks)[0])
-    assert first.func_name == "worker.chunked.run_merge" and first.args == (job,)
+    assert first.func_name == TASKS["merge"] and first.args == (job,)
     assert first.id.startswith(f"{job}-cmerge-a")
 

@@ -13,7 +13,7 @@ from pda import keys
 from pda.errors import IdempotencyConflictError, QueueFullError, TooManyQueuedError
 from pda.jobs import lifecycle
 from pda.jobs.chunks import Chunks, member
-from pda.jobs.queue import get_queue, rq_job_id
+from pda.jobs.queue import TASKS, get_queue, rq_job_id
 from pda.jobs.record import JobStatus
 from pda.jobs.store import now_iso
 from pda.params import ExplainParams, plan
@@ -305,7 +305,7 @@ def test_a_stale_merge_is_enqueued_again_until_its_cap(store, settings, new_job,
     assert conn.zscore(keys.RUNNING, member(job_id, "merge")) > time.time() - 5
     merges = [chunks.queue.fetch_job(i) for i in chunks.queue.job_ids
               if i not in chunk_messages]
-    assert [(m.func_name, m.args) for m in merges] == [("worker.chunked.run_merge", (job_id,))]
+    assert [(m.func_name, m.args) for m in merges] == [(TASKS["merge"], (job_id,))]
     store.update(job_id, merge_attempts=settings.job_retries + 1)
     stale(conn, keys.RUNNING, member(job_id, "merge"))
     lifecycle.reap_abandoned(settings, store)

@@ -235,12 +235,29 @@ def test_progress_writes_the_counts_the_rate_and_a_heartbeat(store, conn, new_jo
 def test_progress_and_beats_never_add_a_job_to_the_running_index(store, conn, new_job):
     job_id = new_job()  # queued: not in the running index
     assert store.set_progress(job_id, 1, 99) is True
-    store.heartbeat(job_id)
+    store.beat(job_id)
     assert conn.zscore(keys.RUNNING, job_id) is None
     running = new_job(JobStatus.RUNNING)
     conn.zadd(keys.RUNNING, {running: 1.0})
-    store.heartbeat(running)
+    store.beat(running)
     assert conn.zscore(keys.RUNNING, running) > time.time() - 5
+
+
+def test_progress_never_goes_back_and_tells_the_attempt_where_the_job_is(store, new_job):
+    job_id = new_job(JobStatus.RUNNING)
+    assert store.report(job_id, {"progress_done": 120, "progress_total": 200,
+                                 "phase": "sweeping"}) == ("running", 1)
+    # a rerun that resumes behind its predecessor's last report keeps the shown count
+    store.set_progress(job_id, 97, 200, phase="preparing")
+    rec = store.get(job_id)
+    assert (rec.progress_done, rec.phase) == (120, "preparing")
+    store.set_progress(job_id, 150, 200)
+    assert store.get(job_id).progress_done == 150
+    # an ended job's record is left as it is; the attempt learns it ended
+    store.end(job_id, JobStatus.CANCELED)
+    assert store.report(job_id, {"progress_done": 199}) == ("canceled", 1)
+    assert store.get(job_id).progress_done == 150
+    assert store.report("no-such-job", {"progress_done": 1}) is None
 
 
 # -- the indexes the reaper and the lost-message repair read ----------------------------------
