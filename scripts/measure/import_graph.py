@@ -27,8 +27,8 @@ GROUPS = [
      ("pda.cli", "pda.library", "pda.tools", "pda.__main__")),
     ("api", "service/\nthe API: validate, queue, serve files", "#d8ecd8", ("service",)),
     ("proc", "worker/\nthe RQ worker process", "#d8d8f0", ("worker",)),
-    ("jobs", "pda.jobs\na job's life: record, store, queue", "#f4e6c8", ("pda.jobs",)),
-    ("engine", "pda.engine, drill-down\npure tensor code: the sweep", "#f2d0d0",
+    ("jobs", "pda.jobs\na job's life: record, store,\nqueue, attempts", "#f4e6c8", ("pda.jobs",)),
+    ("engine", "pda.engine (with drilldown/)\npure tensor code: the one Run", "#f2d0d0",
      ("pda.engine",)),
     ("models", "pda.models\nloaded networks", "#f2d0d0", ("pda.models",)),
     ("light", "pda (light)\nsettings, params, grid, runtime,\ncatalog, images, render,\n"
