@@ -169,15 +169,15 @@ def cmd_fit_sampler(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from pda.settings import get_settings
     from service.main import serve
 
-    worker = None
-    if not get_settings().redis_url:  # embedded mode: an in-process queue and worker
-        from worker.runner import start_embedded_worker
-
-        worker = start_embedded_worker
-    return serve(host=args.host, port=args.port, worker=worker)
+    if args.data_dir:  # the same name means the same thing everywhere: PDA_DATA_DIR
+        os.environ["PDA_DATA_DIR"] = args.data_dir
+        get_settings.cache_clear()
+    return serve(host=args.host, port=args.port)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -278,9 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("serve", help="run the HTTP API")
+    s = sub.add_parser("serve", help="run the HTTP API (with no PDA_REDIS_URL: with a Redis "
+                       "and a worker of its own)")
     s.add_argument("--host", default=None, help="bind address (default PDA_HOST, 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port (default PDA_PORT, 8000)")
+    s.add_argument("--data-dir", default=None, help="embedded mode: where its Redis keeps "
+                   "the jobs and results (default PDA_DATA_DIR, else ~/.local/share/pda)")
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="run an RQ worker (needs PDA_REDIS_URL)")
@@ -346,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PDAError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        print(f"pda: interrupted ({args.command or 'pda'} stopped; nothing more written)",
+              file=sys.stderr)
         return 130
 
 

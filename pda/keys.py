@@ -53,6 +53,10 @@ QUEUED = f"{PREFIX}queued"
 #: hashes: cluster-wide counters read by /metrics
 METRICS_JOBS = f"{PREFIX}metrics:jobs"
 METRICS_SWEEP = f"{PREFIX}metrics:sweep"
+#: hash: what the workers last measured per model: ``{model}|rate`` (forward passes/s of
+#: an attempt's sweep and scores) and ``{model}|prep`` (seconds of its set-up), for the ETA
+#: of jobs that have not measured their own yet
+METRICS_RATES = f"{PREFIX}metrics:rates"
 
 
 # --- workers, predictions and model metadata -------------------------------------------

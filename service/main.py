@@ -1,16 +1,18 @@
 """Builds the FastAPI app, and ``pda serve``.
 
 With ``PDA_REDIS_URL`` set, the API only enqueues; ``pda worker`` processes compute.
-Without it (embedded mode) the same API runs over an in-process fakeredis server with
-one in-process worker thread, so one command serves a working API on a laptop.
+Without it (embedded mode, :mod:`service.embedded`) ``pda serve`` starts a Redis server of
+its own with append-only persistence and a ``pda worker`` process, so one command serves
+the same API on a laptop, with the same parts as a cluster.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import signal
+import sys
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -33,26 +35,23 @@ Submit an image with `POST /v1/explanations`, poll the job at its `Location`, th
 `/relevance` (JSON grids) or `/overlay.png`. Errors are RFC 9457 problem documents."""
 
 
-def create_app(settings: Settings | None = None, *, start_worker: bool | None = None,
-               worker: Callable[[Settings], Any] | None = None) -> FastAPI:
-    """The API. In embedded mode (no PDA_REDIS_URL) ``pda serve`` passes ``worker``, the
-    in-process worker's starter (it may load torch; this package never imports it);
-    ``start_worker=False`` leaves it out (tests)."""
+def create_app(settings: Settings | None = None, *, embedded: bool = False,
+               start_worker: bool | None = None) -> FastAPI:
+    """The API over ``settings.redis_url``; ``embedded``: that Redis and its workers are
+    ``pda serve``'s own (then the API may read model files the local worker reads).
+    ``start_worker`` is accepted for older callers and ignored: the API never runs a
+    worker (workers are processes of their own, in embedded mode too)."""
     settings = settings or get_settings()
     memory.configure()
-    embedded = not settings.redis_url
-    conn = connect(settings)
+    conn = connect(settings) if settings.redis_url else _unconfigured(settings)
     state = AppState(settings=settings, conn=conn,
                      store=JobStore(conn, settings.result_ttl_seconds),
                      queue=get_queue(settings, conn), embedded=embedded,
                      registry=WorkerRegistry(conn, settings.worker_fresh_seconds),
                      predict_queue=predict_queue(settings, conn))
-    run_worker = worker is not None and (embedded if start_worker is None else start_worker)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if run_worker:
-            app.state.worker_thread = worker(settings)
         yield
 
     app = FastAPI(title="pda", version=__version__, description=DESCRIPTION, lifespan=lifespan,
@@ -74,18 +73,48 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     return app
 
 
-def serve(host: str | None = None, port: int | None = None,
-          worker: Callable[[Settings], Any] | None = None) -> int:
-    """Run the API with uvicorn; ``worker`` starts the embedded worker (no Redis URL)."""
+def _unconfigured(settings: Settings):
+    """A client for an app built without a Redis (tests of static pages and the OpenAPI
+    document): every call fails as an unreachable store does, with a 503."""
+    import redis
+
+    return redis.Redis(unix_socket_path="/nonexistent/pda-no-redis.sock",
+                       socket_connect_timeout=0.1, socket_timeout=0.1)
+
+
+def serve(host: str | None = None, port: int | None = None) -> int:
+    """Run the API with uvicorn; with no ``PDA_REDIS_URL``, embedded mode: a Redis server
+    and a worker of its own (:class:`service.embedded.Embedded`), stopped in order when
+    the API stops (Ctrl-C, SIGTERM)."""
     import uvicorn
+
+    from .embedded import Embedded, EmbeddedError
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = host or settings.host
     port = port or settings.port
-    if not settings.redis_url:
-        log.info("no PDA_REDIS_URL: embedded queue and in-process worker")
-    uvicorn.run(create_app(settings, worker=worker), host=host, port=port,
-                log_level=settings.log_level, proxy_headers=True, timeout_graceful_shutdown=10)
-    return 0
+    embedded = None if settings.redis_url else Embedded(settings)
+    seen: list[int] = []
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then restores the handlers it found and
+    # raises the signal again: with these, that ends here instead of in a KeyboardInterrupt
+    # traceback from inside its event loop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: seen.append(signum))
+    try:
+        if embedded is not None:
+            settings = embedded.start()
+        uvicorn.run(create_app(settings, embedded=embedded is not None), host=host,
+                    port=port, log_level=settings.log_level, proxy_headers=True,
+                    timeout_graceful_shutdown=10)
+    except EmbeddedError as exc:
+        print(f"pda: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            # a second Ctrl-C while the worker gives its job back: leave now (the kernel
+            # still sends the children SIGTERM, and each stops on its own)
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+            embedded.stop()
+    return 130 if signal.SIGINT in seen else 0

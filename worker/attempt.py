@@ -42,6 +42,8 @@ log = logging.getLogger("pda.worker")
 shutdown_requested = threading.Event()
 #: the attempt this process is running now (None when idle), for the worker's heartbeat
 current: str | None = None
+#: and the Attempt itself (the shutdown watchdog gives it back if it cannot stop itself)
+_running: Attempt | None = None
 #: Redis errors an attempt rides out (a restart, a failover) rather than failing the job
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 #: seconds between two progress writes (and cancel checks) of one attempt
@@ -72,20 +74,32 @@ class Attempt:
         self._last = 0.0
         self._phase = ""
         self._stop_beat: threading.Event | None = None
+        self.ended = False  # set once it has stopped (or was given back from outside)
+        self._began = time.monotonic()
+        self._prep: float | None = None  # seconds its set-up took, once it is past it
 
     def __enter__(self) -> Attempt:
-        global current
+        global current, _running
         s = self.settings
         self._stop_beat = start_beat(self.hold.beat, self.pulse, s.stale_job_seconds / 3,
                                      s.stall_seconds, self.hold.describe())
-        current = self.hold.member
+        current, _running = self.hold.member, self
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        global current
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        global current, _running
         if self._stop_beat is not None:
             self._stop_beat.set()
-        current = None
+        current, _running = None, None
+        rate = self.meter.rate()
+        if exc_type is None and rate:  # what the next jobs' ETAs assume for this model
+            self._measured(rate=rate)
+
+    def _measured(self, **what: float) -> None:
+        try:
+            self.hold.store.record_rates(self.hold.record.model, **what)
+        except REDIS_DOWN:  # an estimate: never worth failing an attempt for
+            pass
 
     # -- progress ------------------------------------------------------------------------
     def report(self, status: Any) -> None:
@@ -95,6 +109,9 @@ class Attempt:
         now = time.monotonic()
         rate = self.meter.add(status.done, now) if status.phase != "preparing" else None
         changed = status.phase != self._phase
+        if self._prep is None and status.phase != "preparing":
+            self._prep = now - self._began
+            self._measured(prep=self._prep)
         if changed or now - self._last > REPORT_EVERY or status.done == status.total:
             self._last, self._phase = now, status.phase
             self.write(phase=status.phase, phase_done=status.phase_done,
@@ -125,6 +142,9 @@ class Attempt:
     # -- the end ---------------------------------------------------------------------------
     def stopped(self, exc: BaseException) -> str:
         """What an attempt that did not finish leaves behind, by why it stopped."""
+        if self.ended:
+            return "requeued"  # the shutdown watchdog gave it back already
+        self.ended = True
         outcome = self._outcome(exc)
         persist(self.hold.close, outcome)
         return outcome
@@ -157,6 +177,16 @@ class Attempt:
         persist(hold.fail, job_problem(JobFailedError(
             f"{hold.work} failed after {hold.attempt} attempts: {one_line(exc)}")))
         return "failed"
+
+
+def give_back_current() -> bool:
+    """Give the running attempt back to the queue from outside its thread (the shutdown
+    watchdog); False when none runs or it has already stopped."""
+    running = _running
+    if running is None or running.ended:
+        return False
+    running.ended = True
+    return bool(running.hold.give_back("shutdown"))
 
 
 def deterministic_problem(exc: BaseException) -> dict[str, Any] | None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
-from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
 from pda.jobs import lifecycle
@@ -41,23 +40,32 @@ log = logging.getLogger("pda.worker")
 
 
 class PDAWorker(SimpleWorker):
-    """SimpleWorker whose SIGTERM also stops the running sweep at a batch boundary."""
+    """SimpleWorker whose SIGTERM (or Ctrl-C) also stops the running attempt at its next
+    progress report, which gives it back to the queue; a watchdog makes sure the process
+    is gone within ``PDA_SHUTDOWN_GRACE_SECONDS`` whatever the attempt is doing."""
 
     def request_stop(self, signum, frame):  # noqa: ANN001 (RQ's signature)
-        attempt.shutdown_requested.set()
+        if not attempt.shutdown_requested.is_set():
+            attempt.shutdown_requested.set()
+            threading.Thread(target=_watchdog, args=(get_settings().shutdown_grace_seconds,),
+                             daemon=True, name="pda-shutdown-watchdog").start()
         super().request_stop(signum, frame)
 
 
-class EmbeddedWorker(PDAWorker):
-    """Runs in a thread of ``pda serve``: no signal handlers, timer-based timeouts.
-
-    The one override of an RQ internal left (docs/architecture.md, "Job bookkeeping"):
-    Python lets only the main thread install signal handlers, and RQ has no switch."""
-
-    death_penalty_class = TimerDeathPenalty
-
-    def _install_signal_handlers(self) -> None:
-        pass
+def _watchdog(grace: float) -> None:
+    """After a warm-shutdown request: if the process still runs ``grace`` seconds later
+    (an attempt in a long step that reports nothing: a model loading, a graph converting),
+    give that attempt back ourselves and leave at once. The attempt's own give-back, had
+    it come, is a compare-and-set: doing it twice is harmless."""
+    time.sleep(grace)
+    try:
+        attempt.give_back_current()
+    except Exception as exc:  # Redis away: the reaper reruns it once its beat is stale
+        log.warning("shutdown watchdog: %s", exc)
+    log.warning("the running attempt did not stop within %.0f s of the shutdown request "
+                "(PDA_SHUTDOWN_GRACE_SECONDS); given back, exiting", grace)
+    logging.shutdown()
+    os._exit(0)
 
 
 #: set once this process has loaded its models (its heartbeat says "loading" until then)
@@ -184,21 +192,3 @@ def queues(settings: Settings, conn: redis.Redis) -> list:
     the next chunk of a huge one (pda.jobs.chunks)."""
     return [predict_queue(settings, conn), get_queue(settings, conn),
             chunk_queue(settings, conn)]
-
-
-def start_embedded_worker(settings: Settings) -> threading.Thread:
-    """The in-process worker of embedded mode (``pda serve`` with no PDA_REDIS_URL)."""
-    conn = connect(settings)
-
-    def run() -> None:
-        name = f"embedded-{os.getpid()}"
-        stop = threading.Event()
-        threading.Thread(target=maintenance_loop, args=(settings, stop, name),
-                         daemon=True).start()
-        preload(settings, conn)
-        worker = EmbeddedWorker(queues(settings, conn), connection=conn, name=name)
-        worker.work(logging_level=settings.log_level.upper())
-
-    thread = threading.Thread(target=run, name="pda-embedded-worker", daemon=True)
-    thread.start()
-    return thread

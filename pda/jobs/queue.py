@@ -5,8 +5,6 @@ The job functions RQ runs are named in one table, :data:`TASKS`.
 
 from __future__ import annotations
 
-import threading
-
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -15,28 +13,21 @@ from rq.job import JobStatus as RQStatus
 
 from pda.settings import Settings
 
-_embedded_server = None
-_lock = threading.Lock()
-
 
 def connect(settings: Settings) -> redis.Redis:
-    """A Redis connection: the real one at ``PDA_REDIS_URL``, else the embedded one."""
-    global _embedded_server
-    if settings.redis_url:
-        # Short timeouts so a Redis that is down or hung turns into a quick 503 (one retry
-        # on a fresh connection covers a restart), never a request that hangs. RQ's worker
-        # raises the read timeout of its own connection above its blocking dequeue.
-        timeout = settings.redis_timeout_seconds
-        return redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=min(2.0, timeout),
-            socket_timeout=timeout, health_check_interval=15, retry_on_timeout=True,
-        )
-    import fakeredis
-
-    with _lock:
-        if _embedded_server is None:
-            _embedded_server = fakeredis.FakeServer()
-    return fakeredis.FakeRedis(server=_embedded_server)
+    """A Redis connection to ``PDA_REDIS_URL`` (``redis://``, ``rediss://`` or
+    ``unix://``; embedded mode's ``pda serve`` sets it to the server it started)."""
+    if not settings.redis_url:
+        raise RuntimeError("no PDA_REDIS_URL: pda serve starts a Redis of its own in "
+                           "embedded mode; everything else needs the URL")
+    # Short timeouts so a Redis that is down or hung turns into a quick 503 (one retry
+    # on a fresh connection covers a restart), never a request that hangs. RQ's worker
+    # raises the read timeout of its own connection above its blocking dequeue.
+    timeout = settings.redis_timeout_seconds
+    return redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=min(2.0, timeout),
+        socket_timeout=timeout, health_check_interval=15, retry_on_timeout=True,
+    )
 
 
 #: The worker's job functions, by what they run: the one table of the paths RQ imports

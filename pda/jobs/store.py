@@ -376,6 +376,48 @@ class JobStore:
             pipe.hset(keys.METRICS_SWEEP, "last_rate", passes / max(seconds, 1e-9))
         pipe.execute()
 
+    def record_rates(self, model: str, *, rate: float | None = None,
+                     prep: float | None = None) -> None:
+        """What an attempt of ``model`` measured: its passes/s once sweeping, and how long
+        its set-up took (an exponential mean over attempts, so one loaded moment does not
+        set every estimate)."""
+        old = self.model_rates(model)
+        new = {}
+        for name, value in (("rate", rate), ("prep", prep)):
+            if value is not None and value > 0:
+                prior = old.get(name)
+                new[f"{model}|{name}"] = value if prior is None else 0.7 * prior + 0.3 * value
+        if new:
+            self.r.hset(keys.METRICS_RATES, mapping=new)
+
+    def model_rates(self, model: str) -> dict[str, float]:
+        """``{"rate": passes/s, "prep": seconds}`` the workers last measured for ``model``
+        (either missing until an attempt measured it)."""
+        rate, prep = self.r.hmget(keys.METRICS_RATES, f"{model}|rate", f"{model}|prep")
+        return {k: float(v) for k, v in (("rate", rate), ("prep", prep)) if v is not None}
+
+    def work_ahead(self, job_id: str, limit: int = 200) -> tuple[int, int]:
+        """(forward passes still to run, jobs) of the jobs queued before ``job_id`` and of
+        the running ones: what a queued job waits for. Past ``limit`` queued jobs the rest
+        are counted at the mean of those read (a long queue costs one bounded read)."""
+        score = self.r.zscore(keys.QUEUED, job_id)
+        ahead = self.r.zrangebyscore(keys.QUEUED, "-inf", f"({score}") if score else []
+        running = {m.decode().partition("#")[0] for m in self.r.zrange(keys.RUNNING, 0, -1)}
+        running.discard(job_id)
+        ids = [i.decode() for i in ahead[:limit]] + sorted(running)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(keys.job(i), "progress_total", "progress_done")
+        passes, counted = 0, 0
+        for total, done in pipe.execute():
+            if total is not None:
+                passes += max(0, json.loads(total) - json.loads(done or "0"))
+                counted += 1
+        extra = max(0, len(ahead) - limit)
+        if extra and counted:
+            passes += extra * passes // counted
+        return passes, len(ahead) + len(running)
+
     def metrics(self) -> tuple[dict[str, int], dict[str, float]]:
         jobs = {k.decode(): int(v) for k, v in self.r.hgetall(keys.METRICS_JOBS).items()}
         sweep = {k.decode(): float(v) for k, v in self.r.hgetall(keys.METRICS_SWEEP).items()}

@@ -17,6 +17,7 @@ Sources:
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,8 +258,12 @@ def _probe(model: LoadedModel, where: str) -> int:
     return int(out.shape[1])
 
 
-_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
+_CACHE: OrderedDict[tuple[Any, ...], LoadedModel] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+#: models a process keeps besides the ones it preloads (PDA_WORKER_MODELS): a job for yet
+#: another model evicts the least recently used, so a worker's memory does not grow with
+#: every model name it is ever asked for
+EXTRA_MODELS = 2
 
 
 def get_model(
@@ -281,7 +286,17 @@ def get_model(
         if model is None:
             model = load_model(name_or_path, dev, settings, **kwargs)
             _CACHE[key] = model
+            _evict(settings)
+        _CACHE.move_to_end(key)
         return model
+
+
+def _evict(settings: Settings) -> None:
+    """Drop the least recently used models past the preloaded ones and EXTRA_MODELS."""
+    keep = set(settings.worker_model_list)
+    extra = [k for k in _CACHE if k[0] not in keep]  # least recently used first
+    for key in extra[:max(0, len(extra) - EXTRA_MODELS)]:
+        del _CACHE[key]
 
 
 def loaded_models(device: str | torch.device = "cpu",

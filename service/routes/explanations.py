@@ -35,7 +35,6 @@ from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import (
     expired,
     job_public,
-    recent_rate,
     require_results,
     retry_after,
     unknown_job,
@@ -137,12 +136,13 @@ def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], fi
 def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Response):
     """The job: status, progress with ETA, prediction once known, links when finished."""
     rec = _get_job(state.store, job_id, owner)
-    alive = rate = None
-    if rec.status.active:
-        response.headers["Retry-After"] = retry_after(rec)
-        alive = state.registry.alive_count()
-        rate = recent_rate(state.store.r) if rec.status == JobStatus.QUEUED else None
-    return job_public(rec, alive, rate)
+    if not rec.status.active:
+        return job_public(rec)
+    response.headers["Retry-After"] = retry_after(rec)
+    store = state.store
+    ahead = store.work_ahead(rec.id) if rec.status == JobStatus.QUEUED else None
+    return job_public(rec, state.registry.alive_count(), rates=store.model_rates(rec.model),
+                      ahead=ahead)
 
 
 def _file(store: JobStore, rec: JobRecord, name: str) -> bytes:

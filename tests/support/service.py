@@ -36,6 +36,8 @@ def env_for(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
         "PDA_HEARTBEAT_FILE": str(tmp_path / f"hb-{uuid.uuid4().hex[:6]}"),
         "PDA_HEARTBEAT_INTERVAL_SECONDS": "1", "PDA_LOG_LEVEL": "warning",
         "PDA_BATCH_SIZE": "8", "OMP_NUM_THREADS": "1",
+        # embedded mode's own Redis keeps its files here (unused with a Redis URL)
+        "PDA_DATA_DIR": str(tmp_path / f"data-{uuid.uuid4().hex[:6]}"),
     })
     env.update(extra)
     if not env["PDA_REDIS_URL"]:

@@ -51,11 +51,12 @@ def browser():
 
 
 def ui_server(log: Path, **env_extra: str) -> Server:
-    """``pda serve`` with no PDA_REDIS_URL: embedded queue and in-process worker, ready
+    """``pda serve`` with no PDA_REDIS_URL: its own Redis and worker (embedded mode), ready
     once that worker has loaded its model."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
     env.update({"PDA_LOG_LEVEL": "warning",
                 "PDA_HEARTBEAT_FILE": str(log.parent / f"hb-{uuid.uuid4().hex[:6]}"),
+                "PDA_DATA_DIR": str(log.parent / f"data-{uuid.uuid4().hex[:6]}"),
                 **env_extra})
     return Server(env, log, ready=worker_loaded)
 

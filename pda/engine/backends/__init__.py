@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +145,13 @@ def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str =
         batch_size=batch_size, cache_dir=Path(cache_dir) if cache_dir is not None else None))
 
 
+#: converted graphs a process keeps per model (one per layer kind, backend, precision and
+#: batch size): the output graph, the logits one and a few hidden layers; a request for
+#: yet another hidden layer evicts the least recently used (converted again, or read from
+#: the disk cache, when asked for again), so a worker's memory does not grow per layer
+NETS_PER_MODEL = 4
+
+
 def net_for(model: Any, layer: str, runtime: Runtime) -> BackendNet:
     """:func:`build_net` for a runtime whose backend is already resolved
     (:func:`resolve_backend`: a concrete, available name whose precision was checked) and
@@ -154,11 +162,14 @@ def net_for(model: Any, layer: str, runtime: Runtime) -> BackendNet:
     key = (graph_kind(layer), name, precision, batch_size if fixed else None, cache_dir)
     with _LOCK:
         digest = weights_digest(model.module) if fixed else None
-        nets = model.__dict__.setdefault("_backend_nets", {})
+        nets = model.__dict__.setdefault("_backend_nets", OrderedDict())
         held = nets.get(key)
         if held is None or held[0] != digest:  # replaced: one graph per key, the current
             nets[key] = (digest, _make(model, layer, name, precision, batch_size, cache_dir,
                                        digest))
+            while len(nets) > NETS_PER_MODEL:  # the least recently used graph goes
+                nets.popitem(last=False)
+        nets.move_to_end(key)
         return nets[key][1]
 
 
