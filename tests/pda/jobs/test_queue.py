@@ -1,14 +1,16 @@
 """Connections and the RQ messages of attempts: names, the one question asked of RQ
-(is a message still pending?), and the embedded mode's shared in-process Redis."""
+(is a message still pending?), and what a connection needs."""
 
 from __future__ import annotations
 
+import subprocess
+
 import fakeredis
+import pytest
 import redis
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 
-from pda.jobs import queue as jobs_queue
 from pda.jobs.queue import (
     BACKSTOP_SECONDS,
     connect,
@@ -21,6 +23,7 @@ from pda.jobs.queue import (
     rq_job_id,
 )
 from tests.support.service import make_settings
+from tests.support.waiting import wait_until
 
 
 def test_attempt_ids_and_queue_names():
@@ -79,10 +82,23 @@ def test_connect_to_a_url_uses_short_timeouts(conn):
         "socket_connect_timeout"] == 2.0  # connecting never waits longer than 2 s
 
 
-def test_without_a_url_every_connection_shares_one_in_process_server(monkeypatch):
-    monkeypatch.setattr(jobs_queue, "_embedded_server", None)
-    settings = make_settings(redis_url=None)
-    a, b = connect(settings), connect(settings)
-    assert isinstance(a, fakeredis.FakeRedis)
-    a.set("shared", b"yes")
-    assert b.get("shared") == b"yes"
+def test_without_a_url_there_is_no_connection_and_the_error_says_why():
+    # embedded mode is a real Redis that pda serve starts (service.embedded); no fake
+    with pytest.raises(RuntimeError, match="no PDA_REDIS_URL"):
+        connect(make_settings(redis_url=None))
+
+
+def test_a_unix_socket_url_connects(tmp_path):
+    from tests.support.servers import REDIS_SERVER
+
+    sock = tmp_path / "r.sock"
+    proc = subprocess.Popen([REDIS_SERVER, "--port", "0", "--unixsocket", str(sock),
+                             "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        conn = connect(make_settings(redis_url=f"unix://{sock}"))
+        wait_until("redis on its socket", lambda: sock.exists() and conn.ping(), timeout=20)
+        conn.set("k", b"v")
+        assert conn.get("k") == b"v"
+    finally:
+        proc.terminate()
+        proc.wait(10)
