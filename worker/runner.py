@@ -89,15 +89,32 @@ def preload(settings: Settings, conn: redis.Redis | None = None) -> None:
         t = time.perf_counter()
         model = get_model(name, device, settings)
         log.info("loaded %s on %s in %.1f s", name, device, time.perf_counter() - t)
-        warm_backend(model, settings)
+        rate = warm_backend(model, settings)
         if conn is not None:
             announce_model(conn, model)
+            _first_rate(conn, settings, model.name, rate)
     preloaded.set()
 
 
-def warm_backend(model: Any, settings: Settings) -> None:
+def _first_rate(conn: redis.Redis, settings: Settings, model: str, rate: float | None) -> None:
+    """A deployment's first ETA: the forward passes/s this worker just measured, where no
+    attempt has measured the model yet (attempts then keep it current)."""
+    if rate is None:
+        return
+    store = JobStore(conn, settings.result_ttl_seconds)
+    try:
+        if "rate" not in store.model_rates(model):
+            store.record_rates(model, rate=rate)
+    except redis.RedisError as exc:
+        log.warning("could not publish the measured rate of %s: %s", model, exc)
+
+
+def warm_backend(model: Any, settings: Settings) -> float | None:
     """Convert (or read back from PDA_BACKEND_CACHE_DIR) the output-layer graph now, so the
-    first job does not pay for it; a backend that fails here fails the jobs, not the start."""
+    first job does not pay for it, and time two batches on it: forward passes/s (None when
+    the backend fails here: it fails the jobs then, not the start)."""
+    import torch
+
     from pda.engine.backends import build_net
     from pda.engine.device import auto_batch_size
 
@@ -109,9 +126,15 @@ def warm_backend(model: Any, settings: Settings) -> None:
                         batch_size=batch, cache_dir=rt.cache_dir)
     except Exception as exc:  # logged; each job then reports the same error itself
         log.warning("backend %s for %s: %s", rt.backend, model.name, exc)
-        return
+        return None
     log.info("backend %s (%s) ready for %s in %.1f s", net.runtime.backend,
              net.runtime.precision, model.name, time.perf_counter() - t)
+    x = torch.rand(batch, 3, *model.input_size, device=model.device)
+    with torch.no_grad():
+        net(x)  # the first call pays for allocations
+        t = time.perf_counter()
+        net(x)
+    return batch / max(time.perf_counter() - t, 1e-9)
 
 
 def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> None:

@@ -93,8 +93,8 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
 
 
-def _accepted(rec: JobRecord, replayed: bool = False) -> JSONResponse:
-    body = job_public(rec)
+def _accepted(state, rec: JobRecord, replayed: bool = False) -> JSONResponse:
+    body = _public(state, rec)
     headers = {"Location": body["links"]["self"], "Retry-After": retry_after(rec)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -129,16 +129,23 @@ def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], fi
     rec, created = lifecycle.submit(state.store, state.queue, state.settings, sub)
     if created:
         JOBS_SUBMITTED.labels(model=model_name).inc()
-    return _accepted(rec, replayed=not created)
+    return _accepted(state, rec, replayed=not created)
 
 
 @router.get("/{job_id}", response_model=ExplanationPublic)
 def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Response):
     """The job: status, progress with ETA, prediction once known, links when finished."""
     rec = _get_job(state.store, job_id, owner)
+    if rec.status.active:
+        response.headers["Retry-After"] = retry_after(rec)
+    return _public(state, rec)
+
+
+def _public(state, rec: JobRecord) -> dict[str, Any]:
+    """The job resource with its ETA: what the workers measured for the model and, for a
+    queued job, the work ahead of it (pda.jobs.store)."""
     if not rec.status.active:
         return job_public(rec)
-    response.headers["Retry-After"] = retry_after(rec)
     store = state.store
     ahead = store.work_ahead(rec.id) if rec.status == JobStatus.QUEUED else None
     return job_public(rec, state.registry.alive_count(), rates=store.model_rates(rec.model),

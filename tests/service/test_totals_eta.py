@@ -101,3 +101,30 @@ def test_the_eta_tracks_the_time_left_at_30_50_and_70_percent(settings, start_se
     if cur["status"] == "queued":
         assert cur["eta_seconds"] is not None and cur["eta_seconds"] > 0, cur
     follow(server, first)
+
+
+def test_the_phase_and_the_eta_are_there_from_the_first_poll(settings, start_server,
+                                                              start_worker):
+    """A fresh deployment: the worker measured the model's rate as it loaded it, so the
+    very first job has an ETA before it has measured its own, whatever its phase; a job
+    queued behind it counts the work ahead of it, and every poll names the phase."""
+    from tests.support.servers import worker_loaded
+
+    server = start_server(settings)
+    start_worker(settings)
+    wait_until("a loaded worker", lambda: worker_loaded(server.http), timeout=180)
+    fields = {"window": "16", "stride": "16", "sampler": "constant", "faithfulness": "false"}
+    first = post(server, {**fields, "seed": "1"})
+    second = post(server, {**fields, "seed": "2", "target": "top1"})
+    a = server.http.get(f"/v1/explanations/{first['id']}").json()
+    b = server.http.get(f"/v1/explanations/{second['id']}").json()
+    for job in (first, second, a, b):
+        assert job["phase"] in ("queued", "preparing", "sweeping", "scoring", "writing"), job
+    assert a["eta_seconds"] is not None and a["eta_seconds"] > 0, a
+    assert b["status"] == "queued" and b["phase"] == "queued", b
+    assert b["eta_seconds"] is not None and b["eta_seconds"] > a["eta_seconds"], (a, b)
+    seen = follow(server, second)
+    assert all(c["phase"] is not None for _, c in seen if c["status"] in ("queued", "running"))
+    assert all(c["eta_seconds"] is not None for _, c in seen
+               if c["status"] in ("queued", "running")), [c["eta_seconds"] for _, c in seen]
+    assert seen[-1][1]["status"] == "finished" and seen[-1][1]["phase"] is None

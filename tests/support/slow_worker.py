@@ -6,7 +6,9 @@ than the old timeouts assumed, costing the shared test machine no CPU. Environme
 - ``PDA_TEST_BATCH_DELAY``: seconds each sweep batch sleeps before its forward pass
 - ``PDA_TEST_HANG_AT``: the Nth batch of this process hangs (a stuck forward)
 - ``PDA_TEST_MERGE_DELAY``: seconds a split job's merge sleeps (without progress)
-- ``PDA_TEST_MERGE_FAIL``: every merge raises (a deterministic failure)
+- ``PDA_TEST_MERGE_FAIL``: every merge raises (a crash: retried, then the job fails)
+- ``PDA_TEST_OOM_AT``: the Nth batch of this process raises MemoryError (a deterministic
+  failure: never retried)
 
 Needs ``PDA_BACKEND=torch`` and ``PDA_INCREMENTAL=off``: the batches it slows are the
 full images of the plain sweep.
@@ -26,6 +28,7 @@ DELAY = float(os.environ.get("PDA_TEST_BATCH_DELAY", "0"))
 HANG_AT = int(os.environ.get("PDA_TEST_HANG_AT", "0"))
 MERGE_DELAY = float(os.environ.get("PDA_TEST_MERGE_DELAY", "0"))
 MERGE_FAIL = os.environ.get("PDA_TEST_MERGE_FAIL") == "1"
+OOM_AT = int(os.environ.get("PDA_TEST_OOM_AT", "0"))
 _batch = sweep._perturbed_batch
 _merge = tasks.merge_partials
 _count = [0]
@@ -35,6 +38,8 @@ def slowed_batch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 (a transparen
     _count[0] += 1
     if _count[0] == HANG_AT:
         time.sleep(10**6)
+    if _count[0] == OOM_AT:
+        raise MemoryError("Unable to allocate 38.7 GiB for an array (a test's stand-in)")
     time.sleep(DELAY)
     return _batch(*args, **kwargs)
 

@@ -204,3 +204,17 @@ def test_a_merge_that_always_fails_ends_the_job_failed_after_the_cap(settings, s
     # has seen the merge's stale entry and nothing runs it again
     maintenance_ran_after(store.r, _ts(job["finished_at"]) + 2 + 1)
     assert store.get(job_id).merge_attempts == 3 and store.running_count() == 0
+
+
+def test_an_out_of_memory_job_fails_at_once_and_is_not_retried(settings, start_server,
+                                                               slow_worker):
+    """A MemoryError would fail again on every rerun: the job fails on its first attempt
+    with the out-of-memory problem, where a crash would be retried PDA_JOB_RETRIES times."""
+    server = start_server(settings)
+    slow_worker(settings, PDA_TEST_OOM_AT="3")
+    wait_until("a loaded worker", lambda: worker_loaded(server.http), timeout=180)
+    job = wait_for(server.http, post(server, BIG)["id"], timeout=180)
+    assert job["status"] == "failed" and job["attempt"] == 1, job
+    assert job["error"]["type"] == "/problems/out-of-memory", job["error"]
+    assert "more memory than this worker has" in job["error"]["detail"]
+    assert job["previous_attempt"] is None  # never rerun
