@@ -52,6 +52,18 @@ class PDAWorker(SimpleWorker):
         super().request_stop(signum, frame)
 
 
+    def subscribe(self) -> None:
+        """RQ's command channel (for ``rq``'s send-kill/stop commands), with a one-second
+        poll instead of RQ's 60 s: RQ's shutdown closes the pubsub while its thread waits
+        in that poll, which held a stopping worker for up to a minute."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name,
+                      self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler)
+
+
 def _watchdog(grace: float) -> None:
     """After a warm-shutdown request: if the process still runs ``grace`` seconds later
     (an attempt in a long step that reports nothing: a model loading, a graph converting),

@@ -7,6 +7,8 @@ than the old timeouts assumed, costing the shared test machine no CPU. Environme
 - ``PDA_TEST_HANG_AT``: the Nth batch of this process hangs (a stuck forward)
 - ``PDA_TEST_MERGE_DELAY``: seconds a split job's merge sleeps (without progress)
 - ``PDA_TEST_MERGE_FAIL``: every merge raises (a crash: retried, then the job fails)
+- ``PDA_TEST_STEP_DELAY``: seconds each step of a run's set-up sleeps first (a slow
+  preparation: a model converting, a sampler factorising)
 - ``PDA_TEST_OOM_AT``: the Nth batch of this process raises MemoryError (a deterministic
   failure: never retried)
 
@@ -20,6 +22,7 @@ import os
 import sys
 import time
 
+import pda.engine.explain as explain
 import pda.engine.sweep as sweep
 import worker.tasks as tasks
 from pda.cli import main
@@ -29,8 +32,10 @@ HANG_AT = int(os.environ.get("PDA_TEST_HANG_AT", "0"))
 MERGE_DELAY = float(os.environ.get("PDA_TEST_MERGE_DELAY", "0"))
 MERGE_FAIL = os.environ.get("PDA_TEST_MERGE_FAIL") == "1"
 OOM_AT = int(os.environ.get("PDA_TEST_OOM_AT", "0"))
+STEP_DELAY = float(os.environ.get("PDA_TEST_STEP_DELAY", "0"))
 _batch = sweep._perturbed_batch
 _merge = tasks.merge_partials
+_step = explain.Run._step
 _count = [0]
 
 
@@ -51,7 +56,13 @@ def slowed_merge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
     return _merge(*args, **kwargs)
 
 
+def slowed_step(self, name):  # noqa: ANN001, ANN201
+    time.sleep(STEP_DELAY)
+    return _step(self, name)
+
+
 sweep._perturbed_batch = slowed_batch
+explain.Run._step = slowed_step
 tasks.merge_partials = slowed_merge
 
 if __name__ == "__main__":

@@ -218,3 +218,35 @@ def test_an_out_of_memory_job_fails_at_once_and_is_not_retried(settings, start_s
     assert job["error"]["type"] == "/problems/out-of-memory", job["error"]
     assert "more memory than this worker has" in job["error"]["detail"]
     assert job["previous_attempt"] is None  # never rerun
+
+
+def test_a_cancel_or_a_sigterm_stops_a_job_in_its_set_up(settings, start_server,
+                                                         slow_worker):
+    """Every step of the set-up is a point where the attempt stops: a job canceled while it
+    prepares frees its worker within a step, and SIGTERM then gives the next job back."""
+    server = start_server(settings)
+    worker = slow_worker(settings, PDA_TEST_STEP_DELAY="1.0")
+    wait_until("a loaded worker", lambda: worker_loaded(server.http), timeout=180)
+    job = post(server, BIG)
+    wait_until("the job to prepare", lambda: server.http.get(
+        f"/v1/explanations/{job['id']}").json()["phase"] == "preparing", timeout=60,
+        every=0.05)
+    t = time.monotonic()
+    assert server.http.delete(f"/v1/explanations/{job['id']}").status_code == 200
+    wait_until("the worker to be idle again", lambda: worker_loaded(server.http),
+               timeout=30, every=0.1)
+    freed = time.monotonic() - t
+    assert freed < 3.0, freed  # a one-second step, then the check between steps
+
+    second = post(server, BIG)
+    wait_until("the second job to prepare", lambda: server.http.get(
+        f"/v1/explanations/{second['id']}").json()["phase"] == "preparing", timeout=60,
+        every=0.05)
+    t = time.monotonic()
+    worker.proc.terminate()
+    worker.proc.wait(30)
+    stopped = time.monotonic() - t
+    cur = server.http.get(f"/v1/explanations/{second['id']}").json()
+    assert cur["status"] == "queued" and cur["previous_attempt"]["ended"] == "shutdown", cur
+    assert stopped < 5.0, stopped
+    record("stop_in_set_up", cancel_frees_worker_s=freed, sigterm_exit_s=stopped)
