@@ -20,7 +20,7 @@ from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 from pda.version import __version__
 
-from . import docs, limits, memory, metrics, problems
+from . import docs, limits, memory, metrics, problems, protocol
 from .deps import AppState
 from .routes import explanations, health, models, predictions, ui
 
@@ -86,6 +86,9 @@ def serve(host: str | None = None, port: int | None = None,
     port = port or settings.port
     if not settings.redis_url:
         log.info("no PDA_REDIS_URL: embedded queue and in-process worker")
+    # forwarded headers are read by the app itself, from PDA_TRUSTED_PROXIES only
+    # (service.limits.install); the protocol layer answers problem documents too
     uvicorn.run(create_app(settings, worker=worker), host=host, port=port,
-                log_level=settings.log_level, proxy_headers=True, timeout_graceful_shutdown=10)
+                log_level=settings.log_level, proxy_headers=False, timeout_graceful_shutdown=10,
+                **protocol.uvicorn_options())
     return 0
