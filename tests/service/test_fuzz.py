@@ -26,8 +26,9 @@ from tests.support.service import post, wait_for
 from tests.support.waiting import wait_until
 
 KEY = "fuzz-key"
-#: per operation and phase; about 2,000 requests in all, a few minutes on 2 cores
-MAX_EXAMPLES = 20
+#: per operation and phase: about 4,100 test cases in all, 1 min 40 s on the 2-core AMD
+#: EPYC (docs/api.md)
+MAX_EXAMPLES = 150
 #: real images in the uploads, and the one failure the schema cannot rule out
 HOOKS = "tests.support.fuzzing"
 #: a job the worker finishes in a second or two (17 forward passes, no sampler to fit)
@@ -86,6 +87,9 @@ def test_schemathesis_with_every_check_and_real_images_finds_nothing(
     and generated ids (404). No 5xx (but the prediction's documented 503 with no worker),
     no traceback, no disagreement with the schema."""
     pytest.importorskip("schemathesis")
+    # PDA_MAX_QUEUED_PER_KEY stays 50: with no worker the generated jobs stay queued, so
+    # past 50 a valid submit is a 429 (an accepted answer) after its checks, and the
+    # test's Redis holds at most 50 uploads
     env = {"PDA_API_KEYS": KEY, "PDA_RATE_LIMIT_PER_MINUTE": "1000000",
            # a killed worker counts as gone 3 s after its last beat (1 s apart here)
            "PDA_WORKER_FRESH_SECONDS": "3"}
@@ -129,7 +133,7 @@ def test_schemathesis_with_every_check_and_real_images_finds_nothing(
     print(f"\nschemathesis: {generated} test cases, every check passed; 422s to schema-valid "
           "requests for reasons beyond the schema:\n" +
           "\n".join(f"{n:5d} {why}" for why, n in dropped.most_common()))
-    assert generated >= 1000
+    assert generated >= 3000
 
     log = server.log.read_text()
     assert "Traceback" not in log and "unhandled error" not in log, log[-4000:]
