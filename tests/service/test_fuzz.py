@@ -26,8 +26,8 @@ from tests.support.service import post, wait_for
 from tests.support.waiting import wait_until
 
 KEY = "fuzz-key"
-#: per operation and phase: about 4,100 test cases in all, 1 min 40 s on the 2-core AMD
-#: EPYC (docs/api.md)
+#: per operation and phase: about 4,100 test cases in all, 1.5 to 3 minutes on the shared
+#: 2-core AMD EPYC (docs/api.md)
 MAX_EXAMPLES = 150
 #: real images in the uploads, and the two kinds of failure dropped by rule
 HOOKS = "tests.support.fuzzing"
