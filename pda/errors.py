@@ -128,6 +128,14 @@ class MalformedJSONError(ProblemError):
     """A JSON body that cannot be parsed (400)."""
 
 
+class MalformedRequestError(ProblemError):
+    """Bytes that are not an HTTP/1.1 request, refused by the protocol layer (400)."""
+
+
+class HeadersTooLargeError(ProblemError):
+    """A request line and header fields over the server's limit (431)."""
+
+
 class UnauthorizedError(ProblemError):
     """No API key, or not a valid one (401)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,6 +44,25 @@ from .grid import (
     plan_drilldown,
 )
 
+#: a colour channel in pixel space (the schema says the bounds, so a client knows them)
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _top_pattern(most: int) -> str:
+    """``topK`` for 1 <= K <= ``most``, K written with at most 3 digits (leading zeros
+    allowed), as :func:`parse_target` reads it."""
+    ks = sorted({f"{k:0{width}d}" for k in range(1, most + 1) for width in (1, 2, 3)
+                 if len(f"{k:0{width}d}") <= 3}, key=lambda s: (-len(s), s))
+    return "[Tt][Oo][Pp](?:" + "|".join(ks) + ")"
+
+
+#: what :func:`parse_target` accepts, as the schema's pattern (so a generated client, and
+#: a fuzzer, know it): topK, or up to MAX_TARGETS indices; surrounding blanks are ignored
+TARGET_PATTERN = (rf"^\s*(?:{_top_pattern(MAX_TARGETS)}|[0-9]{{1,9}}(?:\s*,\s*[0-9]{{1,9}})"
+                  rf"{{0,{MAX_TARGETS - 1}}})\s*$")
+#: a layer: output, logits or a module name such as _blocks.3
+LAYER_PATTERN = r"^[A-Za-z0-9_.]{1,200}$"
+
 
 class ExplainParams(BaseModel):
     """Parameters of one explanation (the CLI flags and the API's form fields)."""
@@ -58,13 +77,15 @@ class ExplainParams(BaseModel):
     samples: int = Field(DEFAULT_SAMPLES, ge=1, le=1000, description="samples S per window "
                          "(the constant sampler draws one: it is deterministic)")
     stride: int = Field(DEFAULT_STRIDE, ge=1, le=512, description="window step in pixels")
-    fill: tuple[float, float, float] | None = Field(
+    fill: tuple[Unit, Unit, Unit] | None = Field(
         None, description="constant sampler colour R,G,B in [0, 1]; default: reference mean"
     )
     target: str = Field(DEFAULT_TARGET, description="topK, or comma-separated class/channel "
-                        "indices")
+                        f"indices (at most {MAX_TARGETS}, none repeated)",
+                        json_schema_extra={"pattern": TARGET_PATTERN})
     layer: str = Field(DEFAULT_LAYER, description="output, logits, or a module name "
-                       "(`pda models NAME` lists them)")
+                       "(`pda models NAME` lists them)",
+                       json_schema_extra={"pattern": LAYER_PATTERN})
     seed: int = Field(DEFAULT_SEED, ge=0, le=2**31 - 1, description="random seed")
     train_size: int = Field(
         DEFAULT_TRAIN_SIZE, ge=1, le=10**9,
@@ -92,13 +113,6 @@ class ExplainParams(BaseModel):
         "`python -m pda.tools.bench_incremental` measured it faster for the model and device",
     )
 
-    @field_validator("fill")
-    @classmethod
-    def _fill_in_range(cls, v: tuple[float, float, float] | None):
-        if v is not None and not all(0.0 <= c <= 1.0 for c in v):
-            raise ValueError("fill values must lie in [0, 1]")
-        return v
-
     @field_validator("target")
     @classmethod
     def _target_syntax(cls, v: str) -> str:
@@ -108,7 +122,7 @@ class ExplainParams(BaseModel):
     @field_validator("layer")
     @classmethod
     def _layer_syntax(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", v):
+        if not re.fullmatch(LAYER_PATTERN, v):
             raise ValueError("layer must be output, logits or a module name like _blocks.3")
         return v
 
@@ -145,9 +159,9 @@ def with_preset(values: dict[str, Any], preset: str | None) -> dict[str, Any]:
     caller sets them, and a value a caller sets on purpose is honoured as documented."""
     if preset in (None, ""):
         return values
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise InvalidParameterError(
-            f"unknown preset {preset!r}; use {', '.join(PRESETS)}", field="preset")
+            f"unknown preset {str(preset)[:40]!r}; use {', '.join(PRESETS)}", field="preset")
     return {**PRESETS[preset], **values}
 
 

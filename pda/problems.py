@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
+    HeadersTooLargeError,
     HTTPStatusError,
     IdempotencyConflictError,
     ImageTooLargeError,
@@ -29,6 +30,7 @@ from .errors import (
     JobTooLargeError,
     MalformedFormError,
     MalformedJSONError,
+    MalformedRequestError,
     ModelLoadError,
     ModelNotInstalledError,
     NoResultsError,
@@ -102,6 +104,9 @@ TABLE: dict[type[BaseException], Kind] = {
                                     "Unsupported media type", 415),
     MalformedFormError: Kind("/problems/malformed-request", "Malformed form", 400),
     MalformedJSONError: Kind("/problems/malformed-request", "Malformed JSON", 400),
+    MalformedRequestError: Kind("/problems/malformed-request", "Malformed HTTP request", 400),
+    HeadersTooLargeError: Kind("/problems/headers-too-large",
+                               "Request header fields too large", 431),
     UnauthorizedError: Kind("/problems/unauthorized", "Unauthorized", 401,
                             headers={"WWW-Authenticate": "Bearer"}),
     RateLimitedError: Kind("/problems/rate-limited", "Too many requests", 429),

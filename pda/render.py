@@ -58,17 +58,23 @@ def _fmt(v: float) -> str:
     return f"{v:+.3g}" if v else "0"
 
 
+def fit_side(width: int, height: int, side: int) -> tuple[int, int]:
+    """(w, h) with the longer side ``side`` and the aspect of ``width`` x ``height``."""
+    f = side / max(width, height)
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
 def overlay_png(
     relevance: np.ndarray, image: np.ndarray, *, title: str, unit: str,
-    vmax: float | None = None,
+    vmax: float | None = None, side: int | None = None,
 ) -> bytes:
     """The overlay for one target over the model input, as PNG bytes: title, map, colour
-    bar in ``unit``; drawn at :data:`SCALE` times the input size."""
+    bar in ``unit``; drawn at :data:`SCALE` times the input size, or ``side`` pixels on
+    its longer side."""
     H, W = relevance.shape
     m = symmetric_scale(relevance) if vmax is None else vmax
-    heat = Image.fromarray(heat_rgb(relevance, image, m)).resize(
-        (W * SCALE, H * SCALE), Image.NEAREST
-    )
+    size = (W * SCALE, H * SCALE) if side is None else fit_side(W, H, side)
+    heat = Image.fromarray(heat_rgb(relevance, image, m)).resize(size, Image.NEAREST)
     return _framed(heat, title=title, unit=unit, m=m)
 
 
@@ -165,7 +171,8 @@ def content_box_of(document: dict, fit: str | None = None) -> tuple[int, int, in
 def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, index: int, *,
                    photo: Image.Image | None = None, input_image: np.ndarray | None = None,
                    scale: str = "shared", view: str = "photo",
-                   content_box: tuple[int, int, int, int] | None = None) -> bytes:
+                   content_box: tuple[int, int, int, int] | None = None,
+                   side: int | None = None) -> bytes:
     """The overlay PNG of explanation ``index`` of a result document.
 
     ``view="photo"`` draws on the whole uploaded photo (its display copy), marking what was
@@ -173,7 +180,9 @@ def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, in
     the viewer) uses one symmetric range for every target of the job, so their colours
     compare; ``"own"`` stretches each target's map to its own maximum. ``content_box``
     (:func:`pda.document.content_box`, the stored placement) saves placing the photo
-    again; without it, it is placed from the document (:func:`content_box_of`)."""
+    again; without it, it is placed from the document (:func:`content_box_of`). ``side``
+    draws the photo (or the input) that many pixels on its longer side; by default the
+    photo at its display copy's size, the input at :data:`SCALE` times."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     e = document["explanations"][index]
@@ -185,10 +194,15 @@ def render_overlay(document: dict, relevance: np.ndarray, counts: np.ndarray, in
         m = e["max_abs"]
     m = m if m > 0 else 1.0
     if view == "photo" and photo is not None:
+        size = None if side is None else fit_side(document["image"]["width"],
+                                                  document["image"]["height"], side)
+        if size is not None and size != photo.size:
+            photo = photo.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         box = content_box or content_box_of(document)
         return photo_overlay_png(relevance[index], counts, photo,
                                  {**document["image"], "content_box": list(box)},
                                  title=title, unit=unit, vmax=m)
     if input_image is None:
         raise ValueError("the input view needs the input image")
-    return overlay_png(relevance[index], input_image, title=title, unit=unit, vmax=m)
+    return overlay_png(relevance[index], input_image, title=title, unit=unit, vmax=m,
+                       side=side)

@@ -8,13 +8,14 @@ is here is deployment configuration. Tests replace :func:`get_settings` through
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .defaults import BACKENDS, INCREMENTAL_MODES, PRECISIONS
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "info"
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
+    trusted_proxies: str = Field(
+        "", description="comma-separated addresses or CIDR networks of reverse proxies "
+        "(an ingress) whose X-Forwarded-For and X-Forwarded-Proto are believed: the "
+        "client is then the first untrusted address from the right; empty = none, the "
+        "client is the connecting address"
+    )
 
     # --- limits ------------------------------------------------------------------
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -145,6 +152,23 @@ class Settings(BaseSettings):
                               "timed out (PDA_STALL_SECONDS detects stuck attempts)",
                               FutureWarning, stacklevel=2)
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, v: str) -> str:
+        # a typo must not silently trust nobody (or, as "*" would, everybody)
+        for entry in (e.strip() for e in v.split(",")):
+            if entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or CIDR network "
+                                     "(e.g. 10.0.0.7 or 10.244.0.0/16)") from None
+        return v
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
 
     @property
     def api_key_list(self) -> list[str]:

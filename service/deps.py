@@ -38,11 +38,18 @@ def get_store(state: Annotated[AppState, Depends(get_state)]) -> JobStore:
     return state.store
 
 
-def api_key_of(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+def api_keys_of(request: Request) -> list[str]:
+    """The API keys the request presents: ``Authorization: Bearer KEY`` and ``X-API-Key``.
+    An ``Authorization`` header of another scheme presents a credential we cannot check,
+    so it counts as one (an invalid one), never as absent."""
+    keys = []
+    auth = request.headers.get("authorization")
+    if auth is not None:
+        scheme, _, key = auth.partition(" ")
+        keys.append(key.strip() if scheme.lower() == "bearer" else "")
+    if (given := request.headers.get("x-api-key")) is not None:
+        keys.append(given)
+    return keys
 
 
 def get_owner(request: Request, state: Annotated[AppState, Depends(get_state)]) -> str:
@@ -62,14 +69,21 @@ API_KEY_REQUIRED = "an API key is required: send 'Authorization: Bearer KEY' or 
 
 
 def _authenticate(request: Request, keys: list[str]) -> str:
+    """Every key presented must be valid, and all the same one: a valid X-API-Key does not
+    excuse a wrong Bearer token beside it (or the other way round)."""
     if not keys:
         return "public"
-    given = api_key_of(request)
-    if given is None:
+    given = api_keys_of(request)
+    if not given:
         raise UnauthorizedError(API_KEY_REQUIRED)
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise UnauthorizedError("the API key is not valid")
-    return hashlib.sha256(given.encode()).hexdigest()[:16]
+    for key in given:
+        if not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
+            raise UnauthorizedError("the API key is not valid (every key sent, as Bearer "
+                                    "token or X-API-Key, must be)")
+    if len(set(given)) > 1:
+        raise UnauthorizedError("two different API keys sent (Bearer token and X-API-Key); "
+                                "send one")
+    return hashlib.sha256(given[0].encode()).hexdigest()[:16]
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

@@ -24,6 +24,7 @@ from pda.problems import to_problem
 from pda.settings import Settings
 
 from .openapi_examples import EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
+from .protocol import MAX_HEADER_BYTES
 from .schemas import ProblemDoc
 
 VENDOR = "/static/vendor"
@@ -71,7 +72,8 @@ HEADERS = {
 #: statuses every /v1 route can answer (beside its own), and every route at all
 V1 = {"429": "over the rate limit (PDA_RATE_LIMIT_PER_MINUTE); see Retry-After",
       "503": "the job store (Redis) is unavailable or full; see Retry-After"}
-ANY = {"500": "an unexpected error (logged); bad input never gives one"}
+ANY = {"500": "an unexpected error (logged); bad input never gives one",
+       "431": f"the request line and header fields are over {MAX_HEADER_BYTES} bytes"}
 RESULT = {"404": "unknown job", "409": "not finished (see Retry-After), or failed",
           "410": "canceled, or its results expired"}
 #: (method, path) -> the statuses beyond 200/202 the route answers, and why
@@ -92,7 +94,7 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
     ("get", f"{JOB}/relevance.npy"): RESULT,
     ("get", f"{JOB}/input.png"): RESULT,
     ("get", f"{JOB}/overlay.png"): {**RESULT, "404": "unknown job, or not one of its targets",
-                                    "422": "invalid query (target, scale, view)"},
+                                    "422": "invalid query (target, scale, view, size)"},
     ("get", "/v1/models"): {},
     ("get", "/v1/models/{name}"): {"404": "unknown model"},
     ("post", "/v1/predictions"): {

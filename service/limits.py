@@ -7,7 +7,8 @@
 (The queue caps are the job life cycle's admission: :func:`pda.jobs.lifecycle.admit`.)
 
 All counting is in Redis, so several API replicas share one budget. A caller is its API
-key (the owner id); with no ``PDA_API_KEYS`` it is the client's address.
+key (the owner id); with no ``PDA_API_KEYS`` it is the client's address, which behind a
+reverse proxy is the proxy's unless ``PDA_TRUSTED_PROXIES`` names it (:func:`install`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pda import keys
 from pda.errors import RateLimitedError, UploadTooLargeError
@@ -94,10 +96,17 @@ class BodySizeLimit:
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodySizeLimit, settings=settings)
+    if settings.trusted_proxy_list:
+        # outermost, so every part of the app sees the client the proxies name. The one
+        # place forwarded headers are read: `pda serve` turns uvicorn's own reading off
+        # (FORWARDED_ALLOW_IPS, which trusts loopback by default, is not consulted)
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
 
 
 def caller_of(request: Request, owner: str) -> str:
-    """Whom the per-caller limits count: the API key's owner id, else the client address."""
+    """Whom the per-caller limits count: the API key's owner id, else the client address:
+    the connecting one, or behind proxies listed in ``PDA_TRUSTED_PROXIES`` the first
+    address of X-Forwarded-For, from the right, that is not one of them."""
     if owner != "public":
         return owner
     host = request.client.host if request.client else "unknown"
@@ -130,7 +139,8 @@ def check_rate(conn: Any, caller: str, limit: int, now: float | None = None) -> 
         return
     conn.decr(keys.rate(caller, minute))
     wait = _rate_wait(limit, current, previous, elapsed)
-    raise RateLimitedError(f"over the limit of {limit} requests a minute for this API key "
+    who = "client address" if caller.startswith("ip:") else "API key"
+    raise RateLimitedError(f"over the limit of {limit} requests a minute for this {who} "
                            f"(PDA_RATE_LIMIT_PER_MINUTE); retry in {wait} s",
                            headers={"Retry-After": str(wait)})
 

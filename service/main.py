@@ -22,7 +22,7 @@ from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 from pda.version import __version__
 
-from . import docs, limits, memory, metrics, problems
+from . import docs, limits, memory, metrics, problems, protocol
 from .deps import AppState
 from .routes import explanations, health, models, predictions, ui
 
@@ -105,9 +105,11 @@ def serve(host: str | None = None, port: int | None = None) -> int:
     try:
         if embedded is not None:
             settings = embedded.start()
+        # forwarded headers are read by the app itself, from PDA_TRUSTED_PROXIES only
+        # (service.limits.install); the protocol layer answers problem documents too
         uvicorn.run(create_app(settings, embedded=embedded is not None), host=host,
-                    port=port, log_level=settings.log_level, proxy_headers=True,
-                    timeout_graceful_shutdown=10)
+                    port=port, log_level=settings.log_level, proxy_headers=False,
+                    timeout_graceful_shutdown=10, **protocol.uvicorn_options())
     except EmbeddedError as exc:
         print(f"pda: error: {exc}", file=sys.stderr)
         return 1

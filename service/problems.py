@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import logging
+import re
+from functools import lru_cache
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,12 +42,42 @@ def problem_response(exc: BaseException, *, instance: str | None = None,
                         headers={**headers_of(exc), **(headers or {})} or None)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method of the request's path, as the OpenAPI document lists them (Starlette's
+    own Allow names only the first route that matched: GET of a job, not its DELETE),
+    with HEAD beside GET and OPTIONS; a path outside the document (the viewer, the docs
+    pages, static files) serves GET only."""
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path[len(root):] if root and path.startswith(root) else path
+    methods = {"GET"}
+    for template, item in request.app.openapi()["paths"].items():
+        if _template(template).fullmatch(path):
+            methods = {m.upper() for m in item if m in HTTP_METHODS}
+            break
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods | {"OPTIONS"})
+
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+@lru_cache(maxsize=64)
+def _template(path: str) -> re.Pattern[str]:
+    """A path template's regex: ``{name}`` is one segment, as FastAPI matches it."""
+    parts = re.split(r"(\{[^}]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
 def field_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
-        out.append({"field": ".".join(loc) or "request", "message": msg})
+        # a check across fields (a model validator) has no location: the field its
+        # exception names, if it names one
+        named = getattr((err.get("ctx") or {}).get("error"), "field", None)
+        out.append({"field": ".".join(loc) or named or "request", "message": msg})
     return out
 
 
@@ -73,11 +105,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}; see /docs"
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route that matched the
+            # path; a path served by several routes (GET and DELETE of a job) has more
+            allow = ", ".join(allowed_methods(request))
+            if request.method == "OPTIONS":  # RFC 9110 9.3.7: what this resource supports
+                return Response(status_code=204, headers={"Allow": allow})
+            headers["Allow"] = allow
+            detail = f"{request.method} is not a method of {request.url.path}; use {allow}"
         return problem_response(HTTPStatusError(exc.status_code, detail),
-                                instance=request.url.path,
-                                headers=getattr(exc, "headers", None))
+                                instance=request.url.path, headers=headers or None)
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def _redis(request: Request, exc: redis.exceptions.RedisError):

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from pda.defaults import PRESETS
 from pda.errors import (
     InvalidParameterError,
     MalformedFormError,
@@ -23,10 +24,13 @@ from pda.images import check_min_side, open_image, original_size
 from pda.settings import Settings
 
 from . import memory
+from .forms import FORM_NULL, NULLABLE_FORM_FIELDS, parse_fill
 from .limits import body_limit
 
 #: form and JSON fields that are not explanation parameters
 META_FIELDS = ("model", "preset")
+#: the longest model or preset name (the schema's maxLength)
+MAX_NAME = 200
 
 
 #: one process-wide bound on concurrent decodes (set from PDA_MAX_CONCURRENT_DECODES by the
@@ -69,9 +73,9 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, dict
     """(image bytes, raw parameters, file name) from a multipart or JSON request."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        return await _from_form(request, settings)
+        return _names_checked(await _from_form(request, settings))
     if ctype in ("application/json", ""):
-        return await _from_json(request, settings)
+        return _names_checked(await _from_json(request, settings))
     raise UnsupportedMediaTypeError(
         f"send multipart/form-data with a file field 'image', or application/json with "
         f"'image_base64'; got {ctype!r}")
@@ -98,10 +102,16 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[
         if not isinstance(value, str):
             raise InvalidParameterError(f"{key}: must be a plain value, not a file",
                                         errors=[{"field": key, "message": "must not be a file"}])
-        if value.strip() != "":
-            params[key] = value.strip()
+        # a form has no null: where the schema allows null (forms.NULLABLE_FORM_FIELDS)
+        # an empty value is unset, and so is `null`, which is how a client generated from
+        # the schema writes an unset nullable field. Anything else is validated as sent
+        # (no stripping, no dropping of empty values), so the form accepts exactly what
+        # its schema says: the viewer and generated clients leave unset fields out
+        if key in NULLABLE_FORM_FIELDS and value.strip() in ("", FORM_NULL):
+            continue
+        params[key] = value
     if isinstance(params.get("fill"), str):
-        params["fill"] = [v.strip() for v in params["fill"].split(",")]
+        params["fill"] = parse_fill(params["fill"])
     return data, params, upload.filename or "upload"
 
 
@@ -117,6 +127,10 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
         raise _missing_image("'image_base64' must be a base64 string")
     if "," in b64[:100] and b64.startswith("data:"):
         b64 = b64.split(",", 1)[1]  # a data: URL
+    if not b64:  # the schema's minLength: a 422 for the field, not a 415 for 0 bytes
+        raise InvalidParameterError(
+            "image_base64: empty; send the image file in base64",
+            errors=[{"field": "image_base64", "message": "empty"}])
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -125,14 +139,30 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
             errors=[{"field": "image_base64", "message": "not valid base64"}]) from exc
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLargeError(settings.max_upload_bytes)
-    params = body.get("params") or {}
-    if not isinstance(params, dict):
-        raise InvalidParameterError("must be an object", field="params")
+    params = body.get("params", {})
+    if not isinstance(params, dict):  # null too: the schema says an object
+        raise InvalidParameterError("params: must be an object", field="params")
     params = dict(params)
     for key in META_FIELDS:  # accept model/preset at the top level too
         if key in body and key not in params:
             params[key] = body[key]
     return data, params, str(body.get("filename") or "upload")
+
+
+def _names_checked(upload: tuple[bytes, dict[str, Any], str]
+                   ) -> tuple[bytes, dict[str, Any], str]:
+    """``model`` and ``preset``, when sent, are names: strings of at most MAX_NAME (not
+    null: the schema says string); a preset is one of the presets."""
+    params = upload[1]
+    for key in META_FIELDS:
+        if key in params and not (isinstance(params[key], str)
+                                  and len(params[key]) <= MAX_NAME):
+            raise InvalidParameterError(f"{key}: must be a name (a string of at most "
+                                        f"{MAX_NAME} characters)", field=key)
+    if params.get("preset") == "":  # the schema's enum; with_preset reads "" as no preset
+        raise InvalidParameterError(f"preset: empty; use one of {', '.join(PRESETS)}, or "
+                                    "leave it out", field="preset")
+    return upload
 
 
 def parse_json(raw: bytes) -> Any:

@@ -28,7 +28,7 @@ from pda.jobs.lifecycle import Submission
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
-from pda.render import render_overlay
+from pda.render import BAR_WIDTH, render_overlay
 
 from .. import forms, overlays
 from ..deps import OwnerDep, StateDep, StoreDep
@@ -51,6 +51,11 @@ router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
 
 #: what new_job_id() makes (22 URL-safe characters), with room to change it
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: an overlay's drawn photo (or input), pixels on its longer side: by default the photo's
+#: own size up to DEFAULT_OVERLAY_SIDE; ``size`` asks for any side in the bounds (the
+#: upper one bounds the API's memory: a 2048 px render peaked at 331 MiB, docs/api.md)
+DEFAULT_OVERLAY_SIDE = docs.PHOTO_MAX_SIDE
+MIN_OVERLAY_SIDE, MAX_OVERLAY_SIDE = 64, 2048
 
 
 def _get_job(store: JobStore, job_id: str, owner: str) -> JobRecord:
@@ -204,6 +209,12 @@ def get_overlay(
     view: Literal["photo", "input"] = Query(
         "photo", description="photo: over the whole uploaded photo, unexplained parts "
         "hatched; input: over the model input"),
+    size: int | None = Query(
+        None, ge=MIN_OVERLAY_SIDE, le=MAX_OVERLAY_SIDE,
+        description="pixels on the longer side of the drawn photo (or input); the title "
+        f"above and the colour bar ({BAR_WIDTH} px) beside it come on top. Default: the "
+        f"photo's own size, or {DEFAULT_OVERLAY_SIDE} px on its longer side if it is "
+        "larger; the input at twice the model's input size"),
 ) -> Response:
     """The overlay PNG for one target: red = evidence for, blue = against."""
     store = state.store
@@ -214,28 +225,33 @@ def get_overlay(
     if chosen not in targets:
         raise UnknownTargetError(f"job {job_id} has no overlay for target {target}; its "
                                  f"targets are {targets}")
-    key = (rec.id, rec.finished_at, view, chosen, scale)
+    key = (rec.id, rec.finished_at, view, chosen, scale, size)
     png = overlays.CACHE.get(key)
     if png is None:
-        png = _overlay(state, rec, targets.index(chosen), scale=scale, view=view)
+        png = _overlay(state, rec, targets.index(chosen), scale=scale, view=view, size=size)
         overlays.CACHE.put(key, png)
     return _png(request, png)
 
 
-def _overlay(state, rec: JobRecord, index: int, *, scale: str, view: str) -> bytes:
+def _overlay(state, rec: JobRecord, index: int, *, scale: str, view: str,
+             size: int | None) -> bytes:
     """Render one overlay from the stored files; the photo view is drawn with the stored
     content box (or, for a result stored before it was kept, one placed from the job's
-    ``fit``)."""
+    ``fit``), ``size`` (or :data:`DEFAULT_OVERLAY_SIDE` at most) pixels on its longer
+    side: the stored display copy is smaller for a large photo (the worker keeps at least
+    twice the model's input on its shorter side), so it is resampled to that size."""
     store = state.store
     document, relevance, counts = _results(store, rec)
     if view == "photo":
         photo = Image.open(io.BytesIO(_file(store, rec, docs.PHOTO)))
         box = docs.content_box(document, (rec.params or {}).get("fit"))
+        longer = max(document["image"]["width"], document["image"]["height"])
         return _render(state, render_overlay, document, relevance, counts, index,
-                       photo=photo, scale=scale, content_box=box)
+                       photo=photo, scale=scale, content_box=box,
+                       side=size or min(longer, DEFAULT_OVERLAY_SIDE))
     image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
     return _render(state, render_overlay, document, relevance, counts, index,
-                   input_image=image, scale=scale, view="input")
+                   input_image=image, scale=scale, view="input", side=size)
 
 
 def _render(state, fn, *args, **kwargs) -> bytes:
