@@ -64,9 +64,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     given = {f: getattr(args, f) for f in _param_fields() if getattr(args, f) is not None}
     try:  # the same check explain() makes, first, so that a bad flag is named as one
         explain_params(given, args.preset)
-    except InvalidParameterError as exc:
+    except InvalidParameterError as exc:  # named as the flag: --window: ...
+        errors = exc.extra.get("errors")
+        message = errors[0]["message"] if errors else str(exc)
         flag = f"--{exc.field.replace('_', '-')}: " if exc.field else ""
-        return _fail(f"{flag}{exc}")
+        return _fail(f"{flag}{message}")
     backend = args.backend
     if args.compile:
         print("pda: --compile is deprecated and will be removed: use --backend compile",

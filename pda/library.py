@@ -34,6 +34,7 @@ from .errors import InvalidParameterError
 from .images import check_min_side, original_size
 from .models.registry import LoadedModel, get_model
 from .params import ExplainParams, plan, with_preset
+from .problems import invalid
 from .runtime import COMPILE_DEPRECATED, Runtime
 from .settings import Settings, get_settings
 
@@ -156,9 +157,7 @@ def explain_params(given: dict[str, Any], preset: str | None = None) -> ExplainP
     try:
         return ExplainParams(**with_preset(given, preset))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidParameterError(err["msg"], field=where or None) from None
+        raise invalid(exc) from None
 
 
 def load(model: ModelSource | None, settings: Settings, *, input_size: Sequence[int] | None

@@ -227,6 +227,26 @@ def job_problem(exc: BaseException) -> dict[str, Any]:
     return {k: body[k] for k in ("type", "title", "status", "detail")}
 
 
+def field_errors(exc: Any) -> list[dict[str, str]]:
+    """A pydantic ``ValidationError`` (or FastAPI's ``RequestValidationError``, the same
+    ``errors()``) as field errors [{field, message}]: the one wording of a bad value for
+    the API's bodies, queries and the library's parameters."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        # a check across fields (a model validator) has no location: the field its
+        # exception names, if it names one
+        named = getattr((err.get("ctx") or {}).get("error"), "field", None)
+        out.append({"field": ".".join(loc) or named or "request", "message": msg})
+    return out
+
+
+def invalid(exc: Any) -> InvalidParameterError:
+    """:func:`validation_error` of a pydantic validation error (:func:`field_errors`)."""
+    return validation_error(field_errors(exc))
+
+
 def validation_error(errors: list[dict[str, str]]) -> InvalidParameterError:
     """Field errors ([{field, message}], pydantic's) as one invalid-parameter error: the
     first in the detail, all in ``errors``."""
@@ -234,4 +254,5 @@ def validation_error(errors: list[dict[str, str]]) -> InvalidParameterError:
     detail = f"{first['field']}: {first['message']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more)"
-    return InvalidParameterError(detail, errors=errors)
+    field = first["field"] if first["field"] != "request" else None
+    return InvalidParameterError(detail, field=field, errors=errors)

@@ -25,11 +25,11 @@ from pda.jobs.store import is_full
 from pda.problems import (
     PROBLEM_JSON,
     headers_of,
+    invalid,
     status_of,
     to_problem,
     unexpected,
-    validation_error,
-)
+    )
 
 log = logging.getLogger("pda.api")
 
@@ -69,16 +69,6 @@ def _template(path: str) -> re.Pattern[str]:
     return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
 
 
-def field_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
-        msg = err.get("msg", "invalid").removeprefix("Value error, ")
-        # a check across fields (a model validator) has no location: the field its
-        # exception names, if it names one
-        named = getattr((err.get("ctx") or {}).get("error"), "field", None)
-        out.append({"field": ".".join(loc) or named or "request", "message": msg})
-    return out
 
 
 #: redis says it is out of memory / not there
@@ -96,11 +86,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return problem_response(validation_error(field_errors(exc)), instance=request.url.path)
+        return problem_response(invalid(exc), instance=request.url.path)
 
     @app.exception_handler(ValidationError)
     async def _pyd_validation(request: Request, exc: ValidationError):
-        return problem_response(validation_error(field_errors(exc)), instance=request.url.path)
+        return problem_response(invalid(exc), instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

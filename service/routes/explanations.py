@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from pda import catalog
 from pda import document as docs
 from pda.errors import (
-    InvalidParameterError,
     JobTooLargeError,
     ModelLoadError,
     ModelNotInstalledError,
@@ -28,6 +27,7 @@ from pda.jobs.lifecycle import Submission
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
+from pda.problems import invalid
 from pda.render import BAR_WIDTH, render_overlay
 
 from .. import forms, overlays
@@ -41,7 +41,6 @@ from ..jobs_view import (
 )
 from ..limits import caller_of
 from ..metrics import JOBS_SUBMITTED
-from ..problems import field_errors
 from ..schemas import ExplanationPublic, ResultDocument
 from ..uploads import decode_slot, decode_upload, read_upload
 
@@ -77,9 +76,7 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     try:
         params = ExplainParams(**with_preset(raw, preset))
     except ValidationError as exc:
-        errors = field_errors(exc)
-        raise InvalidParameterError(f"{errors[0]['field']}: {errors[0]['message']}",
-                                    errors=errors) from exc
+        raise invalid(exc) from exc
     info = catalog.model_info(model_name, settings, state.conn, local_is_truth=state.embedded)
     size = decode_upload(data, settings, info.get("input_size"))
     if info.get("available") is False and info["source"] == "builtin":

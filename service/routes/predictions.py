@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from pda import catalog
 from pda.errors import (
-    InvalidParameterError,
     ModelNotInstalledError,
     NoWorkerError,
     NoWorkerInTimeError,
@@ -20,10 +19,10 @@ from pda.errors import (
 from pda.jobs import predictions
 from pda.jobs.store import new_job_id
 from pda.params import PredictParams
+from pda.problems import invalid
 
 from .. import forms
 from ..deps import OwnerDep, StateDep
-from ..problems import field_errors
 from ..schemas import PredictionPublic
 from ..uploads import decode_upload, read_upload
 
@@ -45,17 +44,12 @@ async def create_prediction(request: Request, state: StateDep, owner: OwnerDep):
     return await run_in_threadpool(_predict, state, data, raw)
 
 
-def _invalid(field: str, message: str) -> InvalidParameterError:
-    return InvalidParameterError(message, field=field)
-
-
 def _request(state, raw: dict[str, Any]) -> dict[str, Any]:
     settings = state.settings
     try:
         params = PredictParams(**raw)
     except ValidationError as exc:
-        err = field_errors(exc)[0]
-        raise _invalid(err["field"], err["message"]) from exc
+        raise invalid(exc) from exc
     info = catalog.model_info(params.model or settings.default_model, settings,
                               state.conn, local_is_truth=state.embedded)
     if info.get("available") is False and info["source"] == "builtin":
