@@ -83,8 +83,9 @@ def test_a_known_model_without_weights_says_what_to_install(clean_redis, tmp_pat
 def test_embedded_mode_knows_the_local_weights_are_the_workers(tmp_path):
     from service.main import create_app
 
-    settings = make_settings(redis_url=None, weights_dir=tmp_path)
-    with TestClient(create_app(settings, start_worker=False),
+    # pda serve's own Redis and worker (embedded mode): the local weights are the worker's
+    settings = make_settings(weights_dir=tmp_path)
+    with TestClient(create_app(settings, embedded=True),
                     raise_server_exceptions=False) as c:
         body = assert_problem(submit(c, data={**SMALL, "model": "vgg16"}), 422)
         assert body["type"] == "/problems/model-not-installed"
