@@ -80,11 +80,11 @@ def test_a_known_model_without_weights_says_what_to_install(clean_redis, tmp_pat
         assert submit(c).status_code == 202  # the default model is there
 
 
-def test_embedded_mode_knows_the_local_weights_are_the_workers(tmp_path):
+def test_embedded_mode_knows_the_local_weights_are_the_workers(settings, tmp_path):
     from service.main import create_app
 
     # pda serve's own Redis and worker (embedded mode): the local weights are the worker's
-    settings = make_settings(weights_dir=tmp_path)
+    settings = settings.model_copy(update={"weights_dir": tmp_path})
     with TestClient(create_app(settings, embedded=True),
                     raise_server_exceptions=False) as c:
         body = assert_problem(submit(c, data={**SMALL, "model": "vgg16"}), 422)
