@@ -23,7 +23,8 @@ from pda.errors import HTTPStatusError
 from pda.problems import to_problem
 from pda.settings import Settings
 
-from .openapi_examples import EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
+from .callbacks import RESPONSES as CALLBACK_RESPONSES
+from .openapi_examples import EVENT_STREAM, EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
 from .schemas import ProblemDoc
 
 VENDOR = "/static/vendor"
@@ -87,6 +88,7 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
                "Retry-After",
         "503": "queue full, or the job store unavailable or full; see Retry-After"},
     ("get", JOB): {"404": "unknown job"},
+    ("get", f"{JOB}/events"): {"404": "unknown job"},
     ("delete", JOB): {"404": "unknown job"},
     ("get", f"{JOB}/relevance"): RESULT,
     ("get", f"{JOB}/relevance.npy"): RESULT,
@@ -120,6 +122,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", f"{JOB}/overlay.png"): PNG,
     ("get", f"{JOB}/input.png"): PNG,
     ("get", f"{JOB}/relevance.npy"): {"application/octet-stream": {"schema": BINARY}},
+    ("get", f"{JOB}/events"): {"text/event-stream": {
+        "schema": {"type": "string", "description": "server-sent events: `id: <version>`, "
+                   "`data: <the job as GET returns it>`, a blank line; `: keep-alive` "
+                   "comments between"},
+        "example": EVENT_STREAM}},
     ("get", "/metrics"): {"text/plain": {
         "schema": {"type": "string", "description": "Prometheus text format 0.0.4"},
         "example": "# TYPE pda_queue_depth gauge\npda_queue_depth 0.0\n"}},
@@ -159,6 +166,9 @@ def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
 def _enrich_operation(method: str, path: str, op: dict[str, Any], *, keys: bool) -> None:
     where = (method, path)
     responses = op.setdefault("responses", {})
+    for expressions in op.get("callbacks", {}).values():  # what the receiver may answer
+        for item in expressions.values():
+            item["post"]["responses"] = CALLBACK_RESPONSES
     if keys and path.startswith("/v1/"):
         op["security"] = SECURITY
     curl, example = EXAMPLES.get(where, (None, None))

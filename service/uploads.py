@@ -26,7 +26,7 @@ from . import memory
 from .limits import body_limit
 
 #: form and JSON fields that are not explanation parameters
-META_FIELDS = ("model", "preset")
+META_FIELDS = ("model", "preset", "callback_url")
 
 
 #: one process-wide bound on concurrent decodes (set from PDA_MAX_CONCURRENT_DECODES by the

@@ -6,12 +6,16 @@ asks for a warm shutdown: the running sweep stops at the end of its current batc
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
 (:func:`pda.jobs.lifecycle.reap_abandoned`) or whose queue message was lost
-(:func:`pda.jobs.lifecycle.requeue_lost`). Readiness counts workers by their own beat in
-``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker list.
+(:func:`pda.jobs.lifecycle.requeue_lost`), and enqueues the callbacks that are due
+(:meth:`pda.jobs.deliveries.Deliveries.enqueue_due`). Readiness counts workers by their own
+beat in ``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker
+list. A second RQ worker in a thread of the same process makes the callbacks
+(:func:`start_delivery_thread`), so a delivery never waits for a sweep, nor holds one up.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -27,7 +31,7 @@ from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
-from pda.jobs import lifecycle
+from pda.jobs import deliveries, lifecycle
 from pda.jobs.chunks import chunk_queue
 from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
@@ -111,8 +115,9 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
 
     This thread beats whether or not a job is running, so a worker busy on a two-hour
     job stays counted as alive, and a killed one stops beating at once."""
-    store = JobStore(connect(settings), settings.result_ttl_seconds)
+    store = JobStore(connect(settings), settings.result_ttl_seconds, settings.queue_name)
     registry = WorkerRegistry(store.r, settings.worker_fresh_seconds)
+    outbox = deliveries.Deliveries(store.r, settings)
     path = Path(settings.heartbeat_file)
     device = str(resolve_device(settings.device))
     started = time.time()
@@ -127,6 +132,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
                 registry.beat(name, worker_info(settings, device, started))
                 lifecycle.reap_abandoned(settings, store)
                 lifecycle.requeue_lost(settings, store)
+                outbox.enqueue_due()  # callback retries, and the repair of lost ones
             except Exception as exc:  # Redis away: the worker loop reports it, keep beating
                 log.warning("maintenance: %s", exc)
             if stop.wait(settings.heartbeat_interval_seconds):
@@ -166,6 +172,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
     beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name),
                             daemon=True)
     beat.start()  # alive (and "loading") from here on
+    start_delivery_thread(settings, worker.name)
     preload(settings, conn)
     # SIGTERM during preload is covered by RQ's handler from here on
     signal.signal(signal.SIGTERM, worker.request_stop)
@@ -186,6 +193,32 @@ def queues(settings: Settings, conn: redis.Redis) -> list:
             chunk_queue(settings, conn)]
 
 
+def start_delivery_thread(settings: Settings, name: str) -> threading.Thread:
+    """The process's callback deliveries: an RQ worker of its own, in a daemon thread,
+    on the queue ``PDA_QUEUE_NAME-callbacks`` (each attempt at most twice
+    PDA_CALLBACK_TIMEOUT_SECONDS). Killed with the process: an attempt cut short is made
+    again once its lease ends (pda.jobs.deliveries)."""
+    conn = connect(settings)
+
+    def run() -> None:
+        from rq import Queue
+
+        for run in itertools.count():  # Redis away: RQ's loop ends; start a new one
+            worker = EmbeddedWorker(
+                [Queue(deliveries.queue_name(settings), connection=conn)],
+                connection=conn, name=f"{name}-callbacks" + (f"-{run}" if run else ""))
+            try:
+                worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("callback deliveries: %s; again in 5 s", exc)
+                time.sleep(5)
+
+    thread = threading.Thread(target=run, name="pda-callbacks", daemon=True)
+    thread.start()
+    return thread
+
+
 def start_embedded_worker(settings: Settings) -> threading.Thread:
     """The in-process worker of embedded mode (``pda serve`` with no PDA_REDIS_URL)."""
     conn = connect(settings)
@@ -195,6 +228,7 @@ def start_embedded_worker(settings: Settings) -> threading.Thread:
         stop = threading.Event()
         threading.Thread(target=maintenance_loop, args=(settings, stop, name),
                          daemon=True).start()
+        start_delivery_thread(settings, name)
         preload(settings, conn)
         worker = EmbeddedWorker(queues(settings, conn), connection=conn, name=name)
         worker.work(logging_level=settings.log_level.upper())
