@@ -101,8 +101,8 @@ def schedule(base: float) -> list[float]:
 
 def lease_seconds(settings: Settings) -> float:
     """How long one attempt may hold its delivery: the whole exchange is cut at twice the
-    timeout (pda.webhooks.post), plus a margin."""
-    return 2 * settings.callback_timeout_seconds + 10.0
+    timeout (pda.webhooks.post), plus as much again for resolving and recording."""
+    return 3 * settings.callback_timeout_seconds
 
 
 def iso(ts: float) -> str:
