@@ -25,9 +25,9 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-import anyio
 import redis
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
@@ -50,6 +50,13 @@ class Snapshot:
     version: int
     data: dict[str, Any]
     final: bool
+
+    @cached_property
+    def event(self) -> bytes:
+        """The event on the wire: ``id`` the version, ``data`` the resource as one line of
+        JSON; encoded once, however many streams send it."""
+        data = json.dumps(self.data, separators=(",", ":"))
+        return f"id: {self.version}\ndata: {data}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class Hub:
                 if snap is None:
                     return
                 if snap.version > sent:
-                    yield encode(snap)
+                    yield snap.event
                     sent = snap.version
                 if snap.final:
                     return
@@ -164,12 +171,6 @@ def _read_all(entries: list[_Entry]) -> list[Snapshot | None]:
     return [e.source.read() for e in entries]
 
 
-def encode(snap: Snapshot) -> bytes:
-    """One event: ``id`` the version, ``data`` the resource as one line of JSON."""
-    data = json.dumps(snap.data, separators=(",", ":"))
-    return f"id: {snap.version}\ndata: {data}\n\n".encode()
-
-
 class EventStreamResponse(StreamingResponse):
     """A stream that ends as soon as its client goes away: Starlette notices a gone
     client only at its next write under ASGI 2.4, which for a quiet stream is the next
@@ -178,17 +179,17 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.ensure_future(self.stream_response(send))
+        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
         try:
-            async with anyio.create_task_group() as tg:
-                async def stream() -> None:
-                    await self.stream_response(send)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stream)
-                await self.listen_for_disconnect(receive)
-                tg.cancel_scope.cancel()
-        except OSError:  # the client went away mid-write
-            pass
+            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, gone):
+                task.cancel()
+            await asyncio.gather(stream, gone, return_exceptions=True)
+        failed = None if stream.cancelled() else stream.exception()
+        if failed is not None and not isinstance(failed, OSError):  # OSError: client gone
+            raise failed
 
 
 def last_event_id(value: str | None) -> int | None:

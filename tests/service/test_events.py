@@ -129,6 +129,7 @@ def test_many_streams_share_one_poller_not_a_thread_or_connection_each(
         assert first[i].wait(timeout=30), f"stream {i} got no first event"
     # 50 open streams hold no Redis connection and no thread of their own
     assert clients() <= before_clients + 2, (before_clients, clients())
+    assert "pda_event_streams 50.0" in server.http.get("/metrics").text
     assert _threads(server.proc.pid) <= before_threads + 4, before_threads
     store.set_progress(job["id"], 64, 197)  # as a worker would
     changed = time.monotonic()
@@ -136,3 +137,7 @@ def test_many_streams_share_one_poller_not_a_thread_or_connection_each(
     assert time.monotonic() - changed < 5 and set(seen) == {64}
     for t in threads:
         t.join(timeout=10)
+    # each client hung up after its event: the server lets go of its stream at once (the
+    # next keep-alive, which would also tell it, is 15 s away)
+    wait_until("the streams closed on the server", lambda: "pda_event_streams 0.0" in
+               server.http.get("/metrics").text, timeout=5, every=0.2)
