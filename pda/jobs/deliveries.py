@@ -123,6 +123,26 @@ def new_event(entry: dict[str, Any], event_type: str, now: float) -> dict[str, A
             "delivered_at": None}
 
 
+def new_events(entries: list[dict[str, Any]], event_type: str, now: float
+               ) -> list[dict[str, Any]]:
+    """A subject's callback entries as they are once it ended: each waiting one becomes
+    its event's pending delivery (:func:`new_event`), the others stay as they are."""
+    return [new_event(e, event_type, now) if e.get("status") == WAITING else e
+            for e in entries]
+
+
+def queue_events(pipe: redis.client.Pipeline, conn: redis.Redis, queue: str,
+                 before: list[dict[str, Any]], after: list[dict[str, Any]], *, subject: str,
+                 subject_id: str, data: dict[str, Any], mirror: str | None,
+                 now: float) -> None:
+    """Queue (inside the MULTI that ends the subject) the event of every entry that
+    :func:`new_events` turned from ``before`` into ``after``."""
+    for old, entry in zip(before, after, strict=True):
+        if old.get("status") == WAITING:
+            queue_event(pipe, conn, queue, entry, subject=subject, subject_id=subject_id,
+                        data=data, mirror=mirror, now=now)
+
+
 def queue_event(pipe: redis.client.Pipeline, conn: redis.Redis, queue: str,
                 entry: dict[str, Any], *, subject: str, subject_id: str,
                 data: dict[str, Any], mirror: str | None, now: float) -> None:

@@ -310,8 +310,7 @@ class JobStore:
         if not entries or not any(e.get("status") == deliveries.WAITING for e in entries):
             return _nothing
         now = time.time()
-        shown = [deliveries.new_event(e, EVENTS[JobStatus(status)], now)
-                 if e.get("status") == deliveries.WAITING else e for e in entries]
+        shown = deliveries.new_events(entries, EVENTS[JobStatus(status)], now)
         snapshot = {k.decode(): json.loads(v) for k, v in pipe.hgetall(key).items()}
         snapshot.update({k: json.loads(v) for k, v in mapping.items()})
         snapshot.update(callbacks=shown, version=int(snapshot.get("version") or 0) + 2)
@@ -319,11 +318,9 @@ class JobStore:
         def write(p: redis.client.Pipeline) -> None:
             p.hset(key, "callbacks", json.dumps(shown))
             p.hincrby(key, "version", 1)
-            for old, entry in zip(entries, shown, strict=True):
-                if old.get("status") == deliveries.WAITING:
-                    deliveries.queue_event(p, self.r, self.callback_queue, entry,
-                                           subject="explanation", subject_id=job_id,
-                                           data=snapshot, mirror=key, now=now)
+            deliveries.queue_events(p, self.r, self.callback_queue, entries, shown,
+                                    subject="explanation", subject_id=job_id,
+                                    data=snapshot, mirror=key, now=now)
         return write
 
     def add_callback(self, job_id: str, url: str) -> JobRecord | None:
