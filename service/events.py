@@ -128,6 +128,8 @@ class Hub:
                         entry.publish(snap)
             except redis.RedisError as exc:  # Redis away: streams stay open, keep-alives go on
                 log.warning("event streams: %s", exc)
+            except Exception:  # a bug must not stop every stream of the process for good
+                log.exception("event streams: reading the followed resources failed")
 
     def _versions(self, entries: list[_Entry]) -> list[int | None]:
         pipe = self.conn.pipeline(transaction=False)

@@ -10,12 +10,12 @@ worker touches a heartbeat file (the liveness probe), requeues jobs whose worker
 (:meth:`pda.jobs.deliveries.Deliveries.enqueue_due`). Readiness counts workers by their own
 beat in ``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker
 list. A second RQ worker in a thread of the same process makes the callbacks
-(:func:`start_delivery_thread`), so a delivery never waits for a sweep, nor holds one up.
+(:func:`worker.deliveries.start_delivery_thread`), so a delivery never waits for a sweep,
+nor holds one up.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
@@ -31,8 +31,9 @@ from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from pda.engine.device import resolve_device
-from pda.jobs import deliveries, lifecycle
+from pda.jobs import lifecycle
 from pda.jobs.chunks import chunk_queue
+from pda.jobs.deliveries import Deliveries
 from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
@@ -40,6 +41,7 @@ from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
 from worker import attempt
 from worker.announce import announce_builtins, announce_model
+from worker.deliveries import start_delivery_thread
 
 log = logging.getLogger("pda.worker")
 
@@ -117,7 +119,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
     job stays counted as alive, and a killed one stops beating at once."""
     store = JobStore(connect(settings), settings.result_ttl_seconds, settings.queue_name)
     registry = WorkerRegistry(store.r, settings.worker_fresh_seconds)
-    outbox = deliveries.Deliveries(store.r, settings)
+    outbox = Deliveries(store.r, settings)
     path = Path(settings.heartbeat_file)
     device = str(resolve_device(settings.device))
     started = time.time()
@@ -191,32 +193,6 @@ def queues(settings: Settings, conn: redis.Redis) -> list:
     the next chunk of a huge one (pda.jobs.chunks)."""
     return [predict_queue(settings, conn), get_queue(settings, conn),
             chunk_queue(settings, conn)]
-
-
-def start_delivery_thread(settings: Settings, name: str) -> threading.Thread:
-    """The process's callback deliveries: an RQ worker of its own, in a daemon thread,
-    on the queue ``PDA_QUEUE_NAME-callbacks`` (each attempt at most twice
-    PDA_CALLBACK_TIMEOUT_SECONDS). Killed with the process: an attempt cut short is made
-    again once its lease ends (pda.jobs.deliveries)."""
-    conn = connect(settings)
-
-    def run() -> None:
-        from rq import Queue
-
-        for run in itertools.count():  # Redis away: RQ's loop ends; start a new one
-            worker = EmbeddedWorker(
-                [Queue(deliveries.queue_name(settings), connection=conn)],
-                connection=conn, name=f"{name}-callbacks" + (f"-{run}" if run else ""))
-            try:
-                worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)
-                return
-            except Exception as exc:  # noqa: BLE001
-                log.warning("callback deliveries: %s; again in 5 s", exc)
-                time.sleep(5)
-
-    thread = threading.Thread(target=run, name="pda-callbacks", daemon=True)
-    thread.start()
-    return thread
 
 
 def start_embedded_worker(settings: Settings) -> threading.Thread:
