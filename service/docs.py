@@ -145,8 +145,11 @@ def statuses(method: str, path: str, *, keys: bool) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
-    """Make FastAPI's document exact: statuses, bodies, headers, security, examples."""
+def enrich(schema: dict[str, Any], *, keys: bool = False, callbacks: bool = True
+           ) -> dict[str, Any]:
+    """Make FastAPI's document exact: statuses, bodies, headers, security, examples; and,
+    on a server whose callbacks are off (``callbacks=False``), no ``callback_url`` and no
+    callbacks, since a request naming one is refused there."""
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = ProblemDoc.model_json_schema()
@@ -157,10 +160,22 @@ def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
         for method, op in item.items():
             if method in METHODS:
                 _enrich_operation(method, path, op, keys=keys)
+                if not callbacks and op.pop("callbacks", None) is not None:
+                    _drop_callback_url(op["requestBody"])
+    if not callbacks:
+        schemas.pop("ExplanationEvent", None)
     if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
         for name in ("HTTPValidationError", "ValidationError"):  # replaced by Problem
             schemas.pop(name, None)
     return schema
+
+
+def _drop_callback_url(body: dict[str, Any]) -> None:
+    """Remove ``callback_url`` from a request body's schemas (and their ``params``)."""
+    for media in body.get("content", {}).values():
+        props = media.get("schema", {}).get("properties", {})
+        props.pop("callback_url", None)
+        props.get("params", {}).get("properties", {}).pop("callback_url", None)
 
 
 def _enrich_operation(method: str, path: str, op: dict[str, Any], *, keys: bool) -> None:
@@ -214,10 +229,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     (built once, from this server's settings: whether calls need an API key)."""
     generate = app.openapi
     keys = bool(settings.api_key_list)
+    callbacks = settings.webhook_secret is not None and not settings.callback_allowlist.empty
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = enrich(generate(), keys=keys)
+            app.openapi_schema = enrich(generate(), keys=keys, callbacks=callbacks)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

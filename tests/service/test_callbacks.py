@@ -5,6 +5,7 @@ requests are verified with the Standard Webhooks reference library."""
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import time
 
@@ -200,3 +201,38 @@ def test_a_delivery_survives_a_redis_restart(tmp_path, start_server, start_worke
         assert len(verified(rx)) == 2
     finally:
         own.stop()
+
+
+def test_the_openapi_document_declares_callbacks_exactly_when_they_are_on(settings):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    on = make_settings(queue_name=settings.queue_name, webhook_secret=SECRET,
+                       callback_allowed_hosts="hooks.example.com")
+    with TestClient(create_app(on, start_worker=False)) as client:
+        doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/v1/explanations"]["post"]
+    (declared,) = op["callbacks"]["explanation_event"].values()
+    post_ = declared["post"]
+    assert post_["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ExplanationEvent"}
+    assert {p["name"] for p in post_["parameters"] if p["in"] == "header"} == {
+        "webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert set(post_["responses"]) == {"2XX", "default"}
+    event = doc["components"]["schemas"]["ExplanationEvent"]
+    assert event["properties"]["type"]["enum"] == [
+        "explanation.finished", "explanation.failed", "explanation.canceled"]
+    assert event["properties"]["data"]["$ref"].endswith("/ExplanationPublic")
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert form["callback_url"]["format"] == "uri" and "callback_url" in body
+    assert "callback_url" in body["params"]["properties"]
+    stream = doc["paths"]["/v1/explanations/{job_id}/events"]["get"]["responses"]
+    assert set(stream["200"]["content"]) == {"text/event-stream"} and "204" in stream
+    # off (no secret here): a request naming one is refused, so the document names none
+    with TestClient(create_app(settings, start_worker=False)) as client:
+        doc = client.get("/openapi.json").json()
+    assert "callback_url" not in json.dumps(doc["paths"]["/v1/explanations"]["post"])
+    assert "callbacks" not in doc["paths"]["/v1/explanations"]["post"]
+    assert "ExplanationEvent" not in doc["components"]["schemas"]
