@@ -83,6 +83,21 @@ class SamplerStatsError(PDAError, ValueError):
     """A sampler statistics file is missing, unreadable or does not fit."""
 
 
+class CallbackError(PDAError, ValueError):
+    """A ``callback_url`` this server will not call (422)."""
+
+    field = "callback_url"
+
+
+class CallbacksOffError(CallbackError):
+    """A ``callback_url`` sent to a server whose callbacks are off: no PDA_WEBHOOK_SECRET to
+    sign with, or no PDA_CALLBACK_ALLOWED_HOSTS."""
+
+
+class CallbackNotAllowedError(CallbackError):
+    """A ``callback_url`` that is malformed or names a host the operator does not allow."""
+
+
 class Canceled(Exception):
     """Raised from a progress callback to stop a sweep (not a caller error)."""
 

@@ -80,6 +80,17 @@ def model(name: str) -> str:
     return f"{PREFIX}model:{name}"
 
 
+# --- callbacks (pda.jobs.deliveries) ------------------------------------------------------
+
+def delivery(delivery_id: str) -> str:
+    """Hash: one event's delivery to one callback URL (its state, its frozen body)."""
+    return f"{PREFIX}delivery:{delivery_id}"
+
+
+#: zset: delivery id -> when its next attempt is due (or when an attempt's lease ends)
+DELIVERIES_DUE = f"{PREFIX}deliveries:due"
+
+
 # --- chunks of a split job (pda.jobs.chunks) ----------------------------------------------
 
 def chunks(job_id: str) -> str:

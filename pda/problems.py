@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
+    CallbackNotAllowedError,
+    CallbacksOffError,
     HeadersTooLargeError,
     HTTPStatusError,
     IdempotencyConflictError,
@@ -98,6 +100,9 @@ TABLE: dict[type[BaseException], Kind] = {
     ModelNotInstalledError: Kind("/problems/model-not-installed", "Model not installed", 422,
                                  field=True),
     ModelLoadError: Kind("/problems/model-load", "Model cannot be loaded", 422, field=True),
+    CallbacksOffError: Kind("/problems/callbacks-off", "Callbacks are off", 422, errors=True),
+    CallbackNotAllowedError: Kind("/problems/callback-not-allowed", "Callback URL not allowed",
+                                  422, errors=True),
     # the request itself
     UploadTooLargeError: Kind("/problems/upload-too-large", "Upload too large", 413),
     UnsupportedMediaTypeError: Kind("/problems/unsupported-media-type",

@@ -15,17 +15,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .defaults import BACKENDS, INCREMENTAL_MODES, PRECISIONS
+from .webhooks import Allowlist, secret_bytes
 
 #: settings that no longer exist: accepted, ignored, and warned about
 REMOVED = ("PDA_JOB_TIMEOUT_FLOOR_SECONDS", "PDA_ASSUMED_PASSES_PER_SECOND")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PDA_", extra="ignore")
+    # hide_input_in_errors: a malformed PDA_WEBHOOK_SECRET must not be echoed into logs
+    model_config = SettingsConfigDict(env_prefix="PDA_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- where things are --------------------------------------------------------
     redis_url: str | None = Field(
@@ -142,6 +145,39 @@ class Settings(BaseSettings):
         "(it beats every PDA_HEARTBEAT_INTERVAL_SECONDS, busy or idle)"
     )
 
+    # --- callbacks (pda/jobs/deliveries.py, pda/webhooks.py) ------------------------
+    webhook_secret: SecretStr | None = Field(
+        None, description="whsec_<base64>: the key callbacks are signed with (Standard "
+        "Webhooks); unset = a request with callback_url is refused (422)"
+    )
+    callback_allowed_hosts: str = Field(
+        "", description="comma-separated host names (*.example.com for subdomains) and CIDR "
+        "ranges callbacks may go to; empty = callbacks are off"
+    )
+    callback_retry_base_seconds: float = Field(
+        10.0, gt=0, description="the first retry of a failed callback comes this long "
+        "after it (+-25 %), each next one 4 times later, at most 1440 times it apart; 10 "
+        "attempts in all"
+    )
+    callback_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="connect and read timeout of one callback attempt "
+        "(the whole attempt is cut at twice it)"
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value():
+            secret_bytes(v.get_secret_value())  # ValueError: refuse to start with a bad one
+            return v
+        return None
+
+    @field_validator("callback_allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: str) -> str:
+        Allowlist.parse(v)
+        return v
+
     @model_validator(mode="after")
     def _warn_removed(self) -> Settings:
         # jobs are no longer killed by a clock (docs/reliability.md, "Liveness"): these
@@ -173,6 +209,16 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def callback_allowlist(self) -> Allowlist:
+        return Allowlist.parse(self.callback_allowed_hosts)
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The signing key of PDA_WEBHOOK_SECRET; None when unset."""
+        return secret_bytes(self.webhook_secret.get_secret_value()) if self.webhook_secret \
+            else None
 
     @property
     def worker_model_list(self) -> list[str]:

@@ -23,7 +23,8 @@ from pda.errors import HTTPStatusError
 from pda.problems import to_problem
 from pda.settings import Settings
 
-from .openapi_examples import EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
+from .callbacks import RESPONSES as CALLBACK_RESPONSES
+from .openapi_examples import EVENT_STREAM, EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
 from .protocol import MAX_HEADER_BYTES
 from .schemas import ProblemDoc
 
@@ -89,6 +90,7 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
                "Retry-After",
         "503": "queue full, or the job store unavailable or full; see Retry-After"},
     ("get", JOB): {"404": "unknown job"},
+    ("get", f"{JOB}/events"): {"404": "unknown job"},
     ("delete", JOB): {"404": "unknown job"},
     ("get", f"{JOB}/relevance"): RESULT,
     ("get", f"{JOB}/relevance.npy"): RESULT,
@@ -122,6 +124,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", f"{JOB}/overlay.png"): PNG,
     ("get", f"{JOB}/input.png"): PNG,
     ("get", f"{JOB}/relevance.npy"): {"application/octet-stream": {"schema": BINARY}},
+    ("get", f"{JOB}/events"): {"text/event-stream": {
+        "schema": {"type": "string", "description": "server-sent events: `id: <version>`, "
+                   "`data: <the job as GET returns it>`, a blank line; `: keep-alive` "
+                   "comments between"},
+        "example": EVENT_STREAM}},
     ("get", "/metrics"): {"text/plain": {
         "schema": {"type": "string", "description": "Prometheus text format 0.0.4"},
         "example": "# TYPE pda_queue_depth gauge\npda_queue_depth 0.0\n"}},
@@ -140,8 +147,11 @@ def statuses(method: str, path: str, *, keys: bool) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
-    """Make FastAPI's document exact: statuses, bodies, headers, security, examples."""
+def enrich(schema: dict[str, Any], *, keys: bool = False, callbacks: bool = True
+           ) -> dict[str, Any]:
+    """Make FastAPI's document exact: statuses, bodies, headers, security, examples; and,
+    on a server whose callbacks are off (``callbacks=False``), no ``callback_url`` and no
+    callbacks, since a request naming one is refused there."""
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = ProblemDoc.model_json_schema()
@@ -152,15 +162,30 @@ def enrich(schema: dict[str, Any], *, keys: bool = False) -> dict[str, Any]:
         for method, op in item.items():
             if method in METHODS:
                 _enrich_operation(method, path, op, keys=keys)
+                if not callbacks and op.pop("callbacks", None) is not None:
+                    _drop_callback_url(op["requestBody"])
+    if not callbacks:
+        schemas.pop("ExplanationEvent", None)
     if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
         for name in ("HTTPValidationError", "ValidationError"):  # replaced by Problem
             schemas.pop(name, None)
     return schema
 
 
+def _drop_callback_url(body: dict[str, Any]) -> None:
+    """Remove ``callback_url`` from a request body's schemas (and their ``params``)."""
+    for media in body.get("content", {}).values():
+        props = media.get("schema", {}).get("properties", {})
+        props.pop("callback_url", None)
+        props.get("params", {}).get("properties", {}).pop("callback_url", None)
+
+
 def _enrich_operation(method: str, path: str, op: dict[str, Any], *, keys: bool) -> None:
     where = (method, path)
     responses = op.setdefault("responses", {})
+    for expressions in op.get("callbacks", {}).values():  # what the receiver may answer
+        for item in expressions.values():
+            item["post"]["responses"] = CALLBACK_RESPONSES
     if keys and path.startswith("/v1/"):
         op["security"] = SECURITY
     curl, example = EXAMPLES.get(where, (None, None))
@@ -206,10 +231,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     (built once, from this server's settings: whether calls need an API key)."""
     generate = app.openapi
     keys = bool(settings.api_key_list)
+    callbacks = settings.webhook_secret is not None and not settings.callback_allowlist.empty
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = enrich(generate(), keys=keys)
+            app.openapi_schema = enrich(generate(), keys=keys, callbacks=callbacks)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -256,7 +256,8 @@ class Embedded:
     def _orphans(self, settings: Settings) -> None:
         """Requeue the attempts a killed ``pda serve`` left running: no worker of ours is
         alive yet (we hold the lock), so none of them can still be progressing."""
-        store = JobStore(redis.Redis.from_url(self.url), settings.result_ttl_seconds)
+        store = JobStore(redis.Redis.from_url(self.url), settings.result_ttl_seconds,
+                         settings.queue_name)
         now = settings.model_copy(update={"stale_job_seconds": 0.0})
         rerun = lifecycle.reap_abandoned(now, store)
         if rerun:

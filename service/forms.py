@@ -27,6 +27,13 @@ from pda.params import PRESET_FIELDS, PredictParams, request_properties
 META: dict[str, dict[str, Any]] = {
     "model": {"type": "string", "maxLength": 200, "description": "a built-in name or a "
               "model file in PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL, efficientnet_lite0)"},
+    "callback_url": {
+        "type": "string", "format": "uri", "maxLength": 2000,
+        "description": "where to POST the job's event when it ends (explanation.finished, "
+        ".failed or .canceled; see the callbacks of this operation), signed per Standard "
+        "Webhooks; only to hosts the server allows (PDA_CALLBACK_ALLOWED_HOSTS), else 422. "
+        "Not part of the explanation: an identical request with another callback_url gets "
+        "the same job, which then calls both"},
     "preset": {"type": "string", "enum": list(PRESETS),
                "description": PRESET_HELP + f". The presets' fields ({', '.join(PRESET_FIELDS)}) "
                "have no schema default: leave them out and the preset sets them; a field "
@@ -115,7 +122,8 @@ def explanation_body() -> dict[str, Any]:
                 "properties": {"image": IMAGE, **META, **param_properties(form=True)}}},
             "application/json": {
                 "schema": {"type": "object", "required": ["image_base64"], "properties": {
-                    "image_base64": IMAGE_BASE64, "params": params}},
+                    "image_base64": IMAGE_BASE64, "callback_url": META["callback_url"],
+                    "params": params}},
                 "example": {"image_base64": EXAMPLE_IMAGE, "params": EXAMPLE_PARAMS}},
         },
     }

@@ -97,6 +97,7 @@ def job_public(rec: JobRecord, workers_alive: int | None = None, *,
         "targets": rec.targets, "error": rec.error, "links": links,
         "chunks": ({"total": rec.chunks_total, "done": rec.chunks_done}
                    if rec.chunks_total else None),
+        "callbacks": rec.callbacks,
     }
 
 

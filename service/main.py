@@ -22,8 +22,9 @@ from pda.jobs.workers import WorkerRegistry
 from pda.settings import Settings, get_settings
 from pda.version import __version__
 
-from . import docs, limits, memory, metrics, problems, protocol
+from . import docs, events, limits, memory, metrics, problems, protocol
 from .deps import AppState
+from .routes import events as event_routes
 from .routes import explanations, health, models, predictions, ui
 
 log = logging.getLogger("pda.api")
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, *, embedded: bool = False,
     memory.configure()
     conn = connect(settings) if settings.redis_url else _unconfigured(settings)
     state = AppState(settings=settings, conn=conn,
-                     store=JobStore(conn, settings.result_ttl_seconds),
+                     store=JobStore(conn, settings.result_ttl_seconds, settings.queue_name),
                      queue=get_queue(settings, conn), embedded=embedded,
                      registry=WorkerRegistry(conn, settings.worker_fresh_seconds),
                      predict_queue=predict_queue(settings, conn))
@@ -61,10 +62,12 @@ def create_app(settings: Settings | None = None, *, embedded: bool = False,
                   # create_explanation_v1_explanations_post
                   generate_unique_id_function=lambda route: route.name)
     app.state.pda = state
+    app.state.event_hub = events.Hub(conn)  # every event stream of this process
     problems.install(app)
     limits.install(app, settings)  # 413 for bodies over the cap, even chunked
     metrics.install(app)
     app.include_router(explanations.router)
+    app.include_router(event_routes.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
     app.include_router(health.router)

@@ -16,9 +16,8 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pda.jobs.store import SWEEP_BUCKETS
 
@@ -30,19 +29,41 @@ REQUEST_LATENCY = Histogram(
 JOBS_SUBMITTED = Counter("pda_jobs_submitted_total", "Explanation jobs accepted", ["model"])
 
 
-class LatencyMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
+class LatencyMiddleware:
+    """Each request's time to its response's start (headers), by route and status.
+
+    A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which would copy
+    every chunk of every response body through a stream of its own: for the long-lived
+    event streams (service/events.py) that doubled the API's CPU per event."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
+        seen = False
+
+        def observe(status: int) -> None:
+            route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            REQUEST_LATENCY.labels(request.method, path, str(status)).observe(
+            REQUEST_LATENCY.labels(scope["method"], path, str(status)).observe(
                 time.perf_counter() - start)
+
+        async def timed(message: Message) -> None:
+            nonlocal seen
+            if message["type"] == "http.response.start" and not seen:
+                seen = True
+                observe(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            if not seen:  # an exception escaped before any answer
+                observe(500)
 
 
 class StoreCollector:
@@ -56,6 +77,10 @@ class StoreCollector:
         up = GaugeMetricFamily("pda_store_up", "1 when Redis answered this scrape")
         if state is None:
             return
+        hub = getattr(self.app.state, "event_hub", None)
+        if hub is not None:
+            yield GaugeMetricFamily("pda_event_streams", "Event streams (GET .../events) open "
+                                    "in this API process", value=hub.streams)
         try:
             jobs, sweep = state.store.metrics()
             depth = state.queue.count

@@ -3,6 +3,7 @@ built from the current defaults so they cannot go stale."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pda.errors import InvalidImageError, UnauthorizedError, UploadTooLargeError
@@ -68,6 +69,10 @@ JOB_FINISHED = {
                            for t in TARGETS}},
 }
 JOB_CANCELED = {**JOB_RUNNING, "status": "canceled", "eta_seconds": None}
+#: the example stream: two events of a running job, the keep-alive, the final event
+EVENT_STREAM = "".join(
+    f"id: {v}\ndata: {json.dumps(job, separators=(',', ':'))}\n\n" + extra
+    for v, job, extra in ((7, JOB_RUNNING, ": keep-alive\n\n"), (12, JOB_FINISHED, "")))
 RESULT = {
     "model": {"name": "efficientnet_lite0", "input_size": [224, 224]},
     "image": {"width": 451, "height": 300, "crop_box": [75, 0, 375, 300]},
@@ -102,6 +107,7 @@ EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
         f"curl -F image=@examples/chelsea.png {CURL_FIELDS} "
         f"{BASE}/v1/explanations", JOB_QUEUED),
     ("get", JOB): (f"curl {BASE}/v1/explanations/{JOB_ID}", JOB_FINISHED),
+    ("get", f"{JOB}/events"): (f"curl -N {BASE}/v1/explanations/{JOB_ID}/events", None),
     ("delete", JOB): (f"curl -X DELETE {BASE}/v1/explanations/{JOB_ID}", JOB_CANCELED),
     ("get", f"{JOB}/relevance"): (f"curl {BASE}/v1/explanations/{JOB_ID}/relevance", RESULT),
     ("get", f"{JOB}/relevance.npy"): (

@@ -86,6 +86,24 @@ class PhaseProgress(BaseModel):
     unit: Literal["steps", "passes"]
 
 
+class CallbackDelivery(BaseModel):
+    """One callback URL of the job, and the delivery of its event (pda.jobs.deliveries)."""
+
+    url: str
+    status: Literal["waiting", "pending", "delivered", "failed"] = Field(
+        description="waiting: the job has not ended; pending: the event is being delivered "
+        "(see next_attempt_at); delivered: a 2xx answer; failed: every attempt failed")
+    event_id: str | None = Field(None, description="the event's webhook-id, the same on "
+                                 "every attempt")
+    type: str | None = Field(None, description="the event: explanation.finished, ...")
+    attempts: int = 0
+    last_status: int | None = Field(None, description="the HTTP status of the last answer")
+    last_error: str | None = Field(None, description="why the last attempt got no answer")
+    last_attempt_at: str | None = None
+    next_attempt_at: str | None = Field(None, description="when it is tried (again)")
+    delivered_at: str | None = None
+
+
 class ExplanationPublic(BaseModel):
     """A job: its status, progress, parameters, prediction, and links to its results."""
 
@@ -116,6 +134,19 @@ class ExplanationPublic(BaseModel):
     links: JobLinks
     chunks: ChunkCount | None = Field(None, description="a split job's chunks (any worker "
                                       "runs each); null when it runs whole on one worker")
+    callbacks: list[CallbackDelivery] | None = Field(
+        None, description="the callback URLs the job's requests named (callback_url), each "
+        "with the delivery of its event; null when none")
+
+
+class ExplanationEvent(BaseModel):
+    """What a callback URL is sent when its job ends: a Standard Webhooks event, signed
+    (headers webhook-id, webhook-timestamp, webhook-signature)."""
+
+    type: Literal["explanation.finished", "explanation.failed", "explanation.canceled"]
+    timestamp: str = Field(description="when the job ended (ISO 8601, UTC)")
+    data: ExplanationPublic = Field(description="the job as GET /v1/explanations/{id} "
+                                    "returned it when it ended")
 
 
 class LayerPublic(BaseModel):

@@ -28,7 +28,7 @@ from .forms import FORM_NULL, NULLABLE_FORM_FIELDS, parse_fill
 from .limits import body_limit
 
 #: form and JSON fields that are not explanation parameters
-META_FIELDS = ("model", "preset")
+META_FIELDS = ("model", "preset", "callback_url")
 #: the longest model or preset name (the schema's maxLength)
 MAX_NAME = 200
 
@@ -154,7 +154,7 @@ def _names_checked(upload: tuple[bytes, dict[str, Any], str]
     """``model`` and ``preset``, when sent, are names: strings of at most MAX_NAME (not
     null: the schema says string); a preset is one of the presets."""
     params = upload[1]
-    for key in META_FIELDS:
+    for key in ("model", "preset"):
         if key in params and not (isinstance(params[key], str)
                                   and len(params[key]) <= MAX_NAME):
             raise InvalidParameterError(f"{key}: must be a name (a string of at most "

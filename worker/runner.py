@@ -6,8 +6,12 @@ asks for a warm shutdown: the running sweep stops at the end of its current batc
 puts its job back at the front of the queue, then the process exits. Between jobs the
 worker touches a heartbeat file (the liveness probe), requeues jobs whose worker died
 (:func:`pda.jobs.lifecycle.reap_abandoned`) or whose queue message was lost
-(:func:`pda.jobs.lifecycle.requeue_lost`). Readiness counts workers by their own beat in
-``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker list.
+(:func:`pda.jobs.lifecycle.requeue_lost`), and enqueues the callbacks that are due
+(:meth:`pda.jobs.deliveries.Deliveries.enqueue_due`). Readiness counts workers by their own
+beat in ``pda:workers`` (:class:`pda.jobs.workers.WorkerRegistry`), never by RQ's worker
+list. A second RQ worker in a thread of the same process makes the callbacks
+(:func:`worker.deliveries.start_delivery_thread`), so a delivery never waits for a sweep,
+nor holds one up.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rq import SimpleWorker
 from pda.engine.device import resolve_device
 from pda.jobs import lifecycle
 from pda.jobs.chunks import chunk_queue
+from pda.jobs.deliveries import Deliveries
 from pda.jobs.queue import connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
@@ -35,6 +40,7 @@ from pda.runtime import Runtime
 from pda.settings import Settings, get_settings
 from worker import attempt
 from worker.announce import announce_builtins, announce_model
+from worker.deliveries import start_delivery_thread
 
 log = logging.getLogger("pda.worker")
 
@@ -113,7 +119,7 @@ def _first_rate(conn: redis.Redis, settings: Settings, model: str, rate: float |
     attempt has measured the model yet (attempts then keep it current)."""
     if rate is None:
         return
-    store = JobStore(conn, settings.result_ttl_seconds)
+    store = JobStore(conn, settings.result_ttl_seconds, settings.queue_name)
     try:
         if "rate" not in store.model_rates(model):
             store.record_rates(model, rate=rate)
@@ -154,8 +160,9 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
 
     This thread beats whether or not a job is running, so a worker busy on a two-hour
     job stays counted as alive, and a killed one stops beating at once."""
-    store = JobStore(connect(settings), settings.result_ttl_seconds)
+    store = JobStore(connect(settings), settings.result_ttl_seconds, settings.queue_name)
     registry = WorkerRegistry(store.r, settings.worker_fresh_seconds)
+    outbox = Deliveries(store.r, settings)
     path = Path(settings.heartbeat_file)
     device = str(resolve_device(settings.device))
     started = time.time()
@@ -170,6 +177,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
                 registry.beat(name, worker_info(settings, device, started))
                 lifecycle.reap_abandoned(settings, store)
                 lifecycle.requeue_lost(settings, store)
+                outbox.enqueue_due()  # callback retries, and the repair of lost ones
             except Exception as exc:  # Redis away: the worker loop reports it, keep beating
                 log.warning("maintenance: %s", exc)
             if stop.wait(settings.heartbeat_interval_seconds):
@@ -209,6 +217,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
     beat = threading.Thread(target=maintenance_loop, args=(settings, stop, worker.name),
                             daemon=True)
     beat.start()  # alive (and "loading") from here on
+    start_delivery_thread(settings, worker.name)
     preload(settings, conn)
     # SIGTERM during preload is covered by RQ's handler from here on
     signal.signal(signal.SIGTERM, worker.request_stop)

@@ -45,9 +45,11 @@ _stores: dict[tuple, JobStore] = {}
 def store_for(settings: Settings) -> JobStore:
     """One store (one Redis connection pool) per process and configuration, reused by
     every job instead of a new pool per job."""
-    key = (settings.redis_url, settings.redis_timeout_seconds, settings.result_ttl_seconds)
+    key = (settings.redis_url, settings.redis_timeout_seconds, settings.result_ttl_seconds,
+           settings.queue_name)
     if key not in _stores:
-        _stores[key] = JobStore(connect(settings), settings.result_ttl_seconds)
+        _stores[key] = JobStore(connect(settings), settings.result_ttl_seconds,
+                                settings.queue_name)
     return _stores[key]
 
 

@@ -163,6 +163,7 @@ class Chunks:
             pipe.hset(keys.partials(job_id), str(part), partial)
             pipe.hset(keys.chunks(job_id), str(part), json.dumps({**rec, "status": DONE}))
             pipe.hset(keys.job(job_id), mapping=encode({"chunks_done": done}))
+            pipe.hincrby(keys.job(job_id), "version", 1)  # event streams show it
             pipe.zrem(keys.RUNNING, member(job_id, part))
             if done == len(table):
                 pipe.zadd(keys.RUNNING, {member(job_id, MERGE): time.time()})

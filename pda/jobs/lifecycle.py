@@ -37,6 +37,7 @@ from ..params import ExplainParams
 from ..problems import job_problem
 from ..settings import Settings
 from .chunks import MERGE, Chunks, member, parse_member, rq_chunk_id
+from .deliveries import waiting
 from .queue import enqueue_attempt, get_queue, job_timeout, message_pending, rq_job_id
 from .record import JobRecord, JobStatus
 from .store import JobStore, new_job_id, now_iso
@@ -57,6 +58,10 @@ class Submission:
     plan: dict[str, int]  # windows and forward passes (pda.params.plan)
     image_meta: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    #: where to POST the job's event when it ends; not part of the digest: an identical
+    #: request with another callback_url is answered with the same job, which then calls
+    #: both (pda.jobs.store.JobStore.add_callback)
+    callback_url: str | None = None
 
     @property
     def digest(self) -> str:
@@ -70,11 +75,12 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
            ) -> tuple[JobRecord, bool]:
     """The job for ``sub``: (record, created). An Idempotency-Key already used for this
     request, or an identical request still queued, running or finished, returns that
-    job; otherwise a new one is admitted, stored and enqueued."""
+    job (with ``sub``'s callback added to it); otherwise a new one is admitted, stored
+    and enqueued."""
     digest = sub.digest
     prior = _prior(store, settings, sub, digest)
     if prior is not None:
-        return prior, False
+        return _with_callback(store, prior, sub), False
     # only a job that will be created counts: answers from the cache above create nothing
     job_id = new_job_id()
     admit(store, queue, settings, sub.caller, job_id)
@@ -84,6 +90,7 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
         params=sub.params.model_dump(mode="json"), digest=digest, created_at=now_iso(),
         attempt=1, planned_passes=passes, progress_done=0, progress_total=passes,
         image={**sub.image_meta, "bytes": len(sub.image)},
+        callbacks=[waiting(sub.callback_url)] if sub.callback_url else None,
     )
     live = settings.result_ttl_seconds + job_timeout(settings, passes)
     key = sub.idempotency_key
@@ -93,8 +100,9 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
                                       settings.result_ttl_seconds):
             # a concurrent retry with the same key won the race: answer with its job
             other = store.lookup("idem", sub.owner, key)
-            store.end(job_id, JobStatus.CANCELED)
-            return (store.get(other) if other else None) or rec, False
+            store.end(job_id, JobStatus.CANCELED, notify=False)
+            prior = store.get(other) if other else None
+            return (_with_callback(store, prior, sub) if prior else rec), False
         store.remember("digest", sub.owner, digest, job_id, settings.result_ttl_seconds)
         enqueue_attempt(queue, settings, job_id, 1, passes)
     except redis.RedisError:
@@ -102,13 +110,19 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
         # that would run or answer for this attempt (if Redis is back for it; if not, the
         # workers re-enqueue the orphan and it runs once, unseen)
         with suppress(redis.RedisError):
-            store.end(job_id, JobStatus.CANCELED,
+            store.end(job_id, JobStatus.CANCELED, notify=False,
                       error={"detail": "not accepted: store unavailable"})
             store.forget("digest", sub.owner, digest)
             if key and store.lookup("idem", sub.owner, key) == job_id:
                 store.forget("idem", sub.owner, key)
         raise
     return rec, True
+
+
+def _with_callback(store: JobStore, rec: JobRecord, sub: Submission) -> JobRecord:
+    if not sub.callback_url:
+        return rec
+    return store.add_callback(rec.id, sub.callback_url) or rec
 
 
 def _prior(store: JobStore, settings: Settings, sub: Submission, digest: str

@@ -37,6 +37,7 @@ TASKS = {
     "chunk": "worker.tasks.run_chunk",  # one attempt of one chunk of a split job
     "merge": "worker.tasks.run_merge",  # the merge of a split job's chunks
     "prediction": "worker.interleave.run_prediction",  # POST /v1/predictions
+    "delivery": "worker.deliveries.deliver",  # one attempt of a callback (pda.jobs.deliveries)
 }
 
 #: RQ statuses of a message a worker will still run (or is running)

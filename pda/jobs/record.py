@@ -83,6 +83,12 @@ class JobRecord(BaseModel):
     # where this one resumed; the sweep passes kept in checkpoints so far
     previous_attempt: dict[str, Any] | None = None
     checkpoint_passes: int = 0
+    # callbacks (pda.jobs.deliveries): one entry per callback URL, "waiting" until the job
+    # ends, then the state of its event's delivery (mirrored by the delivery attempts)
+    callbacks: list[dict[str, Any]] | None = None
+    # raised by every write of the record: event streams send what is newer than the
+    # version a client last saw (Last-Event-ID)
+    version: int = 0
 
     def __getitem__(self, name: str) -> Any:
         """``record["status"]``: read access by field name, as for the plain hash."""

@@ -15,6 +15,10 @@ Keys (prefix ``pda:``, names from :mod:`pda.keys`):
                       only an index: whether a job counts is read from its record
 - ``digest:{owner}:{sha}`` / ``idem:{owner}:{key}``: request dedup -> job id
 - ``metrics:*``       cluster-wide job counters read by the API's /metrics
+
+Every write of a record raises its ``version`` (event streams resume from it), and the
+transitions that end a job write its callbacks' events in the same transaction
+(:mod:`.deliveries`, the outbox).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 import redis
 
 from .. import keys
+from ..errors import CallbackNotAllowedError
+from . import deliveries
 from .record import TERMINAL, JobRecord, JobStatus, encode
 
 #: a finished job's record outlives its files by this long, so late readers get a
@@ -65,21 +71,30 @@ def now_iso(ts: float | None = None) -> str:
         timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: the event a job's callbacks are sent when it ends as each status
+EVENTS = {JobStatus.FINISHED: "explanation.finished", JobStatus.FAILED: "explanation.failed",
+          JobStatus.CANCELED: "explanation.canceled"}
+
+
 def new_job_id() -> str:
     """128 random bits, URL-safe: job ids cannot be guessed or enumerated."""
     return secrets.token_urlsafe(16)
 
 
 class JobStore:
-    def __init__(self, conn: redis.Redis, result_ttl: int = 24 * 3600) -> None:
+    def __init__(self, conn: redis.Redis, result_ttl: int = 24 * 3600,
+                 queue_name: str = "pda") -> None:
         self.r = conn
         self.result_ttl = result_ttl
+        #: the RQ queue of callback deliveries (PDA_QUEUE_NAME-callbacks)
+        self.callback_queue = f"{queue_name}-callbacks"
 
     # -- records -----------------------------------------------------------------------
     def create(self, record: JobRecord | dict[str, Any], image: bytes, live_seconds: int
                ) -> None:
         """Store a new job and its image; both live ``live_seconds`` until it finishes."""
         record = JobRecord.model_validate(record) if isinstance(record, dict) else record
+        record.version = record.version or 1  # the first; every later write raises it
         key = keys.job(record.id)
         pipe = self.r.pipeline()
         pipe.hset(key, mapping=record.encode())
@@ -118,6 +133,7 @@ class JobStore:
                 return False
             pipe.multi()
             pipe.hset(key, mapping=mapping)
+            pipe.hincrby(key, "version", 1)
             if zadd is not None:
                 pipe.zadd(zadd[0], {zadd[1]: time.time()}, xx=True)
             return True
@@ -128,7 +144,8 @@ class JobStore:
     def transition(self, job_id: str, allowed: tuple[JobStatus, ...], attempt: int | None,
                    fields: dict[str, Any], then=None) -> bool:
         """Set ``fields`` if the job is in ``allowed`` at ``attempt`` (None: any); True if
-        done. ``then(pipe)`` queues more writes in the same transaction.
+        done. ``then(pipe)`` queues more writes in the same transaction; when ``fields``
+        end the job, so do its callbacks' events.
 
         Optimistic locking on the record makes every hand-over atomic: of two workers
         holding messages for the same attempt only one starts it, a requeue never
@@ -142,8 +159,11 @@ class JobStore:
             if status is None or json.loads(status) not in allowed or (
                     attempt is not None and json.loads(att or "1") != attempt):
                 return False
+            events = self._events(pipe, job_id, fields.get("status"), mapping)
             pipe.multi()
             pipe.hset(key, mapping=mapping)
+            pipe.hincrby(key, "version", 1)
+            events(pipe)
             if then is not None:
                 then(pipe)
             return True
@@ -221,6 +241,7 @@ class JobStore:
                 values["progress_done"] = max(int(values["progress_done"]), json.loads(shown))
             pipe.multi()
             pipe.hset(key, mapping=encode(values))
+            pipe.hincrby(key, "version", 1)
             if member is not None:
                 pipe.zadd(keys.RUNNING, {member: time.time()}, xx=True)
             return status, attempt
@@ -237,8 +258,11 @@ class JobStore:
         self.r.zrem(keys.RUNNING, member)
 
     def end(self, job_id: str, status: JobStatus, *,
-            only_from: tuple[JobStatus, ...] | None = None, **fields: Any) -> bool:
-        """Failed or canceled: drop image and files, keep the record as a tombstone.
+            only_from: tuple[JobStatus, ...] | None = None, notify: bool = True,
+            **fields: Any) -> bool:
+        """Failed or canceled: drop image and files, keep the record as a tombstone, and
+        send its callbacks their event (not with ``notify=False``: a job the caller never
+        saw accepted).
 
         A record Redis has lost is not re-created (False): a tombstone without its
         creation fields would answer for a job nobody can see. With ``only_from``, a job
@@ -250,13 +274,18 @@ class JobStore:
 
         def write(pipe: redis.client.Pipeline) -> bool:
             exists = pipe.exists(key)
+            current = pipe.hget(key, "status") if exists else None
             if exists and only_from is not None:
-                current = pipe.hget(key, "status")
                 if current is None or json.loads(current) not in only_from:
                     return False
+            # a job that had ended already (a DELETE of a finished job) sends no event
+            events = self._events(pipe, job_id, status, mapping) if exists and notify and \
+                current is not None and json.loads(current) not in TERMINAL else _nothing
             pipe.multi()
             if exists:
                 pipe.hset(key, mapping=mapping)
+                pipe.hincrby(key, "version", 1)
+                events(pipe)
                 pipe.expire(key, self.result_ttl + TOMBSTONE_SECONDS)
             pipe.delete(keys.files(job_id), keys.image(job_id), *chunk_keys(job_id))
             pipe.zrem(keys.RUNNING, job_id)
@@ -264,6 +293,66 @@ class JobStore:
             return bool(exists)
 
         return self.r.transaction(write, key, value_from_callable=True)
+
+    # -- callbacks (the outbox, pda.jobs.deliveries) --------------------------------------
+    def _events(self, pipe: redis.client.Pipeline, job_id: str, status: Any,
+                mapping: dict[str, str]):  # noqa: ANN202 (returns a writer of the pipe)
+        """Read (in a transaction's watch phase, before ``mapping`` is written) what the
+        events of a job that ends as ``status`` need: the record with ``mapping`` applied
+        (its callbacks, when ``mapping`` sets them, else the record's) is their data;
+        returns the writes to queue after MULTI (nothing if the status does not end the
+        job or no callback waits)."""
+        key = keys.job(job_id)
+        if status not in EVENTS:
+            return _nothing
+        raw = mapping.get("callbacks") or pipe.hget(key, "callbacks")
+        entries = json.loads(raw) if raw else None
+        if not entries or not any(e.get("status") == deliveries.WAITING for e in entries):
+            return _nothing
+        now = time.time()
+        shown = deliveries.new_events(entries, EVENTS[JobStatus(status)], now)
+        snapshot = {k.decode(): json.loads(v) for k, v in pipe.hgetall(key).items()}
+        snapshot.update({k: json.loads(v) for k, v in mapping.items()})
+        snapshot.update(callbacks=shown, version=int(snapshot.get("version") or 0) + 2)
+
+        def write(p: redis.client.Pipeline) -> None:
+            p.hset(key, "callbacks", json.dumps(shown))
+            p.hincrby(key, "version", 1)
+            deliveries.queue_events(p, self.r, self.callback_queue, entries, shown,
+                                    subject="explanation", subject_id=job_id,
+                                    data=snapshot, mirror=key, now=now)
+        return write
+
+    def add_callback(self, job_id: str, url: str) -> JobRecord | None:
+        """Add ``url`` to the callbacks of an existing job (an identical request, or a
+        retry with its Idempotency-Key, that names its own callback): it waits for the
+        end of a queued or running job, and is sent the event at once if the job has
+        ended. The same URL twice is one callback. None if the record is gone."""
+        key = keys.job(job_id)
+
+        def write(pipe: redis.client.Pipeline) -> JobRecord | None:
+            raw = pipe.hgetall(key)
+            if not raw:
+                return None
+            rec = JobRecord.decode(raw)
+            entries = list(rec.callbacks or [])
+            if any(e.get("url") == url for e in entries):
+                return rec
+            if len(entries) >= deliveries.MAX_CALLBACKS:
+                raise CallbackNotAllowedError(
+                    f"job {job_id} has {len(entries)} callback URLs already, the most one "
+                    "job may have")
+            mapping = encode({"callbacks": [*entries, deliveries.waiting(url)]})
+            events = self._events(pipe, job_id, rec.status, mapping) if \
+                rec.status in TERMINAL else _nothing
+            pipe.multi()
+            pipe.hset(key, mapping=mapping)
+            pipe.hincrby(key, "version", 1)
+            events(pipe)
+            return rec
+
+        rec = self.r.transaction(write, key, value_from_callable=True)
+        return self.get(job_id) if rec is not None else None
 
     def store_results(self, pipe: redis.client.Pipeline, job_id: str,
                       files: dict[str, bytes]) -> None:
@@ -422,3 +511,7 @@ class JobStore:
         jobs = {k.decode(): int(v) for k, v in self.r.hgetall(keys.METRICS_JOBS).items()}
         sweep = {k.decode(): float(v) for k, v in self.r.hgetall(keys.METRICS_SWEEP).items()}
         return jobs, sweep
+
+
+def _nothing(pipe: redis.client.Pipeline) -> None:
+    """No writes to queue."""

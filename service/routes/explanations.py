@@ -22,7 +22,7 @@ from pda.errors import (
     ModelNotInstalledError,
     UnknownTargetError,
 )
-from pda.jobs import lifecycle
+from pda.jobs import deliveries, lifecycle
 from pda.jobs.lifecycle import Submission
 from pda.jobs.record import JobRecord, JobStatus
 from pda.jobs.store import JobStore
@@ -30,7 +30,7 @@ from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.problems import invalid
 from pda.render import BAR_WIDTH, render_overlay
 
-from .. import forms, overlays
+from .. import callbacks, forms, overlays
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import (
     expired,
@@ -105,6 +105,7 @@ def _accepted(state, rec: JobRecord, replayed: bool = False) -> JSONResponse:
 
 @router.post("", status_code=202, response_model=ExplanationPublic,
              openapi_extra={"requestBody": forms.explanation_body()},
+             callbacks=callbacks.EXPLANATION,
              responses={202: {"description": "accepted; poll the Location"}})
 async def create_explanation(
     request: Request, state: StateDep, owner: OwnerDep,
@@ -122,12 +123,14 @@ async def create_explanation(
 
 def _create(state, owner: str, caller: str, data: bytes, raw: dict[str, Any], filename: str,
             idem_key: str | None) -> JSONResponse:
+    raw = dict(raw)  # callback_url is the request's, not a parameter of the explanation
+    callback_url = deliveries.check_url(state.settings, raw.pop("callback_url", None))
     params, model_name, info = _validate(state, data, raw)
     sub = Submission(owner=owner, caller=caller, model=model_name, params=params, image=data,
                      plan={"windows": info["windows"],
                            "forward_passes": info["forward_passes"]},
                      image_meta={**info["image"], "filename": filename[:200]},
-                     idempotency_key=idem_key)
+                     idempotency_key=idem_key, callback_url=callback_url)
     rec, created = lifecycle.submit(state.store, state.queue, state.settings, sub)
     if created:
         JOBS_SUBMITTED.labels(model=model_name).inc()

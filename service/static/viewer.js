@@ -1,6 +1,8 @@
 // The explanation viewer: a small client of the public API (see /docs).
-// Submit: POST v1/explanations; follow: GET the job's links.self; results: links.relevance
-// (drawn here on <canvas>), links.input, links.overlays, links.relevance_npy.
+// Submit: POST v1/explanations; follow: the job's event stream (GET links.self + "/events",
+// server-sent events read with fetch, so the API key header goes along: EventSource cannot
+// send one); results: links.relevance (drawn here on <canvas>), links.input,
+// links.overlays, links.relevance_npy.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +10,7 @@ const KEY = "pda.apiKey";
 const FIELDS = ["sampler", "fit", "window", "stride", "samples", "target", "layer", "seed",
   "padding", "fill", "faithfulness"];
 let models = [];
-let poll = null; // {id, timer}: the job being followed
+let poll = null; // {id, timer, stream, last}: the job being followed, its stream, last event id
 
 // ---------- API calls ----------------------------------------------------------------
 
@@ -161,8 +163,8 @@ async function submit(event) {
 // ---------- following a job ----------------------------------------------------------
 
 function follow(job) {
-  if (poll) clearTimeout(poll.timer);
-  poll = { id: job.id, timer: null };
+  stopFollowing();
+  poll = { id: job.id, timer: null, stream: null, last: null };
   history.replaceState(null, "", `#job=${job.id}`);
   $("job-id").textContent = job.id;
   $("job").hidden = false;
@@ -171,24 +173,65 @@ function follow(job) {
   $("relevance").hidden = true;
   for (const id of ["maps", "prediction", "downloads"]) $(id).replaceChildren();
   update(job);
+  if (isLive(job)) listen(job.id);
 }
 
-async function refresh(id) {
-  if (!poll || poll.id !== id) return;
-  try {
-    const res = await api(`v1/explanations/${encodeURIComponent(id)}`);
-    const wait = Number(res.headers.get("Retry-After")) || 1;
-    const job = await res.json();
-    if (poll && poll.id === id) update(job, wait);
-  } catch (err) {
-    showError(err);
-    if (poll && poll.id === id && !(err instanceof Problem && err.doc.status === 404)) {
-      poll.timer = setTimeout(() => refresh(id), 3000); // transient: keep trying
-    }
+function stopFollowing() {
+  if (!poll) return;
+  clearTimeout(poll.timer);
+  if (poll.stream) poll.stream.abort();
+}
+
+const isLive = (job) => job.status === "queued" || job.status === "running";
+
+// one event of a text/event-stream: {id, data}, or null for a comment or a retry field
+function parseEvent(block) {
+  let id = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("id:")) id = line.slice(3).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
   }
+  return data.length ? { id, data: JSON.parse(data.join("\n")) } : null;
 }
 
-function update(job, wait = 1) {
+// follow the job's stream to its final event; a stream that breaks is resumed where it
+// was (Last-Event-ID), as EventSource would
+async function listen(id) {
+  if (!poll || poll.id !== id) return;
+  const stream = new AbortController();
+  const headers = poll.last == null ? {} : { "Last-Event-ID": poll.last };
+  poll.stream = stream;
+  let ended = false;
+  try {
+    const res = await api(`v1/explanations/${encodeURIComponent(id)}/events`,
+      { headers, signal: stream.signal });
+    if (res.status === 204) return; // resumed after the final event: nothing newer
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (!event || !poll || poll.id !== id) continue;
+        poll.last = event.id;
+        ended = !isLive(event.data);
+        update(event.data);
+      }
+    }
+  } catch (err) {
+    if (stream.signal.aborted) return; // canceled here, or another job is followed now
+    showError(err);
+    if (err instanceof Problem && err.doc.status === 404) return;
+  }
+  if (!ended && poll && poll.id === id) poll.timer = setTimeout(() => listen(id), 2000);
+}
+
+function update(job) {
   const { done, total } = job.progress;
   const progress = $("progress");
   progress.max = Math.max(total, 1);
@@ -198,11 +241,11 @@ function update(job, wait = 1) {
   const labels = { queued: "Queued…", running: "Running…", finished: "Finished",
     failed: "Failed", canceled: "Canceled" };
   $("status").textContent = labels[job.status] || job.status;
-  const live = job.status === "queued" || job.status === "running";
+  const live = isLive(job);
   $("cancel").hidden = !live;
   if (job.prediction && !$("prediction").childElementCount) showPrediction(job.prediction);
   if (live) {
-    poll.timer = setTimeout(() => refresh(job.id), wait * 1000);
+    clearError(); // a stream that broke and resumed
   } else if (job.status === "finished") {
     showResult(job).catch(showError);
   } else if (job.status === "failed" && job.error) {
@@ -217,7 +260,7 @@ function formatSeconds(s) {
 async function cancel() {
   if (!poll) return;
   const id = poll.id;
-  clearTimeout(poll.timer);
+  stopFollowing();
   try {
     const job = await getJson(`v1/explanations/${encodeURIComponent(id)}`, { method: "DELETE" });
     update(job);
@@ -441,10 +484,10 @@ async function start() {
   }
   const match = location.hash.match(/^#job=([\w-]+)$/);
   if (match && (!poll || poll.id !== match[1])) {
-    poll = { id: match[1], timer: null };
+    poll = { id: match[1], timer: null, stream: null, last: null };
     $("job-id").textContent = match[1];
     $("job").hidden = false;
-    refresh(match[1]);
+    listen(match[1]); // its first event is the job as it is now
   }
 }
 

@@ -87,6 +87,10 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
         href = links.nth(i).get_attribute("href")
         assert page.request.get(f"{server.url}{href}").status == 200, href
 
+    # the page followed the job through its event stream, and never polled it
+    assert [u for u in page.requests if u.endswith("/events")], page.requests
+    assert not [u for u in page.requests if re.search(r"/v1/explanations/[\w-]+$", u)]
+
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
     assert outside_requests(page.requests) == []
@@ -113,6 +117,9 @@ def test_viewer_asks_for_the_api_key_and_cancels_a_running_job(keyed_server, pag
     page.click("#cancel")
     expect(page.locator("#status")).to_have_text("Canceled")
     expect(page.locator("#cancel")).to_be_hidden()
+    # the progress came through the event stream, which carried the key (EventSource could
+    # not): a stream without it would have answered 401
+    assert [u for u in page.requests if u.endswith("/events")], page.requests
     assert page.evaluate("sessionStorage.getItem('pda.apiKey')") == API_KEY
     assert outside_requests(page.requests) == []
 

@@ -70,7 +70,7 @@ def test_create_stores_record_image_and_queued_index_for_the_jobs_life(store, co
     before = time.time()
     store.create(rec, b"png", live_seconds=600)
     assert raw_record(conn, "j1") == {"id": "j1", "status": "queued", "owner": "o",
-                                      "model": "m", "planned_passes": 9}
+                                      "model": "m", "planned_passes": 9, "version": 1}
     assert 600 + TOMBSTONE_SECONDS - 2 <= conn.ttl(keys.job("j1")) <= 600 + TOMBSTONE_SECONDS
     assert conn.get(keys.image("j1")) == b"png" and 598 <= conn.ttl(keys.image("j1")) <= 600
     assert before <= conn.zscore(keys.QUEUED, "j1") <= time.time()
