@@ -12,11 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from pda import keys
-from pda.jobs.record import JobStatus
 
 from .. import events, resources
 from ..deps import AppState, OwnerDep, StateDep
-from ..jobs_view import recent_rate
 from .explanations import _get_job
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
@@ -39,11 +37,8 @@ def job_snapshot(state: AppState, job_id: str, owner: str | None = None
         rec = state.store.get(job_id)
         if rec is None:
             return None
-    alive = rate = None
-    if rec.status.active:
-        alive = state.registry.alive_count()
-        rate = recent_rate(state.store.r) if rec.status == JobStatus.QUEUED else None
-    return events.Snapshot(rec.version, resources.explanation(rec, alive, rate),
+    return events.Snapshot(rec.version,
+                           resources.explanation_now(state.store, state.registry, rec),
                            final=not rec.status.active)
 
 

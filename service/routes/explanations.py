@@ -24,13 +24,13 @@ from pda.errors import (
 )
 from pda.jobs import deliveries, lifecycle
 from pda.jobs.lifecycle import Submission
-from pda.jobs.record import JobRecord, JobStatus
+from pda.jobs.record import JobRecord
 from pda.jobs.store import JobStore
 from pda.params import ExplainParams, check_against_model, plan, with_preset
 from pda.problems import invalid
 from pda.render import BAR_WIDTH, render_overlay
 
-from .. import callbacks, forms, overlays
+from .. import callbacks, forms, overlays, resources
 from ..deps import OwnerDep, StateDep, StoreDep
 from ..jobs_view import (
     expired,
@@ -147,14 +147,8 @@ def get_explanation(job_id: str, state: StateDep, owner: OwnerDep, response: Res
 
 
 def _public(state, rec: JobRecord) -> dict[str, Any]:
-    """The job resource with its ETA: what the workers measured for the model and, for a
-    queued job, the work ahead of it (pda.jobs.store)."""
-    if not rec.status.active:
-        return job_public(rec)
-    store = state.store
-    ahead = store.work_ahead(rec.id) if rec.status == JobStatus.QUEUED else None
-    return job_public(rec, state.registry.alive_count(), rates=store.model_rates(rec.model),
-                      ahead=ahead)
+    """The job resource with its ETA (:func:`service.resources.explanation_now`)."""
+    return resources.explanation_now(state.store, state.registry, rec)
 
 
 def _file(store: JobStore, rec: JobRecord, name: str) -> bytes:
