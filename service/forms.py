@@ -28,7 +28,7 @@ META: dict[str, dict[str, Any]] = {
     "model": {"type": "string", "maxLength": 200, "description": "a built-in name or a "
               "model file in PDA_MODEL_DIR (default: PDA_DEFAULT_MODEL, efficientnet_lite0)"},
     "callback_url": {
-        "type": "string", "format": "uri", "maxLength": 2000,
+        "type": "string", "maxLength": 2000, "pattern": "^https?://",
         "description": "where to POST the job's event when it ends (explanation.finished, "
         ".failed or .canceled; see the callbacks of this operation), signed per Standard "
         "Webhooks; only to hosts the server allows (PDA_CALLBACK_ALLOWED_HOSTS), else 422. "
