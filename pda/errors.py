@@ -89,6 +89,16 @@ class SamplerStatsError(PDAError, ValueError):
     """A sampler statistics file is missing, unreadable or does not fit."""
 
 
+class SamplerLimitError(InvalidParameterError):
+    """A job whose sampler set-up would exceed the worker's memory (PDA_WORKER_MEMORY_BYTES)
+    or the set-up time target (pda.costs): refused at submit, naming what to use instead."""
+
+
+class SamplerMemoryError(PDAError):
+    """The sampler's set-up ran out of memory in the worker: deterministic (the same job
+    fails the same way again), so never retried."""
+
+
 class Canceled(Exception):
     """Raised from a progress callback to stop a sweep (not a caller error)."""
 

@@ -1,0 +1,250 @@
+"""What a job's sampler costs a worker, torch-free: set-up time and memory from (sampler,
+window, padding, stride, samples, input size), and the check that refuses at submit (the
+API) or before any work (``pda explain``) a job that would not finish on the deployment's
+worker (docs/algorithm.md §3, docs/performance.md "Sampler set-up by window").
+
+The conditional sampler's cost is linear algebra per border geometry (a window whose
+ring the image border cuts is one of at most (p + 1)^4 geometries) plus FFTs for the
+stationary model; the model counts the flops and bytes of exactly the arrays
+:mod:`pda.engine.samplers` and :mod:`pda.engine.stationary` make, with rates measured on
+the 2-core reference machine (``python scripts/measure/sampler_setup.py --calibrate``).
+Every sampler also holds one block of samples, 64 windows x S x 3 x k x k floats.
+
+A worker's memory is bounded by ``WORKER_BASE_BYTES`` (the process with the default
+model loaded) + ``PDA_SAMPLER_CACHE_BYTES`` (the factor cache's bound) + one job's
+sampler peak; a job whose peak does not fit ``PDA_WORKER_MEMORY_BYTES``, or whose set-up
+would take more than ``SETUP_SECONDS_TARGET`` on the reference machine, is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .defaults import DEFAULT_PADDING, DEFAULT_WINDOW, DETERMINISTIC_SAMPLERS, PRESETS
+from .errors import SamplerLimitError
+from .grid import BLOCK_WINDOWS
+
+#: reference images are resized to this side (pda.engine.stats); a patch cannot exceed it
+REFERENCE_SIDE = 256
+#: reference images in the built-in statistics (pda/data/reference)
+REFERENCE_IMAGES = 8
+CHANNELS = 3
+#: the issue's target: any accepted window prepares within this on 2 cores
+SETUP_SECONDS_TARGET = 10.0
+#: float64 dense linear algebra (Cholesky, triangular solves, matmul) on the reference
+#: machine, flops per second; and complex FFT cost, seconds per point x log2(points)
+LINALG_FLOPS = 30e9
+FFT_SECONDS = 2.5e-9
+#: bytes of FFT buffers the stationary sampler transforms at a time (pda.engine.stationary)
+SAMPLER_WORK_BYTES = 64 * 1024 * 1024
+#: RSS of a worker with the default model loaded, its backend graph and the built-in
+#: statistics, without a sampler's factors (a CLI job measured 942 MB with 144 MB of them)
+WORKER_BASE_BYTES = 1 << 30
+
+
+def preset_patch_sizes() -> tuple[int, ...]:
+    """Conditional patch sides l = k + 2p of the default window and of every preset
+    (default 32 + 2 x 2 = 36, paper 10 + 2 x 2 = 14): the fits the built-in file ships."""
+    return tuple(sorted({
+        p.get("window", DEFAULT_WINDOW) + 2 * p.get("padding", DEFAULT_PADDING)
+        for p in ({}, *PRESETS.values())}))
+
+
+#: patch sizes with a stored dense fit (derived, so a new default or preset cannot be missed)
+DEFAULT_PATCH_SIZES = preset_patch_sizes()
+
+
+@dataclass(frozen=True)
+class SamplerCost:
+    """One job's sampler: ``path`` (dense, stationary, marginal, constant), its border
+    geometries, set-up seconds on the reference machine, and bytes: ``held`` for the
+    sweep (factors), ``setup`` at the set-up's peak, ``call`` one block's working set;
+    ``draw_seconds`` per sample drawn."""
+
+    path: str
+    geometries: int
+    setup_seconds: float
+    held_bytes: int
+    setup_bytes: int
+    call_bytes: int
+    draw_seconds: float
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.setup_bytes, self.held_bytes + self.call_bytes)
+
+
+def _fft(points: float) -> float:
+    return FFT_SECONDS * points * math.log2(max(points, 2))
+
+
+def fast_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n (the FFT sizes pda.engine.stationary uses)."""
+    best = 1 << max(n - 1, 0).bit_length()
+    p2 = 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            v = p3
+            while v < n:
+                v *= 5
+            best = min(best, v)
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
+def clip_patterns(size: int, window: int, stride: int, padding: int) -> set[tuple[int, int]]:
+    """Distinct (before, after) ring cuts along one axis over the window positions."""
+    out = set()
+    for r in range(0, size - window + 1, stride):
+        out.add((max(0, padding - r), max(0, r + window + padding - size)))
+    return out
+
+
+def geometries(input_size: tuple[int, int], window: int, stride: int, padding: int
+               ) -> list[tuple[int, int, int, int]]:
+    """Every border geometry (top, bottom, left, right cut) of a sweep."""
+    H, W = input_size
+    rows = clip_patterns(H, window, stride, padding)
+    cols = clip_patterns(W, window, stride, padding)
+    return [(t, b, lf, rt) for t, b in sorted(rows) for lf, rt in sorted(cols)]
+
+
+def missing(patch: int, clip: tuple[int, int, int, int]) -> int:
+    """Ring cells one geometry's border cuts off (all of them lie in the ring)."""
+    t, b, lf, rt = clip
+    return (t + b) * patch + (lf + rt) * (patch - t - b)
+
+
+def block_bytes(sampler: str, window: int, samples: int) -> int:
+    """One block of samples as the sweep holds it (drawn, and queued for batches)."""
+    if sampler in DETERMINISTIC_SAMPLERS:
+        return 0  # one patch, expanded
+    return 2 * BLOCK_WINDOWS * samples * CHANNELS * window * window * 4
+
+
+def dense_cost(window: int, padding: int, geos: list, samples: int) -> SamplerCost:
+    """The stored-fit path (ConditionalSampler): per geometry, solve S_oo for A =
+    S_io S_oo^-1, form S_ii - A S_oi and factorise it; A and the factor kept as float32."""
+    k, p = window, padding
+    l_ = k + 2 * p
+    n_i, ring = k * k, l_ * l_ - k * k
+    flops = held = peak_tmp = 0
+    for g in geos:
+        n_o = ring - missing(l_, g)
+        flops += CHANNELS * (2 / 3 * n_o ** 3 + 2 * n_o ** 2 * n_i + 2 * n_i ** 2 * n_o
+                             + n_i ** 3 / 3)
+        held += CHANNELS * (n_i * n_o + n_i * n_i + n_i) * 4 + n_o * 8
+        peak_tmp = max(peak_tmp, CHANNELS * (n_i * n_o + n_i * n_i) * 8
+                       + (n_o * n_o + n_o * n_i + 3 * n_i * n_i) * 8)
+    call = block_bytes("conditional", k, samples) + BLOCK_WINDOWS * samples * CHANNELS * n_i * 8
+    draw = 2 * CHANNELS * n_i * n_i / LINALG_FLOPS  # L z per sample
+    return SamplerCost("dense", len(geos), flops / LINALG_FLOPS, held, held + peak_tmp,
+                       call, draw)
+
+
+def stationary_cost(window: int, padding: int, geos: list, samples: int,
+                    reference: tuple[int, int] = (REFERENCE_IMAGES, REFERENCE_SIDE)
+                    ) -> SamplerCost:
+    """The stationary path (pda.engine.stationary): the model's spectra (FFTs of the
+    reference images on the m x m draw torus), P = S_oo^-1 over the whole ring, and a
+    Cholesky factor of P_mm per geometry that cuts ring cells off."""
+    k, p = window, padding
+    l_ = k + 2 * p
+    R, N = reference
+    m, mc = fast_size(l_ + N - 1), fast_size(2 * l_ - 1)
+    n_o = l_ * l_ - k * k
+    acf = _fft(CHANNELS * R * fast_size(2 * N - 1) ** 2) * 2  # once per statistics file
+    model = _fft(CHANNELS * R * m * m) + _fft(CHANNELS * mc * mc)
+    flops = CHANNELS * n_o ** 3  # Cholesky (n^3 / 3) and cholesky_inverse (2 n^3 / 3)
+    held = CHANNELS * (m * m * 4 + mc * (mc // 2 + 1) * 4 + (2 * l_ - 1) ** 2 * 8)
+    held += CHANNELS * n_o * n_o * 8 + CHANNELS * (2 * N - 1) ** 2 * 8
+    peak_tmp = max(CHANNELS * m * m * 24 + R * CHANNELS * N * N * 8,
+                   3 * CHANNELS * n_o * n_o * 8)
+    for g in geos:
+        n_m = missing(l_, g)
+        flops += CHANNELS * (n_m ** 3 / 3 + n_o * n_m)
+        held += CHANNELS * n_m * n_m * 8
+        peak_tmp = max(peak_tmp, CHANNELS * (n_o * n_m + 2 * n_m * n_m) * 8)
+    seconds = acf + model + flops / LINALG_FLOPS
+    n = BLOCK_WINDOWS * samples  # draws per block call
+    # the prior draws and their copy per geometry, the ring residuals and weights
+    # (float64), and one step of FFT buffers (at least one field's)
+    call = (block_bytes("conditional", k, samples) + n * CHANNELS * l_ * l_ * 4 * 2
+            + n * CHANNELS * n_o * 8 * 3
+            + max(SAMPLER_WORK_BYTES, CHANNELS * m * m * 8 * 3) * 2)
+    draw = (_fft(CHANNELS * m * m) / 2 + _fft(CHANNELS * mc * mc)
+            + 4 * CHANNELS * n_o * n_o / LINALG_FLOPS)
+    return SamplerCost("stationary", len(geos), seconds, held, held + peak_tmp, call, draw)
+
+
+def sampler_cost(sampler: str, window: int, padding: int, stride: int, samples: int,
+                 input_size: tuple[int, int],
+                 dense_sizes: tuple[int, ...] = DEFAULT_PATCH_SIZES) -> SamplerCost:
+    """The cost of one job's sampler on the reference machine (see the module docstring).
+    ``dense_sizes``: patch sides with a stored fit (the built-in file's)."""
+    H, W = input_size
+    if sampler == "constant":
+        return SamplerCost("constant", 0, 0.0, 0, 0, 0, 0.0)
+    if sampler == "marginal":  # the reference images at the input size, float32
+        refs = REFERENCE_IMAGES * CHANNELS * max(H, W) ** 2 * 4
+        return SamplerCost("marginal", 0, 0.0, refs, 2 * refs,
+                           block_bytes(sampler, window, samples), 0.0)
+    geos = geometries(input_size, window, stride, padding)
+    if window + 2 * padding in dense_sizes:
+        return dense_cost(window, padding, geos, samples)
+    return stationary_cost(window, padding, geos, samples)
+
+
+def check_sampler(params: Any, input_size: tuple[int, int], *, memory_bytes: int,
+                  cache_bytes: int) -> SamplerCost:
+    """Refuse (:class:`SamplerLimitError`, 422) a job whose sampler cannot finish on the
+    deployment's worker: a patch larger than the reference images, a set-up over
+    ``SETUP_SECONDS_TARGET``, or a peak over ``memory_bytes`` - base - cache. The message
+    names the limit and what fits instead."""
+    sampler, k, p = params.sampler, params.window, params.padding
+    s, S = params.stride, params.samples
+    if sampler == "conditional" and k + 2 * p > REFERENCE_SIDE:
+        raise SamplerLimitError(
+            f"window {k} + 2 x padding {p} = {k + 2 * p} exceeds the {REFERENCE_SIDE} px "
+            f"reference images the conditional sampler is fitted on; use window + 2 x "
+            f"padding <= {REFERENCE_SIDE}, or sampler=marginal", field="padding")
+    budget = memory_bytes - WORKER_BASE_BYTES - cache_bytes
+
+    def fits(window: int, padding: int, samples: int) -> bool:
+        c = sampler_cost(sampler, window, padding, s, samples, input_size)
+        return c.setup_seconds <= SETUP_SECONDS_TARGET and c.peak_bytes <= budget
+
+    cost = sampler_cost(sampler, k, p, s, S, input_size)
+    if fits(k, p, S):
+        return cost
+    over = (f"its set-up needs about {cost.setup_seconds:.0f} s on 2 cores (the target is "
+            f"{SETUP_SECONDS_TARGET:.0f} s)" if cost.setup_seconds > SETUP_SECONDS_TARGET
+            else f"it needs about {_gib(cost.peak_bytes)} of worker memory for the sampler, "
+            f"over the {_gib(max(budget, 0))} a worker of {_gib(memory_bytes)} "
+            f"(PDA_WORKER_MEMORY_BYTES) has for it")
+    instead = []
+    if sampler == "conditional":
+        p_ok = next((q for q in range(p - 1, -1, -1) if fits(k, q, S)), None)
+        if p_ok is not None:
+            instead.append(f"padding <= {p_ok}")
+    k_ok = next((w for w in range(k - 1, 0, -1) if fits(w, p, S)), None)
+    if k_ok is not None:
+        instead.append(f"window <= {k_ok}")
+    s_ok = next((n for n in range(S - 1, 0, -1) if fits(k, p, n)), None) if S > 1 else None
+    if s_ok is not None and cost.setup_seconds <= SETUP_SECONDS_TARGET:
+        instead.append(f"samples <= {s_ok}")
+    if sampler == "conditional":
+        instead.append("sampler=marginal")
+    raise SamplerLimitError(
+        f"the {sampler} sampler with window {k}, padding {p}, stride {s} and {S} samples "
+        f"cannot run on this deployment's workers: {over}; use {', or '.join(instead)}",
+        field="window", limit_bytes=memory_bytes, estimated_bytes=cost.peak_bytes,
+        estimated_setup_seconds=round(cost.setup_seconds, 1))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
