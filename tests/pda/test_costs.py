@@ -1,0 +1,147 @@
+"""The sampler cost model (pda.costs): it counts the engine's geometries, refuses what would
+not finish on a worker naming the limit and what fits instead, and a large window it
+accepts finishes within the memory it promised."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pda import cli
+from pda.costs import (
+    DEFAULT_PATCH_SIZES,
+    SETUP_SECONDS_TARGET,
+    WORKER_BASE_BYTES,
+    check_sampler,
+    geometries,
+    sampler_cost,
+)
+from pda.engine.geometry import window_positions
+from pda.engine.samplers import border_clips
+from pda.errors import SamplerLimitError
+from pda.params import ExplainParams
+from tests.support.paths import CAT, ROOT
+
+GIB = 2**30
+LIMITS = {"memory_bytes": 4 * GIB, "cache_bytes": GIB // 2}  # the k8s worker, the default
+
+
+@pytest.mark.parametrize("size,k,s,p", [(224, 32, 8, 2), (224, 10, 1, 2), (224, 200, 3, 2),
+                                        (64, 4, 5, 16), (100, 7, 3, 3), (50, 50, 1, 0)])
+def test_the_model_counts_the_engines_border_geometries(size, k, s, p):
+    pos = window_positions(size, size, k, s)
+    engine = {tuple(c) for c in border_clips(pos, k, p, size, size).tolist()}
+    assert set(geometries((size, size), k, s, p)) == engine
+
+
+def test_the_readmes_quick_settings_and_window_200_are_accepted_on_a_4_gib_worker():
+    quick = check_sampler(ExplainParams(window=56, stride=56, samples=1), (224, 224), **LIMITS)
+    assert quick.path == "stationary" and quick.setup_seconds < 2
+    big = check_sampler(ExplainParams(window=200, stride=1), (224, 224), **LIMITS)
+    assert big.path == "stationary" and big.setup_seconds < SETUP_SECONDS_TARGET
+    assert big.peak_bytes < 4 * GIB - WORKER_BASE_BYTES - GIB // 2
+    default = check_sampler(ExplainParams(), (224, 224), **LIMITS)
+    assert default.path == "dense" and 32 + 4 in DEFAULT_PATCH_SIZES
+
+
+def test_a_worker_too_small_for_window_200_refuses_it_naming_the_limit_and_what_fits():
+    with pytest.raises(SamplerLimitError) as e:
+        check_sampler(ExplainParams(window=200), (224, 224),
+                      memory_bytes=WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20,
+                      cache_bytes=GIB // 2)
+    msg = str(e.value)
+    assert "PDA_WORKER_MEMORY_BYTES" in msg and "sampler=marginal" in msg
+    window = int(msg.split("window <= ")[1].split(",")[0].split(";")[0])
+    assert 32 < window < 200
+    # what it names instead is accepted
+    check_sampler(ExplainParams(window=window), (224, 224),
+                  memory_bytes=WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20, cache_bytes=GIB // 2)
+    assert e.value.extra["limit_bytes"] == WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20
+
+
+def test_a_wide_ring_is_refused_by_the_set_up_time_and_a_narrower_one_named():
+    with pytest.raises(SamplerLimitError, match=r"about \d+ s on 2 cores.*padding <= (\d+)") as e:
+        check_sampler(ExplainParams(window=10, padding=32), (224, 224), **LIMITS)
+    padding = int(str(e.value).split("padding <= ")[1].split(",")[0])
+    assert 2 <= padding < 32
+    check_sampler(ExplainParams(window=10, padding=padding), (224, 224), **LIMITS)
+
+
+def test_a_patch_larger_than_the_reference_images_is_refused():
+    with pytest.raises(SamplerLimitError, match="264 exceeds the 256 px reference"):
+        check_sampler(ExplainParams(window=224, padding=20), (224, 224), **LIMITS)
+    check_sampler(ExplainParams(window=224, padding=20, sampler="marginal"), (224, 224),
+                  **LIMITS)
+
+
+def test_many_samples_of_a_large_window_are_refused_for_any_sampler_but_constant():
+    for sampler in ("conditional", "marginal"):
+        with pytest.raises(SamplerLimitError, match="samples <= "):
+            check_sampler(ExplainParams(window=100, samples=1000, sampler=sampler),
+                          (224, 224), **LIMITS)
+    check_sampler(ExplainParams(window=100, samples=1000, sampler="constant"), (224, 224),
+                  **LIMITS)
+
+
+def test_the_cli_refuses_the_same_job_in_one_line_before_any_work(capsys, tmp_path):
+    code = cli.main(["explain", str(CAT), "--window", "10", "--padding", "32",
+                     "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "the target is 10 s" in err and "sampler=marginal" in err
+    assert not (tmp_path / "out").exists()
+
+
+PROBE = textwrap.dedent("""
+    import json, resource, sys
+    import torch
+    sys.path.insert(0, sys.argv[1])
+    from pda.engine.explain import explain
+    from pda.engine.stats import get_stats
+    from pda.params import ExplainParams
+    from pda.runtime import Runtime
+    from tests.support.toys import LinearModel, wrap
+
+    torch.manual_seed(0)
+    stats = get_stats()
+    stats.autocovariance()  # once per statistics file: part of a worker's base
+    model = wrap(LinearModel(torch.rand(224, 224) / 1000), 224)
+    x = torch.rand(3, 224, 224)
+    params = ExplainParams(sampler=sys.argv[2], window=150, stride=37, samples=2,
+                           target="0", faithfulness=False, seed=1)
+    runtime = Runtime(backend="torch", batch_size=8)
+    explain(model, x, ExplainParams(sampler="constant", window=150, stride=74,
+            target="0", faithfulness=False), stats, runtime=runtime)  # warm the engine
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    expl = explain(model, x, params, stats, runtime=runtime)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"grew": peak - before, "finite": bool(torch.isfinite(
+        torch.as_tensor(expl.relevance)).all())}))
+""")
+
+
+@pytest.mark.parametrize("sampler", ["conditional", "marginal"])
+def test_window_150_on_a_224_input_finishes_within_the_memory_it_was_accepted_with(sampler):
+    params = ExplainParams(sampler=sampler, window=150, stride=37, samples=2)
+    cost = check_sampler(params, (224, 224), **LIMITS)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), sampler],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["finite"]
+    # the process grew by no more than the model's peak for this sampler (and 64 MB for
+    # the sweep's own batches of 8 images), so the worker bound holds
+    assert got["grew"] <= cost.peak_bytes + 64 * 2**20, (got, cost)
+
+
+def test_a_stationary_window_costs_less_than_the_dense_fit_would():
+    # window 56 (l = 60): the dense path would hold 3 x 3600^2 float64 before factorising
+    c = sampler_cost("conditional", 56, 2, 56, 1, (224, 224))
+    assert c.path == "stationary" and c.held_bytes < 3 * 3600**2 * 8 / 4
+    assert torch.get_num_threads() >= 1  # torch is only for the engine side of this file
