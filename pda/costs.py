@@ -34,9 +34,10 @@ CHANNELS = 3
 #: the issue's target: any accepted window prepares within this on 2 cores
 SETUP_SECONDS_TARGET = 10.0
 #: float64 dense linear algebra (Cholesky, triangular solves, matmul) on the reference
-#: machine, flops per second; and complex FFT cost, seconds per point x log2(points)
-LINALG_FLOPS = 30e9
-FFT_SECONDS = 2.5e-9
+#: machine (2 cores of an AMD EPYC), flops per second; and complex FFT cost, seconds per
+#: point x log2(points): the least loaded of several `--calibrate` runs (load 2.7)
+LINALG_FLOPS = 10e9
+FFT_SECONDS = 1.2e-9
 #: bytes of FFT buffers the stationary sampler transforms at a time (pda.engine.stationary)
 SAMPLER_WORK_BYTES = 64 * 1024 * 1024
 #: RSS of a worker with the default model loaded, its backend graph and the built-in
@@ -195,8 +196,17 @@ def sampler_cost(sampler: str, window: int, padding: int, stride: int, samples: 
                            block_bytes(sampler, window, samples), 0.0)
     geos = geometries(input_size, window, stride, padding)
     if window + 2 * padding in dense_sizes:
-        return dense_cost(window, padding, geos, samples)
+        dense = dense_cost(window, padding, geos, samples)
+        if dense_fits(dense):
+            return dense
     return stationary_cost(window, padding, geos, samples)
+
+
+def dense_fits(cost: SamplerCost) -> bool:
+    """Whether a stored fit is used: its per-geometry factorisations (O(k^6) for a k x k
+    window) within the set-up target; else the stationary model serves the patch size
+    (:func:`pda.engine.samplers.conditional_sampler` asks the same question)."""
+    return cost.setup_seconds <= SETUP_SECONDS_TARGET
 
 
 def check_sampler(params: Any, input_size: tuple[int, int], *, memory_bytes: int,

@@ -15,10 +15,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..costs import dense_cost, dense_fits
 from ..defaults import DETERMINISTIC_SAMPLERS, SAMPLERS
 from ..errors import InvalidParameterError, SamplerMemoryError
 from .cache import cached
 from .device import to_device
+from .stationary import JITTER as RING_JITTER
 from .stationary import StationarySampler
 from .stats import SamplerStats
 
@@ -110,7 +112,7 @@ class ConditionalSampler:
     """
 
     deterministic = False
-    JITTER = 1e-5
+    JITTER = RING_JITTER
 
     def __init__(
         self, x: torch.Tensor, window: int, padding: int, positions: torch.Tensor,
@@ -282,16 +284,19 @@ def conditional_sampler(x: torch.Tensor, window: int, padding: int, positions: t
                         stats: SamplerStats) -> ConditionalSampler | StationarySampler:
     """The conditional sampler: the stored dense fit of this patch size where the
     statistics hold one (default 32 + 2 x 2 = 36, paper 10 + 2 x 2 = 14: their maps are
-    the ones the faithfulness studies measured), else the stationary model, which costs
-    seconds and megabytes where a dense fit costs minutes and gigabytes
-    (docs/algorithm.md §3)."""
+    the ones the faithfulness studies measured) and its factorisations fit the set-up
+    target (pda.costs: the API's estimate makes the same choice), else the stationary
+    model, which costs seconds and megabytes where a dense fit costs minutes and
+    gigabytes (docs/algorithm.md §3)."""
     if padding < 0:
         raise InvalidParameterError(f"padding must be >= 0, got {padding}", field="padding")
-    if stats.has_gaussian(window + 2 * padding):
-        return ConditionalSampler(x, window, padding, positions, stats)
     C, H, W = x.shape
-    return StationarySampler(x, window, padding, positions, stats,
-                             border_clips(positions, window, padding, H, W))
+    clips = border_clips(positions, window, padding, H, W)
+    if stats.has_gaussian(window + 2 * padding):
+        geos = [tuple(c) for c in torch.unique(clips, dim=0).tolist()]
+        if dense_fits(dense_cost(window, padding, geos, samples=1)):
+            return ConditionalSampler(x, window, padding, positions, stats)
+    return StationarySampler(x, window, padding, positions, stats, clips)
 
 
 def _make(

@@ -32,6 +32,8 @@ Shapes: C channels, l patch side, k window, p padding, n_o ring cells, m torus s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -40,7 +42,10 @@ from ..errors import SamplerStatsError
 from .cache import cached
 from .device import to_device
 
-#: regularisation of S_oo, as the dense path's (ConditionalSampler.JITTER)
+if TYPE_CHECKING:
+    from .stats import SamplerStats
+
+#: regularisation of S_oo, the dense path's too (ConditionalSampler.JITTER)
 JITTER = 1e-5
 #: bytes of FFT buffers per step (the cost model counts the same)
 WORK_BYTES = SAMPLER_WORK_BYTES
@@ -141,7 +146,7 @@ class StationarySampler:
     deterministic = False
 
     def __init__(self, x: torch.Tensor, window: int, padding: int, positions: torch.Tensor,
-                 stats, clips: torch.Tensor) -> None:
+                 stats: SamplerStats, clips: torch.Tensor) -> None:
         C, H, W = x.shape
         k, p = window, padding
         l_ = k + 2 * p
@@ -281,6 +286,6 @@ class StationarySampler:
         return out.clamp_(0.0, 1.0).view(B, S, C, k, k)  # (B, S, C, k, k)
 
 
-def _model(stats, patch: int) -> StationaryModel:
+def _model(stats: SamplerStats, patch: int) -> StationaryModel:
     mean, acf = stats.autocovariance()
     return StationaryModel(stats.images, mean, acf, patch)

@@ -39,6 +39,25 @@ def test_the_model_counts_the_engines_border_geometries(size, k, s, p):
     assert set(geometries((size, size), k, s, p)) == engine
 
 
+@pytest.mark.parametrize("window,padding,stride,path", [
+    (10, 2, 1, "dense"),  # the paper's: a stored fit, 25 cheap geometries
+    (30, 3, 1, "stationary"),  # l = 36 is stored, but 49 geometries of 900 px are not cheap
+    (56, 2, 56, "stationary"),  # no stored fit
+])
+def test_the_engine_takes_the_path_the_model_priced(window, padding, stride, path):
+    from pda.engine.samplers import make_sampler
+    from pda.engine.stats import get_stats
+
+    cost = sampler_cost("conditional", window, padding, stride, 2, (224, 224))
+    sampler = make_sampler("conditional", torch.rand(3, 224, 224), window,
+                           window_positions(224, 224, window, stride), get_stats(),
+                           padding=padding)
+    assert cost.path == path
+    assert type(sampler).__name__ == {"dense": "ConditionalSampler",
+                                      "stationary": "StationarySampler"}[path]
+    assert sampler.geometries == cost.geometries
+
+
 def test_the_readmes_quick_settings_and_window_200_are_accepted_on_a_4_gib_worker():
     quick = check_sampler(ExplainParams(window=56, stride=56, samples=1), (224, 224), **LIMITS)
     assert quick.path == "stationary" and quick.setup_seconds < 2
