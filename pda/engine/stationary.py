@@ -173,11 +173,11 @@ class StationarySampler:
         self._missing: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for key in keys.tolist():
             clip = tuple(int(v) for v in key)
-            mi = missing_cells(l_, p, clip)
+            mi = torch.as_tensor(missing_cells(l_, p, clip))
             factor = None
-            if len(mi):
+            if len(mi):  # P_mm, gathered in one step (two steps copy the rows twice)
                 factor = cached(("ring-missing", stats.key, l_, p, clip),
-                                lambda mi=mi: torch.linalg.cholesky(P[:, mi][:, :, mi]),
+                                lambda mi=mi: torch.linalg.cholesky(P[:, mi[:, None], mi]),
                                 disk=True)
             self._missing.append((torch.as_tensor(mi, device=dev),
                                   None if factor is None else to_device(factor, dev)))
@@ -190,15 +190,17 @@ class StationarySampler:
         """``n`` zero-mean prior draws per channel over the patch: (n, C, l*l) float32."""
         C, m, l_ = self.root.shape[0], self.m, self.l
         pairs, step = (n + 1) // 2, max(1, WORK_BYTES // (C * m * m * 8 * 3))
-        parts = []
+        z = torch.empty((2 * pairs, C, l_, l_), device=self.root.device)
         for s in range(0, pairs, step):
             q = min(step, pairs - s)
             # complex normal (real and imaginary parts N(0, 1/2); root carries the sqrt 2)
             xi = torch.randn((q, C, m, m), generator=generator, device=self.root.device,
                              dtype=torch.complex64)
-            y = torch.fft.fft2(xi * self.root)[..., :l_, :l_]  # (q, C, l, l)
-            parts += [y.real.reshape(q, C, l_ * l_), y.imag.reshape(q, C, l_ * l_)]
-        return torch.cat(parts)[:n]  # (n, C, l*l)
+            y = torch.fft.fft2(xi.mul_(self.root))[..., :l_, :l_]  # (q, C, l, l)
+            z[2 * s : 2 * s + 2 * q : 2] = y.real  # the pair's two draws, side by side
+            z[2 * s + 1 : 2 * s + 2 * q : 2] = y.imag
+            del xi, y
+        return z[:n].view(n, C, l_ * l_)  # (n, C, l*l)
 
     def _weights(self, resid: torch.Tensor, g: int) -> torch.Tensor:
         """S_o'o'^-1 r for residuals ``resid`` (C, n_o, n) float64 on the ring (zero where

@@ -118,44 +118,71 @@ def test_the_cli_refuses_the_same_job_in_one_line_before_any_work(capsys, tmp_pa
 
 
 PROBE = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, sys, threading, time
     import torch
     sys.path.insert(0, sys.argv[1])
     from pda.engine.explain import explain
+    from pda.engine.geometry import window_positions
+    from pda.engine.samplers import make_sampler
     from pda.engine.stats import get_stats
     from pda.params import ExplainParams
     from pda.runtime import Runtime
     from tests.support.toys import LinearModel, wrap
 
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    peak = [0]
+    def poll():  # ru_maxrss would not rise above the statistics' own earlier peak
+        while True:
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+
+    sampler, window, stride, engine = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     torch.manual_seed(0)
+    torch.set_num_threads(2)
     stats = get_stats()
     stats.autocovariance()  # once per statistics file: part of a worker's base
-    model = wrap(LinearModel(torch.rand(224, 224) / 1000), 224)
     x = torch.rand(3, 224, 224)
-    params = ExplainParams(sampler=sys.argv[2], window=150, stride=37, samples=2,
-                           target="0", faithfulness=False, seed=1)
     runtime = Runtime(backend="torch", batch_size=8)
-    explain(model, x, ExplainParams(sampler="constant", window=150, stride=74,
-            target="0", faithfulness=False), stats, runtime=runtime)  # warm the engine
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    expl = explain(model, x, params, stats, runtime=runtime)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"grew": peak - before, "finite": bool(torch.isfinite(
-        torch.as_tensor(expl.relevance)).all())}))
+    model = wrap(LinearModel(torch.rand(224, 224) / 1000), 224)
+    explain(model, x, ExplainParams(sampler="constant", window=window, stride=224,
+            target="0", faithfulness=False), stats, runtime=runtime)  # the engine, warm
+    before = peak[0] = rss()
+    threading.Thread(target=poll, daemon=True).start()
+    if engine == "engine":
+        params = ExplainParams(sampler=sampler, window=window, stride=stride, samples=2,
+                               target="0", faithfulness=False, seed=1)
+        finite = bool(torch.isfinite(torch.as_tensor(
+            explain(model, x, params, stats, runtime=runtime).relevance)).all())
+    else:  # the sampler alone: set-up and two blocks of the sweep
+        s = make_sampler(sampler, x, window, window_positions(224, 224, window, stride), stats)
+        for block in range(2):
+            finite = bool(torch.isfinite(s.sample(torch.arange(64 * block, 64 * block + 64),
+                                                  2, torch.Generator().manual_seed(0))).all())
+    time.sleep(0.01)
+    print(json.dumps({"grew": peak[0] - before, "finite": finite}))
 """)
 
 
-@pytest.mark.parametrize("sampler", ["conditional", "marginal"])
-def test_window_150_on_a_224_input_finishes_within_the_memory_it_was_accepted_with(sampler):
-    params = ExplainParams(sampler=sampler, window=150, stride=37, samples=2)
+@pytest.mark.parametrize("sampler,window,stride,engine", [
+    ("conditional", 150, 37, "engine"),  # through the whole engine, a toy model
+    ("marginal", 150, 37, "engine"),
+    ("conditional", 200, 1, "sampler"),  # the most border geometries of the largest window
+])
+def test_a_large_accepted_window_finishes_within_the_memory_it_was_accepted_with(
+        sampler, window, stride, engine):
+    params = ExplainParams(sampler=sampler, window=window, stride=stride, samples=2)
     cost = check_sampler(params, (224, 224), **LIMITS)
-    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), sampler],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), sampler, str(window),
+                          str(stride), engine], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["finite"]
     # the process grew by no more than the model's peak for this sampler (and 64 MB for
-    # the sweep's own batches of 8 images), so the worker bound holds
+    # the engine's own batches of 8 images), so the worker bound holds
     assert got["grew"] <= cost.peak_bytes + 64 * 2**20, (got, cost)
 
 

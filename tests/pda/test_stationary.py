@@ -71,7 +71,7 @@ def test_one_call_over_windows_of_several_geometries_gives_each_its_own_conditio
     x = torch.from_numpy(np.random.default_rng(5).uniform(0.35, 0.65, (3, size, size))).float()
     sampler = make_sampler("conditional", x, k, window_positions(size, size, k, 1), stats)
     ids = torch.tensor([0, 5, 40, 77, 100, 168, 13])  # corners, edges, interior, mixed
-    S = 5_000
+    S = 2_000
     draws = sampler.sample(ids, S, torch.Generator().manual_seed(1)).double()
     mean = sampler.conditional_mean(ids).double()  # (7, C, k*k)
     spread = draws.std(1).reshape(len(ids), 3, k * k)
