@@ -133,19 +133,21 @@ def block_bytes(sampler: str, window: int, samples: int) -> int:
 
 
 def dense_cost(window: int, padding: int, geos: list, samples: int) -> SamplerCost:
-    """The stored-fit path (ConditionalSampler): per geometry, solve S_oo for A =
-    S_io S_oo^-1, form S_ii - A S_oi and factorise it; A and the factor kept as float32."""
+    """The stored-fit path (ConditionalSampler): per geometry, A = S_io S_oo^-1 through
+    the Cholesky factor of S_oo, S_ii - A S_oi and its Cholesky factor (float64, all
+    channels at once); A and the factor kept as float32."""
     k, p = window, padding
     l_ = k + 2 * p
     n_i, ring = k * k, l_ * l_ - k * k
     flops = held = peak_tmp = 0
     for g in geos:
         n_o = ring - missing(l_, g)
-        flops += CHANNELS * (2 / 3 * n_o ** 3 + 2 * n_o ** 2 * n_i + 2 * n_i ** 2 * n_o
+        # Cholesky of S_oo, two triangular solves, S_io S_oo^-1 S_oi, Cholesky of the rest
+        flops += CHANNELS * (n_o ** 3 / 3 + 2 * n_o ** 2 * n_i + 2 * n_i ** 2 * n_o
                              + n_i ** 3 / 3)
         held += CHANNELS * (n_i * n_o + n_i * n_i + n_i) * 4 + n_o * 8
-        peak_tmp = max(peak_tmp, CHANNELS * (n_i * n_o + n_i * n_i) * 8
-                       + (n_o * n_o + n_o * n_i + 3 * n_i * n_i) * 8)
+        peak_tmp = max(peak_tmp, CHANNELS * 8 * (4 * n_i * n_i + 2 * n_o * n_o
+                                                 + 3 * n_o * n_i))
     call = block_bytes("conditional", k, samples) + BLOCK_WINDOWS * samples * CHANNELS * n_i * 8
     draw = 2 * CHANNELS * n_i * n_i / LINALG_FLOPS  # L z per sample
     return SamplerCost("dense", len(geos), flops / LINALG_FLOPS, held, held + peak_tmp,

@@ -158,27 +158,27 @@ class ConditionalSampler:
         observed[l_ - bottom :, :] = False
         observed[:, :left] = False
         observed[:, l_ - right :] = False
-        o = grid[observed]
-        i = grid[p : p + k, p : p + k].ravel()
-        mu, cov = self.stats.gaussian(l_)  # (C, l*l), (C, l*l, l*l) float64
-        C = mu.shape[0]
-        A = np.zeros((C, len(i), len(o)))
-        chol = np.zeros((C, len(i), len(i)))
-        eye_i = np.eye(len(i))
-        for ch in range(C):
-            S = cov[ch]
-            if len(o):
-                S_oo = S[np.ix_(o, o)] + self.JITTER * np.eye(len(o))
-                A[ch] = np.linalg.solve(S_oo, S[np.ix_(o, i)]).T  # S_io S_oo^-1
-                cond = S[np.ix_(i, i)] - A[ch] @ S[np.ix_(o, i)]
-            else:
-                cond = S[np.ix_(i, i)]
-            cond = (cond + cond.T) / 2 + self.JITTER * eye_i
-            chol[ch] = np.linalg.cholesky(cond)
-        b = mu[:, i] - np.einsum("cio,co->ci", A, mu[:, o])  # (C, n_i)
+        o = torch.as_tensor(grid[observed])
+        i = torch.as_tensor(grid[p : p + k, p : p + k].ravel())
+        mu, cov = (torch.from_numpy(a) for a in self.stats.gaussian(l_))  # float64
+        n_i = len(i)
+        # all channels at once, as S_io S_oo^-1 = (L^-T L^-1 S_oi)^T with S_oo = L L^T:
+        # the same matrices as a solve per channel, a third of the CPU time
+        S_ii = cov[:, i[:, None], i]  # (C, n_i, n_i)
+        if len(o):
+            S_oo = cov[:, o[:, None], o] + self.JITTER * torch.eye(len(o), dtype=cov.dtype)
+            L = torch.linalg.cholesky(S_oo)  # (C, n_o, n_o)
+            B = torch.linalg.solve_triangular(L, cov[:, o[:, None], i], upper=False)
+            A = torch.linalg.solve_triangular(L.mT, B, upper=True).mT  # (C, n_i, n_o)
+            cond = S_ii - B.mT @ B  # S_ii - S_io S_oo^-1 S_oi
+        else:
+            A = torch.zeros((cov.shape[0], n_i, 0), dtype=cov.dtype)
+            cond = S_ii
+        cond = (cond + cond.mT) / 2 + self.JITTER * torch.eye(n_i, dtype=cov.dtype)
+        chol = torch.linalg.cholesky(cond)  # (C, n_i, n_i)
+        b = mu[:, i] - torch.einsum("cio,co->ci", A, mu[:, o])  # (C, n_i)
         dt = self.x.dtype
-        return (torch.as_tensor(o), torch.as_tensor(A, dtype=dt), torch.as_tensor(b, dtype=dt),
-                torch.as_tensor(chol, dtype=dt))
+        return o, A.to(dt), b.to(dt), chol.to(dt)
 
     def _groups(self, ids: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
         """Windows of ``ids`` per geometry: (geometry, positions in ids or None for all)."""
