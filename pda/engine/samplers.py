@@ -161,24 +161,31 @@ class ConditionalSampler:
         o = torch.as_tensor(grid[observed])
         i = torch.as_tensor(grid[p : p + k, p : p + k].ravel())
         mu, cov = (torch.from_numpy(a) for a in self.stats.gaussian(l_))  # float64
-        n_i = len(i)
-        # all channels at once, as S_io S_oo^-1 = (L^-T L^-1 S_oi)^T with S_oo = L L^T:
-        # the same matrices as a solve per channel, a third of the CPU time
-        S_ii = cov[:, i[:, None], i]  # (C, n_i, n_i)
-        if len(o):
-            S_oo = cov[:, o[:, None], o] + self.JITTER * torch.eye(len(o), dtype=cov.dtype)
-            L = torch.linalg.cholesky(S_oo)  # (C, n_o, n_o)
-            B = torch.linalg.solve_triangular(L, cov[:, o[:, None], i], upper=False)
-            A = torch.linalg.solve_triangular(L.mT, B, upper=True).mT  # (C, n_i, n_o)
-            cond = S_ii - B.mT @ B  # S_ii - S_io S_oo^-1 S_oi
-        else:
-            A = torch.zeros((cov.shape[0], n_i, 0), dtype=cov.dtype)
-            cond = S_ii
-        cond = (cond + cond.mT) / 2 + self.JITTER * torch.eye(n_i, dtype=cov.dtype)
-        chol = torch.linalg.cholesky(cond)  # (C, n_i, n_i)
-        b = mu[:, i] - torch.einsum("cio,co->ci", A, mu[:, o])  # (C, n_i)
+        C, n_i, n_o = mu.shape[0], len(i), len(o)
         dt = self.x.dtype
-        return o, A.to(dt), b.to(dt), chol.to(dt)
+        A = torch.zeros((C, n_i, n_o), dtype=dt)
+        b = torch.empty((C, n_i), dtype=dt)
+        chol = torch.empty((C, n_i, n_i), dtype=dt)
+        eye_i, eye_o = (torch.eye(n, dtype=cov.dtype) for n in (n_i, n_o))
+        for ch in range(C):  # one channel at a time: the float64 working set stays small
+            S = cov[ch]
+            cond = S[i[:, None], i]  # (n_i, n_i), a copy
+            b64 = mu[ch, i].clone()
+            if n_o:
+                # S_io S_oo^-1 = (L^-T L^-1 S_oi)^T with S_oo = L L^T: the same matrices as
+                # a general solve, a third of the CPU time
+                L = torch.linalg.cholesky(S[o[:, None], o] + self.JITTER * eye_o)
+                B = torch.linalg.solve_triangular(L, S[o[:, None], i], upper=False)
+                A64 = torch.linalg.solve_triangular(L.mT, B, upper=True).mT  # (n_i, n_o)
+                cond.addmm_(B.mT, B, alpha=-1)  # S_ii - S_io S_oo^-1 S_oi
+                b64 -= A64 @ mu[ch, o]
+                A[ch] = A64
+                del L, B, A64
+            cond = cond.add_(cond.mT.clone()).mul_(0.5).add_(eye_i, alpha=self.JITTER)
+            chol[ch] = torch.linalg.cholesky(cond)
+            b[ch] = b64
+            del cond
+        return o, A, b, chol
 
     def _groups(self, ids: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
         """Windows of ``ids`` per geometry: (geometry, positions in ids or None for all)."""
