@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from .costs import check_sampler
+from .costs import check_job
 from .document import cli_files, result_document, stored_files, with_grids
 from .engine import cache as sampler_cache
 from .engine.device import auto_batch_size, resolve_device
@@ -236,7 +236,7 @@ def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings
     n = plan(params, model.input_size)  # the window fits the input
     # the API's check at submit, before any work here: a sampler that cannot finish on
     # this deployment's workers is a one-line error, not minutes and a MemoryError
-    check_sampler(params, model.input_size, memory_bytes=settings.worker_memory_bytes,
+    check_job(params, model.input_size, memory_bytes=settings.worker_memory_bytes,
                   cache_bytes=settings.sampler_cache_bytes)
     sampler_cache.configure(settings.sampler_cache_bytes, settings.sampler_cache_dir,
                             settings.sampler_disk_bytes)

@@ -11,20 +11,22 @@ the 2-core reference machine (``python scripts/measure/sampler_setup.py --calibr
 Every sampler also holds one block of samples, 64 windows x S x 3 x k x k floats.
 
 A worker's memory is bounded by ``WORKER_BASE_BYTES`` (the process with the default
-model loaded) + ``PDA_SAMPLER_CACHE_BYTES`` (the factor cache's bound) + one job's
-sampler peak; a job whose peak does not fit ``PDA_WORKER_MEMORY_BYTES``, or whose set-up
-would take more than ``SETUP_SECONDS_TARGET`` on the reference machine, is refused.
+model loaded) + ``PDA_SAMPLER_CACHE_BYTES`` (the factor cache's bound) + one job's peak:
+its sampler, and its window scores spread into maps (O(windows x k^2 x targets), the
+largest term of a large window at a small stride); a job whose peak does not fit
+``PDA_WORKER_MEMORY_BYTES``, or whose sampler set-up would take more than
+``SETUP_SECONDS_TARGET`` on the reference machine, is refused.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .defaults import DEFAULT_PADDING, DEFAULT_WINDOW, DETERMINISTIC_SAMPLERS, PRESETS
 from .errors import SamplerLimitError
-from .grid import BLOCK_WINDOWS
+from .grid import BLOCK_WINDOWS, count_windows
 
 #: reference images are resized to this side (pda.engine.stats); a patch cannot exceed it
 REFERENCE_SIDE = 256
@@ -64,7 +66,8 @@ DEFAULT_PATCH_SIZES = preset_patch_sizes()
 class SamplerCost:
     """One job's sampler: ``path`` (dense, stationary, marginal, constant), its border
     geometries, set-up seconds on the reference machine, and bytes: ``held`` for the
-    sweep (factors), ``setup`` at the set-up's peak, ``call`` one block's working set;
+    sweep (factors), ``setup`` at the set-up's peak, ``call`` one block's working set,
+    ``maps`` the window scores spread into maps at the end (the sampler still held);
     ``draw_seconds`` per sample drawn."""
 
     path: str
@@ -74,12 +77,21 @@ class SamplerCost:
     setup_bytes: int
     call_bytes: int
     draw_seconds: float
+    maps_bytes: int = 0
 
     @property
     def peak_bytes(self) -> int:
-        if self.path == "constant":
-            return 0
-        return max(self.setup_bytes, self.held_bytes + self.call_bytes) + RSS_SLACK_BYTES
+        """The job's peak beside the worker's base and cache."""
+        return (max(self.setup_bytes, self.held_bytes + self.call_bytes,
+                    self.held_bytes + self.maps_bytes) + RSS_SLACK_BYTES)
+
+
+def maps_bytes(input_size: tuple[int, int], window: int, stride: int, targets: int) -> int:
+    """Spreading window scores into maps (pda.engine.geometry.windows_to_pixels): each
+    window's score of each target, and a count, written over its k x k pixels before
+    ``fold`` sums them, in float64 (window 150 at stride 1, 3 targets: 4 GB)."""
+    H, W = input_size
+    return count_windows(H, W, window, stride) * window * window * (targets + 1) * 8
 
 
 def _fft(points: float) -> float:
@@ -190,23 +202,27 @@ def stationary_cost(window: int, padding: int, geos: list, samples: int,
 
 
 def sampler_cost(sampler: str, window: int, padding: int, stride: int, samples: int,
-                 input_size: tuple[int, int],
+                 input_size: tuple[int, int], targets: int = 0,
                  dense_sizes: tuple[int, ...] = DEFAULT_PATCH_SIZES) -> SamplerCost:
-    """The cost of one job's sampler on the reference machine (see the module docstring).
-    ``dense_sizes``: patch sides with a stored fit (the built-in file's)."""
+    """The cost of one job's sampler on the reference machine (see the module docstring),
+    with its maps of ``targets`` targets. ``dense_sizes``: patch sides with a stored fit
+    (the built-in file's)."""
     H, W = input_size
+    maps = maps_bytes(input_size, window, stride, targets) if targets else 0
     if sampler == "constant":
-        return SamplerCost("constant", 0, 0.0, 0, 0, 0, 0.0)
-    if sampler == "marginal":  # the reference images at the input size, float32
+        cost = SamplerCost("constant", 0, 0.0, 0, 0, 0, 0.0)
+    elif sampler == "marginal":  # the reference images at the input size, float32
         refs = REFERENCE_IMAGES * CHANNELS * max(H, W) ** 2 * 4
-        return SamplerCost("marginal", 0, 0.0, refs, 2 * refs,
+        cost = SamplerCost("marginal", 0, 0.0, refs, 2 * refs,
                            block_bytes(sampler, window, samples), 0.0)
-    geos = geometries(input_size, window, stride, padding)
-    if window + 2 * padding in dense_sizes:
-        dense = dense_cost(window, padding, geos, samples)
-        if dense_fits(dense):
-            return dense
-    return stationary_cost(window, padding, geos, samples)
+    else:
+        geos = geometries(input_size, window, stride, padding)
+        cost = stationary_cost(window, padding, geos, samples)
+        if window + 2 * padding in dense_sizes:
+            dense = dense_cost(window, padding, geos, samples)
+            if dense_fits(dense):
+                cost = dense
+    return replace(cost, maps_bytes=maps)
 
 
 def dense_fits(cost: SamplerCost) -> bool:
@@ -216,14 +232,16 @@ def dense_fits(cost: SamplerCost) -> bool:
     return cost.setup_seconds <= SETUP_SECONDS_TARGET
 
 
-def check_sampler(params: Any, input_size: tuple[int, int], *, memory_bytes: int,
-                  cache_bytes: int) -> SamplerCost:
-    """Refuse (:class:`SamplerLimitError`, 422) a job whose sampler cannot finish on the
-    deployment's worker: a patch larger than the reference images, a set-up over
-    ``SETUP_SECONDS_TARGET``, or a peak over ``memory_bytes`` - base - cache. The message
-    names the limit and what fits instead."""
+def check_job(params: Any, input_size: tuple[int, int], *, memory_bytes: int,
+              cache_bytes: int) -> SamplerCost:
+    """Refuse (:class:`SamplerLimitError`, 422) a job that cannot finish on the
+    deployment's worker: a conditional patch larger than the reference images, a sampler
+    set-up over ``SETUP_SECONDS_TARGET``, or a peak (sampler and maps) over
+    ``memory_bytes`` - base - cache. The message names the limit and what fits instead."""
+    from .params import target_count  # pda.params is the parameters' home; no cycle
+
     sampler, k, p = params.sampler, params.window, params.padding
-    s, S = params.stride, params.samples
+    s, S, T = params.stride, params.samples, target_count(params)
     if sampler == "conditional" and k + 2 * p > REFERENCE_SIDE:
         raise SamplerLimitError(
             f"window {k} + 2 x padding {p} = {k + 2 * p} exceeds the {REFERENCE_SIDE} px "
@@ -231,33 +249,43 @@ def check_sampler(params: Any, input_size: tuple[int, int], *, memory_bytes: int
             f"padding <= {REFERENCE_SIDE}, or sampler=marginal", field="padding")
     budget = memory_bytes - WORKER_BASE_BYTES - cache_bytes
 
-    def fits(window: int, padding: int, samples: int) -> bool:
-        c = sampler_cost(sampler, window, padding, s, samples, input_size)
+    def cost_of(window: int = k, padding: int = p, stride: int = s, samples: int = S,
+                kind: str = sampler) -> SamplerCost:
+        return sampler_cost(kind, window, padding, stride, samples, input_size, T)
+
+    def fits(**change: int) -> bool:
+        c = cost_of(**change)
         return c.setup_seconds <= SETUP_SECONDS_TARGET and c.peak_bytes <= budget
 
-    cost = sampler_cost(sampler, k, p, s, S, input_size)
-    if fits(k, p, S):
+    cost = cost_of()
+    if fits():
         return cost
-    over = (f"its set-up needs about {cost.setup_seconds:.0f} s on 2 cores (the target is "
-            f"{SETUP_SECONDS_TARGET:.0f} s)" if cost.setup_seconds > SETUP_SECONDS_TARGET
-            else f"it needs about {_gib(cost.peak_bytes)} of worker memory for the sampler, "
-            f"over the {_gib(max(budget, 0))} a worker of {_gib(memory_bytes)} "
+    slow = cost.setup_seconds > SETUP_SECONDS_TARGET
+    over = (f"its sampler's set-up needs about {cost.setup_seconds:.0f} s on 2 cores (the "
+            f"target is {SETUP_SECONDS_TARGET:.0f} s)" if slow
+            else f"it needs about {_gib(cost.peak_bytes)} of worker memory (sampler and "
+            f"maps), over the {_gib(max(budget, 0))} a worker of {_gib(memory_bytes)} "
             f"(PDA_WORKER_MEMORY_BYTES) has for it")
     instead = []
     if sampler == "conditional":
-        p_ok = next((q for q in range(p - 1, -1, -1) if fits(k, q, S)), None)
+        p_ok = next((q for q in range(p - 1, -1, -1) if fits(padding=q)), None)
         if p_ok is not None:
             instead.append(f"padding <= {p_ok}")
-    k_ok = next((w for w in range(k - 1, 0, -1) if fits(w, p, S)), None)
+    k_ok = next((w for w in range(k - 1, 0, -1) if fits(window=w)), None)
     if k_ok is not None:
         instead.append(f"window <= {k_ok}")
-    s_ok = next((n for n in range(S - 1, 0, -1) if fits(k, p, n)), None) if S > 1 else None
-    if s_ok is not None and cost.setup_seconds <= SETUP_SECONDS_TARGET:
-        instead.append(f"samples <= {s_ok}")
-    if sampler == "conditional":
+    if not slow:
+        s_ok = next((n for n in range(s + 1, max(input_size) + 1) if fits(stride=n)), None)
+        if s_ok is not None:
+            instead.append(f"stride >= {s_ok}")
+        n_ok = next((n for n in range(S - 1, 0, -1) if fits(samples=n)), None)
+        if n_ok is not None:
+            instead.append(f"samples <= {n_ok}")
+    if sampler == "conditional" and fits(kind="marginal"):
         instead.append("sampler=marginal")
     raise SamplerLimitError(
-        f"the {sampler} sampler with window {k}, padding {p}, stride {s} and {S} samples "
+        f"the {sampler} sampler with window {k}, padding {p}, stride {s} and {S} "
+        f"sample{'s' if S > 1 else ''} "
         f"cannot run on this deployment's workers: {over}; use {', or '.join(instead)}",
         field="window", limit_bytes=memory_bytes, estimated_bytes=cost.peak_bytes,
         estimated_setup_seconds=round(cost.setup_seconds, 1))

@@ -17,7 +17,7 @@ from pda.costs import (
     DEFAULT_PATCH_SIZES,
     SETUP_SECONDS_TARGET,
     WORKER_BASE_BYTES,
-    check_sampler,
+    check_job,
     geometries,
     sampler_cost,
 )
@@ -59,18 +59,18 @@ def test_the_engine_takes_the_path_the_model_priced(window, padding, stride, pat
 
 
 def test_the_readmes_quick_settings_and_window_200_are_accepted_on_a_4_gib_worker():
-    quick = check_sampler(ExplainParams(window=56, stride=56, samples=1), (224, 224), **LIMITS)
+    quick = check_job(ExplainParams(window=56, stride=56, samples=1), (224, 224), **LIMITS)
     assert quick.path == "stationary" and quick.setup_seconds < 2
-    big = check_sampler(ExplainParams(window=200, stride=1), (224, 224), **LIMITS)
+    big = check_job(ExplainParams(window=200, stride=1), (224, 224), **LIMITS)
     assert big.path == "stationary" and big.setup_seconds < SETUP_SECONDS_TARGET
     assert big.peak_bytes < 4 * GIB - WORKER_BASE_BYTES - GIB // 2
-    default = check_sampler(ExplainParams(), (224, 224), **LIMITS)
+    default = check_job(ExplainParams(), (224, 224), **LIMITS)
     assert default.path == "dense" and 32 + 4 in DEFAULT_PATCH_SIZES
 
 
 def test_a_worker_too_small_for_window_200_refuses_it_naming_the_limit_and_what_fits():
     with pytest.raises(SamplerLimitError) as e:
-        check_sampler(ExplainParams(window=200), (224, 224),
+        check_job(ExplainParams(window=200), (224, 224),
                       memory_bytes=WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20,
                       cache_bytes=GIB // 2)
     msg = str(e.value)
@@ -78,32 +78,50 @@ def test_a_worker_too_small_for_window_200_refuses_it_naming_the_limit_and_what_
     window = int(msg.split("window <= ")[1].split(",")[0].split(";")[0])
     assert 32 < window < 200
     # what it names instead is accepted
-    check_sampler(ExplainParams(window=window), (224, 224),
+    check_job(ExplainParams(window=window), (224, 224),
                   memory_bytes=WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20, cache_bytes=GIB // 2)
     assert e.value.extra["limit_bytes"] == WORKER_BASE_BYTES + GIB // 2 + 300 * 2**20
 
 
 def test_a_wide_ring_is_refused_by_the_set_up_time_and_a_narrower_one_named():
     with pytest.raises(SamplerLimitError, match=r"about \d+ s on 2 cores.*padding <= (\d+)") as e:
-        check_sampler(ExplainParams(window=10, padding=32), (224, 224), **LIMITS)
+        check_job(ExplainParams(window=10, padding=32), (224, 224), **LIMITS)
     padding = int(str(e.value).split("padding <= ")[1].split(",")[0])
     assert 2 <= padding < 32
-    check_sampler(ExplainParams(window=10, padding=padding), (224, 224), **LIMITS)
+    check_job(ExplainParams(window=10, padding=padding), (224, 224), **LIMITS)
 
 
 def test_a_patch_larger_than_the_reference_images_is_refused():
     with pytest.raises(SamplerLimitError, match="264 exceeds the 256 px reference"):
-        check_sampler(ExplainParams(window=224, padding=20), (224, 224), **LIMITS)
-    check_sampler(ExplainParams(window=224, padding=20, sampler="marginal"), (224, 224),
+        check_job(ExplainParams(window=224, padding=20), (224, 224), **LIMITS)
+    check_job(ExplainParams(window=224, padding=20, sampler="marginal"), (224, 224),
                   **LIMITS)
+
+
+@pytest.mark.parametrize("sampler", ["conditional", "marginal", "constant"])
+def test_a_large_window_at_stride_1_is_refused_for_its_maps_whatever_the_sampler(sampler):
+    # 5,625 windows x 150^2 pixels x (3 targets + a count) in float64: 4 GB before fold
+    # sums them (measured: pda explain --window 150 --stride 1 --samples 1 peaked at
+    # 4.9 GB of RSS on the shipped engine)
+    with pytest.raises(SamplerLimitError, match=r"\(sampler and maps\).*stride >= 2") as e:
+        check_job(ExplainParams(window=150, stride=1, samples=1, sampler=sampler),
+                  (224, 224), **LIMITS)
+    assert "sampler=marginal" not in str(e.value)  # it would not help
+    check_job(ExplainParams(window=150, stride=2, samples=1, sampler=sampler), (224, 224),
+              **LIMITS)
+    one = check_job(ExplainParams(window=150, stride=2, samples=1, sampler=sampler,
+                                  target="0"), (224, 224), **LIMITS)
+    three = check_job(ExplainParams(window=150, stride=2, samples=1, sampler=sampler),
+                      (224, 224), **LIMITS)
+    assert three.maps_bytes == 2 * one.maps_bytes  # targets + a count
 
 
 def test_many_samples_of_a_large_window_are_refused_for_any_sampler_but_constant():
     for sampler in ("conditional", "marginal"):
         with pytest.raises(SamplerLimitError, match="samples <= "):
-            check_sampler(ExplainParams(window=100, samples=1000, sampler=sampler),
+            check_job(ExplainParams(window=100, samples=1000, sampler=sampler),
                           (224, 224), **LIMITS)
-    check_sampler(ExplainParams(window=100, samples=1000, sampler="constant"), (224, 224),
+    check_job(ExplainParams(window=100, samples=1000, sampler="constant"), (224, 224),
                   **LIMITS)
 
 
@@ -174,7 +192,7 @@ PROBE = textwrap.dedent("""
 def test_a_large_accepted_window_finishes_within_the_memory_it_was_accepted_with(
         sampler, window, stride, engine):
     params = ExplainParams(sampler=sampler, window=window, stride=stride, samples=2)
-    cost = check_sampler(params, (224, 224), **LIMITS)
+    cost = check_job(params, (224, 224), **LIMITS)
     out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), sampler, str(window),
                           str(stride), engine], capture_output=True, text=True, timeout=600,
                          cwd=ROOT)

@@ -62,3 +62,11 @@ def test_many_samples_of_a_large_window_are_refused_before_anything_is_stored(cl
 def test_a_patch_over_the_reference_side_is_refused(client, field, value):
     data = {**QUICK, "window": "224", "padding": "20", field: value}
     assert_problem(submit(client, data=data), 422, "reference images")
+
+
+def test_a_large_window_at_stride_1_is_refused_for_its_maps_naming_a_stride_that_fits(client):
+    r = submit(client, data={**QUICK, "window": "150", "stride": "1", "sampler": "constant"})
+    body = assert_problem(r, 422, "stride >= 2")
+    assert "(sampler and maps)" in body["detail"] and body["estimated_bytes"] > 3 * 2**30
+    ok = submit(client, data={**QUICK, "window": "150", "stride": "2", "sampler": "constant"})
+    assert ok.status_code == 202, ok.text
