@@ -237,7 +237,8 @@ def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings
     # the API's check at submit, before any work here: a sampler that cannot finish on
     # this deployment's workers is a one-line error, not minutes and a MemoryError
     check_job(params, model.input_size, memory_bytes=settings.worker_memory_bytes,
-                  cache_bytes=settings.sampler_cache_bytes)
+              cache_bytes=settings.sampler_cache_bytes,
+              stats_path=sampler_stats or settings.sampler_stats)
     sampler_cache.configure(settings.sampler_cache_bytes, settings.sampler_cache_dir,
                             settings.sampler_disk_bytes)
     photo = open_image(_image_source(image), max_pixels=settings.max_image_pixels,

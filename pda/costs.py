@@ -21,13 +21,18 @@ largest term of a large window at a small stride); a job whose peak does not fit
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .defaults import DEFAULT_PADDING, DEFAULT_WINDOW, DETERMINISTIC_SAMPLERS, PRESETS
 from .errors import SamplerLimitError
 from .grid import BLOCK_WINDOWS, count_windows
 
+#: the built-in sampler statistics (pda.engine.stats loads it)
+DEFAULT_STATS_PATH = Path(__file__).parent / "data" / "default_stats.npz"
 #: reference images are resized to this side (pda.engine.stats); a patch cannot exceed it
 REFERENCE_SIDE = 256
 #: reference images in the built-in statistics (pda/data/reference)
@@ -60,6 +65,25 @@ def preset_patch_sizes() -> tuple[int, ...]:
 
 #: patch sizes with a stored dense fit (derived, so a new default or preset cannot be missed)
 DEFAULT_PATCH_SIZES = preset_patch_sizes()
+
+
+def stored_patch_sizes(path: str | Path | None = None) -> tuple[int, ...]:
+    """Patch sides a statistics file stores a dense fit for (``gauss_<l>_mu``), read from
+    its zip directory alone; the built-in file's when ``path`` is None or unreadable (the
+    worker then fails the job with the file's own error)."""
+    p = Path(path) if path else DEFAULT_STATS_PATH
+    try:
+        return _stored(str(p), p.stat().st_mtime_ns)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return DEFAULT_PATCH_SIZES
+
+
+@lru_cache(maxsize=8)
+def _stored(path: str, _mtime: int) -> tuple[int, ...]:
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return tuple(sorted(int(n.split("_")[1]) for n in names
+                        if n.startswith("gauss_") and n.endswith("_mu.npy")))
 
 
 @dataclass(frozen=True)
@@ -233,11 +257,13 @@ def dense_fits(cost: SamplerCost) -> bool:
 
 
 def check_job(params: Any, input_size: tuple[int, int], *, memory_bytes: int,
-              cache_bytes: int) -> SamplerCost:
+              cache_bytes: int, stats_path: str | Path | None = None) -> SamplerCost:
     """Refuse (:class:`SamplerLimitError`, 422) a job that cannot finish on the
     deployment's worker: a conditional patch larger than the reference images, a sampler
     set-up over ``SETUP_SECONDS_TARGET``, or a peak (sampler and maps) over
-    ``memory_bytes`` - base - cache. The message names the limit and what fits instead."""
+    ``memory_bytes`` - base - cache. The message names the limit and what fits instead.
+    ``stats_path``: the deployment's statistics file (``PDA_SAMPLER_STATS``; None: the
+    built-in), whose stored fits decide where the dense path runs."""
     from .params import target_count  # pda.params is the parameters' home; no cycle
 
     sampler, k, p = params.sampler, params.window, params.padding
@@ -248,10 +274,11 @@ def check_job(params: Any, input_size: tuple[int, int], *, memory_bytes: int,
             f"reference images the conditional sampler is fitted on; use window + 2 x "
             f"padding <= {REFERENCE_SIDE}, or sampler=marginal", field="padding")
     budget = memory_bytes - WORKER_BASE_BYTES - cache_bytes
+    dense = stored_patch_sizes(stats_path)
 
     def cost_of(window: int = k, padding: int = p, stride: int = s, samples: int = S,
                 kind: str = sampler) -> SamplerCost:
-        return sampler_cost(kind, window, padding, stride, samples, input_size, T)
+        return sampler_cost(kind, window, padding, stride, samples, input_size, T, dense)
 
     def fits(**change: int) -> bool:
         c = cost_of(**change)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..costs import DEFAULT_PATCH_SIZES, REFERENCE_SIDE
+from ..costs import DEFAULT_PATCH_SIZES, DEFAULT_STATS_PATH, REFERENCE_SIDE
 from ..errors import InvalidImageError, SamplerStatsError
 from .cache import cached
 
@@ -41,7 +41,6 @@ from .cache import cached
 FIT_PATCHES = 20_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
-DEFAULT_STATS_PATH = Path(__file__).parent.parent / "data" / "default_stats.npz"
 
 
 #: tells apart the keys of statistics whose fits were set by hand

@@ -85,7 +85,7 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
         raise ModelLoadError(info["description"])  # a model file with a broken sidecar
     check_against_model(params, info)
     check_job(params, tuple(info["input_size"]), memory_bytes=settings.worker_memory_bytes,
-                  cache_bytes=settings.sampler_cache_bytes)
+              cache_bytes=settings.sampler_cache_bytes, stats_path=settings.sampler_stats)
     n = plan(params, tuple(info["input_size"]))
     if n["forward_passes"] > settings.max_forward_passes:
         raise JobTooLargeError(

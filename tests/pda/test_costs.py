@@ -20,6 +20,7 @@ from pda.costs import (
     check_job,
     geometries,
     sampler_cost,
+    stored_patch_sizes,
 )
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import border_clips
@@ -56,6 +57,20 @@ def test_the_engine_takes_the_path_the_model_priced(window, padding, stride, pat
     assert type(sampler).__name__ == {"dense": "ConditionalSampler",
                                       "stationary": "StationarySampler"}[path]
     assert sampler.geometries == cost.geometries
+
+
+def test_the_model_reads_which_fits_a_statistics_file_stores(tmp_path):
+    from tests.support.toys import random_stats
+
+    random_stats().save(tmp_path / "s.npz", patch_sizes=[20])
+    assert stored_patch_sizes(tmp_path / "s.npz") == (20,)
+    assert stored_patch_sizes(None) == DEFAULT_PATCH_SIZES == (14, 36)
+    params = ExplainParams(window=16)
+    assert check_job(params, (224, 224), **LIMITS).path == "stationary"  # built-in file
+    assert check_job(params, (224, 224), **LIMITS, stats_path=tmp_path / "s.npz").path == "dense"
+    default = ExplainParams()  # l = 36 is not in that file: the stationary model serves it
+    assert check_job(default, (224, 224), **LIMITS, stats_path=tmp_path / "s.npz").path == (
+        "stationary")
 
 
 def test_the_readmes_quick_settings_and_window_200_are_accepted_on_a_4_gib_worker():
