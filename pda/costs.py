@@ -40,9 +40,11 @@ REFERENCE_IMAGES = 8
 CHANNELS = 3
 #: the issue's target: any accepted window prepares within this on 2 cores
 SETUP_SECONDS_TARGET = 10.0
-#: float64 dense linear algebra (Cholesky, triangular solves, matmul) on the reference
-#: machine (2 cores of an AMD EPYC), flops per second; and complex FFT cost, seconds per
-#: point x log2(points): the least loaded of several `--calibrate` runs (load 2.7)
+#: effective rates on the reference machine (2 vCPUs of an AMD EPYC): float64 dense
+#: linear algebra in flops per second, complex FFTs in seconds per point x log2(points).
+#: Bare kernels ran at 10.6-21 GFLOP/s and 0.65-1.2 ns in `--calibrate` runs (load 2.7-5);
+#: these lower rates also cover the set-ups' gathers and copies, and predict the set-up
+#: times of docs/performance.md ("Sampler set-up by window") within a factor of two
 LINALG_FLOPS = 10e9
 FFT_SECONDS = 1.2e-9
 #: bytes of FFT buffers the stationary sampler transforms at a time (pda.engine.stationary)
