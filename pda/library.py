@@ -24,7 +24,9 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
+from .costs import check_job
 from .document import cli_files, result_document, stored_files, with_grids
+from .engine import cache as sampler_cache
 from .engine.device import auto_batch_size, resolve_device
 from .engine.explain import Explanation
 from .engine.explain import explain as engine_explain
@@ -230,13 +232,20 @@ def _image_source(image: ImageSource) -> str | Path | bytes:
 def _run(image: ImageSource, model: LoadedModel, params: ExplainParams, settings: Settings,
          runtime: Runtime, *, sampler_stats: str | Path | None, progress: Progress | None,
          announce: Callable[[str], None] | None) -> Result:
+    n = plan(params, model.input_size)  # the window fits the input
+    # the API's check at submit, before any work here: a sampler that cannot finish on
+    # this deployment's workers is a one-line error, not minutes and a MemoryError
+    check_job(params, model.input_size, memory_bytes=settings.worker_memory_bytes,
+              cache_bytes=settings.sampler_cache_bytes,
+              stats_path=sampler_stats or settings.sampler_stats)
+    sampler_cache.configure(settings.sampler_cache_bytes, settings.sampler_cache_dir,
+                            settings.sampler_disk_bytes)
     given = model_input(_image_source(image), model.input_size, params.fit,
                         max_pixels=settings.max_image_pixels)
     photo, x, crop = given.photo, given.x, given.crop
     check_min_side(original_size(photo))
     if params.hidden:
         model.get_layer(params.layer)  # fail before any work on an unknown layer
-    n = plan(params, model.input_size)
     stats = get_stats(str(sampler_stats) if sampler_stats else settings.sampler_stats)
     batch = runtime.batch_size or auto_batch_size(model.device, model.input_size, model)
     runtime = runtime.replace(batch_size=batch)

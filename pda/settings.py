@@ -118,6 +118,19 @@ class Settings(BaseSettings):
         10.0, gt=0, le=120, description="how long POST /v1/predictions waits for a worker "
         "before answering 503 with Retry-After"
     )
+    worker_memory_bytes: int = Field(
+        4 * 1024 ** 3, ge=1, description="memory of one worker (the k8s worker's limit, "
+        "4Gi): a job whose sampler would not fit beside the model and the sampler cache is "
+        "refused at submit, naming what fits (pda.costs)"
+    )
+    sampler_cache_bytes: int = Field(
+        512 * 1024 ** 2, ge=0, description="a worker's in-memory cache of sampler factors "
+        "(least recently used out): a second job of a window reuses them"
+    )
+    sampler_disk_bytes: int = Field(
+        2 * 1024 ** 3, ge=0, description="the same factors on disk, under "
+        "PDA_BACKEND_CACHE_DIR/sampler, shared by the worker processes of a machine"
+    )
     redis_timeout_seconds: float = Field(
         5.0, gt=0, description="socket timeout of the API's and the job store's Redis calls"
     )
@@ -219,6 +232,11 @@ class Settings(BaseSettings):
         """The signing key of PDA_WEBHOOK_SECRET; None when unset."""
         return secret_bytes(self.webhook_secret.get_secret_value()) if self.webhook_secret \
             else None
+    def sampler_cache_dir(self) -> Path | None:
+        """Where sampler factors are kept on disk: PDA_BACKEND_CACHE_DIR/sampler, or None."""
+        if self.backend_cache_dir is None or self.sampler_disk_bytes == 0:
+            return None
+        return self.backend_cache_dir / "sampler"
 
     @property
     def worker_model_list(self) -> list[str]:

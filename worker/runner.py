@@ -93,10 +93,15 @@ preloaded = threading.Event()
 def preload(settings: Settings, conn: redis.Redis | None = None) -> None:
     """Load the configured models and the sampler statistics before taking jobs, and tell
     the API (through Redis) what this worker can serve."""
+    from pda.engine import cache as sampler_cache
     from pda.engine.stats import get_stats
     from pda.models.registry import get_model
 
     device = resolve_device(settings.device)
+    # the sampler factors' bounded caches: PDA_SAMPLER_CACHE_BYTES in memory, and on disk
+    # (PDA_SAMPLER_DISK_BYTES) where every worker of the machine finds them
+    sampler_cache.configure(settings.sampler_cache_bytes, settings.sampler_cache_dir,
+                            settings.sampler_disk_bytes)
     get_stats(settings.sampler_stats)
     if conn is not None:
         try:

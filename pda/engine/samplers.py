@@ -15,9 +15,13 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..costs import dense_cost, dense_fits
 from ..defaults import DETERMINISTIC_SAMPLERS, SAMPLERS
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, SamplerMemoryError
+from .cache import cached
 from .device import to_device
+from .stationary import JITTER as RING_JITTER
+from .stationary import StationarySampler
 from .stats import SamplerStats
 
 
@@ -27,6 +31,17 @@ class Sampler(Protocol):
 
     def sample(self, ids: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
         ...
+
+
+def border_clips(positions: torch.Tensor, k: int, p: int, H: int, W: int) -> torch.Tensor:
+    """How many ring rows/cols each window's l x l patch loses at each border (top, bottom,
+    left, right), 0..p: (n_w, 4) on the CPU. One geometry per distinct row."""
+    pos = positions.cpu()
+    r, c = pos[:, 0], pos[:, 1]
+    return torch.stack(
+        [(p - r).clamp(min=0), (r + k + p - H).clamp(min=0),
+         (p - c).clamp(min=0), (c + k + p - W).clamp(min=0)], dim=1,
+    )  # (n_w, 4)
 
 
 def _window_index(positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +99,9 @@ class MarginalSampler:
 
 
 class ConditionalSampler:
-    """Gaussian over the l x l patch, inner k x k conditioned on the observed ring.
+    """Gaussian over the l x l patch, inner k x k conditioned on the observed ring, with a
+    dense fit stored in the statistics (the patch sizes the built-in file ships; other
+    sizes go to :class:`pda.engine.stationary.StationarySampler`, see make_sampler).
 
     Conditioning (docs/algorithm.md §3, paper eq. for p(x_w | x_hat_w)):
         mean = mu_i + S_io S_oo^-1 (x_o - mu_o),  cov = S_ii - S_io S_oo^-1 S_oi.
@@ -95,7 +112,7 @@ class ConditionalSampler:
     """
 
     deterministic = False
-    JITTER = 1e-5
+    JITTER = RING_JITTER
 
     def __init__(
         self, x: torch.Tensor, window: int, padding: int, positions: torch.Tensor,
@@ -109,26 +126,30 @@ class ConditionalSampler:
         self.k, self.p, self.l = k, p, l_
         self.x = x
         self.positions = positions
-        mu, cov = stats.gaussian(l_)  # (C, l*l), (C, l*l, l*l) float64
-        self.mu, self.cov = mu, cov
+        self.stats = stats
         # pad so every l x l patch can be gathered; the clipped ring is masked out below
         self.x_pad = torch.nn.functional.pad(x, (p, p, p, p))  # (C, H+2p, W+2p)
-        # how many ring rows/cols each window loses at each border, 0..p
-        pos = positions.cpu()
-        r, c = pos[:, 0], pos[:, 1]
-        clips = torch.stack(
-            [(p - r).clamp(min=0), (r + k + p - H).clamp(min=0),
-             (p - c).clamp(min=0), (c + k + p - W).clamp(min=0)], dim=1,
-        )  # (n_w, 4)
-        keys, geometry = torch.unique(clips, dim=0, return_inverse=True)
+        keys, geometry = torch.unique(border_clips(positions, k, p, H, W), dim=0,
+                                      return_inverse=True)
         self._geometry = geometry  # (n_w,) geometry id per window, on the CPU
         self.geometry = geometry.to(x.device)
         grid = np.arange(l_ * l_).reshape(l_, l_)
         self.inner = torch.as_tensor(grid[p : p + k, p : p + k].ravel(), device=x.device)
-        self._factors = [self._factorise(tuple(int(v) for v in key), grid) for key in keys]
+        # factors live in the process cache (pda.engine.cache), keyed by the statistics'
+        # content, so the next job of this window and padding reuses them
+        self._factors = []
+        for key in keys.tolist():
+            clip = tuple(int(v) for v in key)
+            host = cached(("dense", stats.key, k, p, clip, str(x.dtype)),
+                          lambda clip=clip: self._factorise(clip, grid), disk=True)
+            self._factors.append(tuple(to_device(t, x.device) for t in host))
+
+    @property
+    def geometries(self) -> int:
+        return len(self._factors)
 
     def _factorise(self, clip: tuple[int, int, int, int], grid: np.ndarray):
-        """(o, A, b, chol) for one border geometry; A and chol as (C, ., .) tensors."""
+        """(o, A, b, chol) for one border geometry, on the CPU; A and chol (C, ., .)."""
         top, bottom, left, right = clip
         p, k, l_ = self.p, self.k, self.l
         observed = np.ones((l_, l_), dtype=bool)
@@ -137,29 +158,34 @@ class ConditionalSampler:
         observed[l_ - bottom :, :] = False
         observed[:, :left] = False
         observed[:, l_ - right :] = False
-        o = grid[observed]
-        i = grid[p : p + k, p : p + k].ravel()
-        C = self.mu.shape[0]
-        A = np.zeros((C, len(i), len(o)))
-        chol = np.zeros((C, len(i), len(i)))
-        eye_i = np.eye(len(i))
-        for ch in range(C):
-            S = self.cov[ch]
-            if len(o):
-                S_oo = S[np.ix_(o, o)] + self.JITTER * np.eye(len(o))
-                A[ch] = np.linalg.solve(S_oo, S[np.ix_(o, i)]).T  # S_io S_oo^-1
-                cond = S[np.ix_(i, i)] - A[ch] @ S[np.ix_(o, i)]
-            else:
-                cond = S[np.ix_(i, i)]
-            cond = (cond + cond.T) / 2 + self.JITTER * eye_i
-            chol[ch] = np.linalg.cholesky(cond)
-        b = self.mu[:, i] - np.einsum("cio,co->ci", A, self.mu[:, o])  # (C, n_i)
-        dev, dt = self.x.device, self.x.dtype
-
-        def as_t(a: np.ndarray) -> torch.Tensor:
-            return to_device(torch.as_tensor(a, dtype=dt), dev)
-
-        return torch.as_tensor(o, device=dev), as_t(A), as_t(b), as_t(chol)
+        o = torch.as_tensor(grid[observed])
+        i = torch.as_tensor(grid[p : p + k, p : p + k].ravel())
+        mu, cov = (torch.from_numpy(a) for a in self.stats.gaussian(l_))  # float64
+        C, n_i, n_o = mu.shape[0], len(i), len(o)
+        dt = self.x.dtype
+        A = torch.zeros((C, n_i, n_o), dtype=dt)
+        b = torch.empty((C, n_i), dtype=dt)
+        chol = torch.empty((C, n_i, n_i), dtype=dt)
+        eye_i, eye_o = (torch.eye(n, dtype=cov.dtype) for n in (n_i, n_o))
+        for ch in range(C):  # one channel at a time: the float64 working set stays small
+            S = cov[ch]
+            cond = S[i[:, None], i]  # (n_i, n_i), a copy
+            b64 = mu[ch, i].clone()
+            if n_o:
+                # S_io S_oo^-1 = (L^-T L^-1 S_oi)^T with S_oo = L L^T: the same matrices as
+                # a general solve, a third of the CPU time
+                L = torch.linalg.cholesky(S[o[:, None], o] + self.JITTER * eye_o)
+                B = torch.linalg.solve_triangular(L, S[o[:, None], i], upper=False)
+                A64 = torch.linalg.solve_triangular(L.mT, B, upper=True).mT  # (n_i, n_o)
+                cond.addmm_(B.mT, B, alpha=-1)  # S_ii - S_io S_oo^-1 S_oi
+                b64 -= A64 @ mu[ch, o]
+                A[ch] = A64
+                del L, B, A64
+            cond = cond.add_(cond.mT.clone()).mul_(0.5).add_(eye_i, alpha=self.JITTER)
+            chol[ch] = torch.linalg.cholesky(cond)
+            b[ch] = b64
+            del cond
+        return o, A, b, chol
 
     def _groups(self, ids: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
         """Windows of ``ids`` per geometry: (geometry, positions in ids or None for all)."""
@@ -238,9 +264,54 @@ def make_sampler(
     name: str, x: torch.Tensor, window: int, positions: torch.Tensor, stats: SamplerStats,
     *, padding: int = 2, fill: tuple[float, ...] | None = None,
 ) -> Sampler:
-    """Build the sampler ``name`` for image ``x`` (C, H, W) and windows ``positions``."""
+    """Build the sampler ``name`` for image ``x`` (C, H, W) and windows ``positions``.
+
+    A set-up that runs out of memory raises :class:`SamplerMemoryError` (deterministic:
+    the same job fails the same way again; :mod:`pda.costs` refuses such jobs at
+    submit where it can)."""
+    try:
+        return _make(name, x, window, positions, stats, padding=padding, fill=fill)
+    except MemoryError as exc:  # numpy's _ArrayMemoryError is one
+        raise _out_of_memory(name, window, padding, exc) from None
+    except RuntimeError as exc:  # torch's allocators (CPU, CUDA) raise these
+        if "can't allocate memory" in str(exc) or isinstance(exc, torch.OutOfMemoryError):
+            raise _out_of_memory(name, window, padding, exc) from None
+        raise
+
+
+def _out_of_memory(name: str, window: int, padding: int, exc: BaseException
+                   ) -> SamplerMemoryError:
+    return SamplerMemoryError(
+        f"the {name} sampler's set-up for window {window}, padding {padding} ran out of "
+        f"memory ({str(exc).splitlines()[0][:200]}); use a smaller window or padding, or "
+        "sampler=marginal")
+
+
+def conditional_sampler(x: torch.Tensor, window: int, padding: int, positions: torch.Tensor,
+                        stats: SamplerStats) -> ConditionalSampler | StationarySampler:
+    """The conditional sampler: the stored dense fit of this patch size where the
+    statistics hold one (default 32 + 2 x 2 = 36, paper 10 + 2 x 2 = 14: their maps are
+    the ones the faithfulness studies measured) and its factorisations fit the set-up
+    target (pda.costs: the API's estimate makes the same choice), else the stationary
+    model, which costs seconds and megabytes where a dense fit costs minutes and
+    gigabytes (docs/algorithm.md §3)."""
+    if padding < 0:
+        raise InvalidParameterError(f"padding must be >= 0, got {padding}", field="padding")
+    C, H, W = x.shape
+    clips = border_clips(positions, window, padding, H, W)
+    if stats.has_gaussian(window + 2 * padding):
+        geos = [tuple(c) for c in torch.unique(clips, dim=0).tolist()]
+        if dense_fits(dense_cost(window, padding, geos, samples=1)):
+            return ConditionalSampler(x, window, padding, positions, stats)
+    return StationarySampler(x, window, padding, positions, stats, clips)
+
+
+def _make(
+    name: str, x: torch.Tensor, window: int, positions: torch.Tensor, stats: SamplerStats,
+    *, padding: int, fill: tuple[float, ...] | None,
+) -> Sampler:
     if name == "conditional":
-        return ConditionalSampler(x, window, padding, positions, stats)
+        return conditional_sampler(x, window, padding, positions, stats)
     if name == "marginal":
         return MarginalSampler(x, window, positions, reference_tensor(stats, *x.shape[1:]))
     if name == "constant":

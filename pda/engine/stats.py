@@ -10,7 +10,10 @@ All statistics live in pixel space (RGB in [0, 1]) so one file serves every mode
   Gaussian fits of l x l patches, as the authors fit them (one Gaussian per colour
   channel), the symmetric covariance stored as its upper triangle (row-major) to halve
   the file; older files hold the full ``gauss_<l>_cov`` (3, l*l, l*l), also read.
-  Fits for other patch sizes are computed on demand from ``images`` and cached.
+  Fits for other patch sizes are computed on demand from ``images`` (scripts, ``save``);
+  the conditional sampler uses a stored fit where there is one, and the stationary model
+  of :mod:`pda.engine.stationary` (fitted from ``images`` in well under a second, for
+  every patch size at once) where there is none, so no request fits a dense Gaussian.
 
 ``pda fit-sampler DIR --out FILE`` writes one; the built-in default is fitted from the
 freely licensed photos in ``pda/data/reference`` by
@@ -21,6 +24,8 @@ neither ever fits at request time.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Iterable
@@ -28,33 +33,29 @@ from pathlib import Path
 
 import numpy as np
 
-from ..defaults import DEFAULT_PADDING, DEFAULT_WINDOW, PRESETS
+from ..costs import DEFAULT_PATCH_SIZES, DEFAULT_STATS_PATH, REFERENCE_SIDE, fast_size
 from ..errors import InvalidImageError, SamplerStatsError
+from .cache import cached
 
-REFERENCE_SIDE = 256
 #: random patches per Gaussian fit (the authors used 20000)
 FIT_PATCHES = 20_000
-
-
-def preset_patch_sizes() -> tuple[int, ...]:
-    """Conditional patch sides l = k + 2p of the default window and of every preset
-    (default 32 + 2 x 2 = 36, paper 10 + 2 x 2 = 14): the fits the built-in file ships."""
-    return tuple(sorted({
-        p.get("window", DEFAULT_WINDOW) + 2 * p.get("padding", DEFAULT_PADDING)
-        for p in ({}, *PRESETS.values())}))
-
-
-#: patch sizes fitted ahead of time (derived, so a new default or preset cannot be missed)
-DEFAULT_PATCH_SIZES = preset_patch_sizes()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
-DEFAULT_STATS_PATH = Path(__file__).parent.parent / "data" / "default_stats.npz"
+
+
+#: tells apart the keys of statistics whose fits were set by hand
+_set_counter = itertools.count(1)
 
 
 class SamplerStats:
-    """Reference images plus cached Gaussian fits; safe to share between threads."""
+    """Reference images plus Gaussian fits; safe to share between threads.
 
-    def __init__(self, images: np.ndarray, mean: np.ndarray | None = None, source: str = ""):
+    ``key`` names the content (a hash of the file, or of the images): the process cache
+    of sampler factors (:mod:`pda.engine.cache`) is keyed by it, so two objects read from
+    the same file share their factors and a changed file never meets stale ones."""
+
+    def __init__(self, images: np.ndarray, mean: np.ndarray | None = None, source: str = "",
+                 key: str | None = None):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise SamplerStatsError(
                 f"reference images must be (R, H, W, 3) uint8, got {images.shape} {images.dtype}"
@@ -68,16 +69,37 @@ class SamplerStats:
             else images.reshape(-1, 3).mean(axis=0) / 255.0
         )
         self.source = source
+        self.key = key or _digest(self.images.tobytes(), self.mean.tobytes())
+        # the fits the file holds (or set_gaussian gave): the dense conditional sampler's
         self._gauss: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._acf: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
 
     # -- Gaussian fits ---------------------------------------------------------------
+    def has_gaussian(self, patch: int) -> bool:
+        """True when a fit for l x l patches is stored (the file's, or set_gaussian's)."""
+        return patch in self._gauss
+
+    @property
+    def stored_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self._gauss))
+
     def gaussian(self, patch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean (3, l*l) and covariance (3, l*l, l*l) of l x l patches."""
+        """Per-channel mean (3, l*l) and covariance (3, l*l, l*l) of l x l patches: the
+        stored fit, or one fitted now (kept in the bounded process cache, not here)."""
         with self._lock:
-            if patch not in self._gauss:
-                self._gauss[patch] = fit_gaussian(self.images, patch)
-            return self._gauss[patch]
+            if patch in self._gauss:
+                return self._gauss[patch]
+        return cached(("gauss", self.key, patch), lambda: fit_gaussian(self.images, patch),
+                      disk=True)
+
+    def autocovariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reference images' per-channel mean and autocovariance at every offset
+        (:func:`autocovariance`), computed once (6 MB at 256 px)."""
+        with self._lock:
+            if self._acf is None:
+                self._acf = autocovariance(self.images)
+            return self._acf
 
     def set_gaussian(self, patch: int, mu: np.ndarray, cov: np.ndarray) -> None:
         """Use a given Gaussian for l x l patches (tests, or fits made elsewhere)."""
@@ -86,6 +108,8 @@ class SamplerStats:
             raise SamplerStatsError(f"Gaussian for patch {patch} must be (3, {n}), (3, {n}, {n})")
         with self._lock:
             self._gauss[patch] = (np.asarray(mu, np.float64), np.asarray(cov, np.float64))
+            # factors cached under the old key were made from another Gaussian
+            self.key = f"{self.key.split(':')[0]}:set{next(_set_counter)}"
 
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str | Path, patch_sizes: Iterable[int] = DEFAULT_PATCH_SIZES) -> None:
@@ -105,18 +129,26 @@ class SamplerStats:
         if not path.is_file():
             raise SamplerStatsError(f"sampler statistics file not found: {path}")
         try:
+            key = _digest(path.read_bytes())
             with np.load(path, allow_pickle=False) as data:
-                stats = cls(data["images"], data["mean"], source=str(path))
-                for key in data.files:
-                    if key.startswith("gauss_") and key.endswith("_mu"):
-                        l_ = int(key.split("_")[1])
-                        stats._gauss[l_] = (data[key].astype(np.float64),
+                stats = cls(data["images"], data["mean"], source=str(path), key=key)
+                for name in data.files:
+                    if name.startswith("gauss_") and name.endswith("_mu"):
+                        l_ = int(name.split("_")[1])
+                        stats._gauss[l_] = (data[name].astype(np.float64),
                                             _covariance(data, l_))
         except SamplerStatsError:
             raise
         except Exception as exc:  # zip, key or dtype errors all mean "not our file"
             raise SamplerStatsError(f"cannot read sampler statistics {path}: {exc}") from exc
         return stats
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:32]
 
 
 def _covariance(data: np.lib.npyio.NpzFile, patch: int) -> np.ndarray:
@@ -204,3 +236,19 @@ def get_stats(path: str | Path | None = None) -> SamplerStats:
         if key not in _cache:
             _cache[key] = SamplerStats.load(key)
         return _cache[key]
+
+
+def autocovariance(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean (C,) and autocovariance (C, 2H - 1, 2W - 1) of ``images``
+    (R, H, W, C) uint8, offset (dy, dx) at index (dy + H - 1, dx + W - 1): the sum of the
+    products of every pixel pair at that offset, over R H W."""
+    R, H, W, C = images.shape
+    x = images.astype(np.float64) / 255.0  # (R, H, W, C)
+    mean = x.reshape(-1, C).mean(axis=0)  # (C,)
+    x = (x - mean).transpose(3, 0, 1, 2)  # (C, R, H, W)
+    sh, sw = fast_size(2 * H - 1), fast_size(2 * W - 1)
+    f = np.fft.rfft2(x, s=(sh, sw))  # (C, R, sh, sw//2+1)
+    power = (f.real ** 2 + f.imag ** 2).sum(axis=1)  # (C, sh, sw//2+1)
+    full = np.fft.irfft2(power, s=(sh, sw))  # (C, sh, sw): products summed per offset
+    dy, dx = np.arange(-(H - 1), H), np.arange(-(W - 1), W)
+    return mean, full[:, dy[:, None] % sh, dx[None, :] % sw] / (R * H * W)

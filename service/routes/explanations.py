@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from pda import catalog
 from pda import document as docs
+from pda.costs import check_job
 from pda.errors import (
     JobTooLargeError,
     ModelLoadError,
@@ -84,6 +85,8 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     if info.get("available") is False or not info.get("input_size"):
         raise ModelLoadError(info["description"])  # a model file with a broken sidecar
     check_against_model(params, info)
+    check_job(params, tuple(info["input_size"]), memory_bytes=settings.worker_memory_bytes,
+              cache_bytes=settings.sampler_cache_bytes, stats_path=settings.sampler_stats)
     n = plan(params, tuple(info["input_size"]))
     if n["forward_passes"] > settings.max_forward_passes:
         raise JobTooLargeError(
