@@ -96,6 +96,8 @@ class CallbacksOffError(CallbackError):
 
 class CallbackNotAllowedError(CallbackError):
     """A ``callback_url`` that is malformed or names a host the operator does not allow."""
+
+
 class SamplerLimitError(InvalidParameterError):
     """A job whose sampler set-up would exceed the worker's memory (PDA_WORKER_MEMORY_BYTES)
     or the set-up time target (pda.costs): refused at submit, naming what to use instead."""

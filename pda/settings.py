@@ -232,6 +232,8 @@ class Settings(BaseSettings):
         """The signing key of PDA_WEBHOOK_SECRET; None when unset."""
         return secret_bytes(self.webhook_secret.get_secret_value()) if self.webhook_secret \
             else None
+
+    @property
     def sampler_cache_dir(self) -> Path | None:
         """Where sampler factors are kept on disk: PDA_BACKEND_CACHE_DIR/sampler, or None."""
         if self.backend_cache_dir is None or self.sampler_disk_bytes == 0:
