@@ -191,9 +191,21 @@ def cli_files(stored: dict[str, bytes], scale: str = "shared") -> dict[str, byte
         "relevance.npy": npy_bytes(relevance),
         "input.png": stored[INPUT],
     }
-    photo = Image.open(io.BytesIO(stored[PHOTO]))
-    box = content_box(document)
     for i, e in enumerate(document["explanations"]):
-        files[overlay_name(e["target"])] = render_overlay(
-            document, relevance, counts, i, photo=photo, scale=scale, content_box=box)
+        files[overlay_name(e["target"])] = photo_overlay(
+            document, relevance, counts, i, stored[PHOTO], scale=scale)
     return files
+
+
+def photo_overlay(document: dict[str, Any], relevance: np.ndarray, counts: np.ndarray,
+                  index: int, photo_png: bytes, *, scale: str = "shared",
+                  side: int | None = None, fit: str | None = None) -> bytes:
+    """The overlay PNG of explanation ``index`` over the whole photo, from the stored
+    files: the one drawing the CLI writes, the API serves and a batch archive holds.
+    ``side``: pixels on the photo's longer side; by default the uploaded photo's own size,
+    at most :data:`PHOTO_MAX_SIDE` (the stored display copy is resampled to it)."""
+    longer = max(document["image"]["width"], document["image"]["height"])
+    return render_overlay(document, relevance, counts, index,
+                          photo=Image.open(io.BytesIO(photo_png)), scale=scale,
+                          content_box=content_box(document, fit),
+                          side=side or min(longer, PHOTO_MAX_SIDE))

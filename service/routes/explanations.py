@@ -240,12 +240,9 @@ def _overlay(state, rec: JobRecord, index: int, *, scale: str, view: str,
     store = state.store
     document, relevance, counts = _results(store, rec)
     if view == "photo":
-        photo = Image.open(io.BytesIO(_file(store, rec, docs.PHOTO)))
-        box = docs.content_box(document, (rec.params or {}).get("fit"))
-        longer = max(document["image"]["width"], document["image"]["height"])
-        return _render(state, render_overlay, document, relevance, counts, index,
-                       photo=photo, scale=scale, content_box=box,
-                       side=size or min(longer, DEFAULT_OVERLAY_SIDE))
+        return _render(state, docs.photo_overlay, document, relevance, counts, index,
+                       _file(store, rec, docs.PHOTO), scale=scale, side=size,
+                       fit=(rec.params or {}).get("fit"))
     image = np.asarray(Image.open(io.BytesIO(_file(store, rec, docs.INPUT))).convert("RGB"))
     return _render(state, render_overlay, document, relevance, counts, index,
                    input_image=image, scale=scale, view="input", side=size)
