@@ -38,8 +38,9 @@ def _fill(text: str) -> tuple[float, float, float]:
 class _Progress:
     """A progress bar on stderr: forward passes done / total, rate and ETA."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, desc: str = "sweep") -> None:
         self.enabled = enabled
+        self.desc = desc
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -48,9 +49,18 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="pass", desc="sweep", file=sys.stderr,
+            self.bar = tqdm(total=total, unit="pass", desc=self.desc, file=sys.stderr,
                             dynamic_ncols=True, smoothing=0.1)
+        if total != self.bar.total:  # a batch's total, corrected as its items end
+            self.bar.total = total
         self.bar.update(done - self.bar.n)
+
+    def note(self, line: str) -> None:
+        """A line on stderr above the bar (the bar is redrawn below it)."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -60,6 +70,7 @@ class _Progress:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pda.errors import InvalidParameterError
     from pda.library import explain, explain_params
+    from pda.tools.explain_many import is_batch
 
     given = {f: getattr(args, f) for f in _param_fields() if getattr(args, f) is not None}
     try:  # the same check explain() makes, first, so that a bad flag is named as one
@@ -74,9 +85,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("pda: --compile is deprecated and will be removed: use --backend compile",
               file=sys.stderr)
         backend = "compile"
+    if is_batch(args.image):  # many images, or a folder: one bar, a folder per image
+        return _explain_batch(args, given, backend)
     bar = _Progress(not args.quiet)
     try:  # the library's explanation (pda.library): one code path, one set of defaults
-        result = explain(args.image, args.model, preset=args.preset, backend=backend,
+        result = explain(args.image[0], args.model, preset=args.preset, backend=backend,
                          device=args.device, precision=args.precision,
                          batch_size=args.batch_size,
                          sampler_stats=args.sampler_stats, progress=bar,
@@ -110,6 +123,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f"{expl.forward_passes} passes in {expl.seconds:.1f} s ({rate:.0f}/s); wrote {out}/",
           file=sys.stderr)
     return 0
+
+
+def _explain_batch(args: argparse.Namespace, given: dict[str, Any], backend: str | None
+                   ) -> int:
+    """``pda explain`` of many images (pda.tools.explain_many)."""
+    from pda.library import explain_params
+    from pda.settings import get_settings
+    from pda.tools.explain_many import gather, run, stderr_line
+
+    gather(args.image)  # a missing file is a mistake on the line, before the model loads
+    params = explain_params(given, args.preset).model_dump(mode="json")
+    settings = get_settings()
+    summary_params = {"model": args.model or settings.default_model, "preset": args.preset,
+                      **params}
+    options = dict(model=args.model, preset=args.preset, backend=backend, device=args.device,
+                   precision=args.precision, batch_size=args.batch_size,
+                   sampler_stats=args.sampler_stats, **given)
+    bar = _Progress(not args.quiet, desc="images")
+    try:
+        return run(args.image, Path(args.out), scale=args.scale, options=options,
+                   summary_params=summary_params, progress=bar, say=stderr_line)
+    finally:
+        bar.close()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -259,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("explain", help="explain a classifier's decision on one image")
-    e.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF)")
+    e = sub.add_parser("explain", help="explain a classifier's decision on an image, or on "
+                       "many (files or folders: a folder per image, summary.json and "
+                       "contact-sheet.png in --out)")
+    e.add_argument("image", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF); several, or a folder "
+                   "of them, explain each with the model loaded once")
     e.add_argument("--model", help="built-in name (default efficientnet_lite0) or NAME.pt2/.pt")
     _param_flags(e)
     e.add_argument("--preset", choices=list(PRESETS), help=PRESET_HELP)
@@ -276,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
     e.add_argument("--scale", choices=["shared", "own"], default="shared",
                    help="overlay colour scale: shared by all targets (default) or each its own")
-    e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out)")
+    e.add_argument("--out", default="pda-out", help="output folder (default ./pda-out); for "
+                   "many images, items already in it are skipped (a rerun resumes)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_explain)
 

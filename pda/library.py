@@ -4,7 +4,8 @@
 messages and the files), so the library and the CLI run one code path with one set of
 defaults: the deployment's settings (``PDA_*``: backend ``auto``, the device, the sampler
 statistics, the converted-graph cache) and :class:`pda.params.ExplainParams` (fit
-``squash``, target ``top3``, faithfulness scores on, ...).
+``squash``, target ``top3``, faithfulness scores on, ...). ``pda explain DIR`` (many
+images) runs :func:`explain_many`, which loads the model once for them all.
 
 This module imports torch; ``import pda`` does not (``pda.explain`` loads it on first use).
 """
@@ -12,8 +13,9 @@ This module imports torch; ``import pda`` does not (``pda.explain`` loads it on 
 from __future__ import annotations
 
 import io
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from .errors import InvalidParameterError
 from .images import check_min_side, original_size
 from .models.registry import LoadedModel, get_model
 from .params import ExplainParams, plan, with_preset
-from .problems import invalid
+from .problems import invalid, to_problem
 from .runtime import COMPILE_DEPRECATED, Runtime
 from .settings import Settings, get_settings
 
@@ -148,6 +150,122 @@ def explain(
         _eval(loaded.module)
         return _run(image, loaded, checked, settings, runtime, sampler_stats=sampler_stats,
                     progress=progress, announce=announce)
+    finally:
+        if was_training:
+            loaded.module.train(True)
+
+
+@dataclass
+class Item:
+    """One image of :func:`explain_many`: its result, or why it failed.
+
+    ``index`` is the image's position in the input, ``image`` the input as given;
+    exactly one of ``result`` and ``error`` is set. ``error`` is the RFC 9457 problem
+    document of the failure (pda.problems.to_problem: an image that does not decode is
+    415 ``/problems/unsupported-image``, one too small 422, a bug a 500 naming its class),
+    ``exception`` the exception itself (to re-raise, or for its traceback).
+    ``seconds``: the item's wall time, decoding and rendering of the document included."""
+
+    index: int
+    image: ImageSource
+    result: Result | None
+    error: dict[str, Any] | None
+    exception: BaseException | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def explain_many(
+    images: Iterable[ImageSource],
+    model: ModelSource | None = None,
+    *,
+    input_size: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    labels: Sequence[str] | None = None,
+    preset: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    batch_size: int | None = None,
+    sampler_stats: str | Path | None = None,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] | None = None,
+    settings: Settings | None = None,
+    **params: Any,
+) -> Iterator[Item]:
+    r"""Explain each of ``images`` with one model and one set of parameters, yielding an
+    :class:`Item` per image as it finishes (in input order: one image at a time, each
+    using every core).
+
+    The arguments are :func:`explain`'s. The model is loaded (and converted for its
+    backend) once, before the first image, and reused for every image.
+
+    Failures: a mistake that concerns every image (a bad parameter, an unknown model, a
+    window larger than the model's input, a job this machine cannot run) raises here,
+    at the call, before any work. A failure of one image (a corrupt, empty or too-small
+    file, or anything else its explanation raises) is yielded as a failed :class:`Item`
+    and the loop goes on with the next image: one bad photo in a folder of hundreds
+    should not cost the others, and the caller sees every outcome (the CLI's
+    ``summary.json``). Only what is not an ``Exception`` (``KeyboardInterrupt``) stops it.
+
+    ``progress(done, total)`` counts forward passes over all the images: ``total`` is
+    the planned passes per image times the number of images (``images`` is read into a
+    list up front; an item whose sweep reports another total, a drill-down's, corrects
+    it), so one bar and its ETA cover the whole batch. ``announce`` receives the first image's plan.
+    """
+    settings = settings or get_settings()
+    checked = explain_params(params, preset)
+    runtime = Runtime.from_settings(settings, backend=backend, precision=precision,
+                                    batch_size=batch_size, device=device)
+    loaded = load(model, settings, input_size=input_size, mean=mean, std=std, labels=labels,
+                  device=device)
+    # the passes each image's sweep reports (the exact sweep's unmodified-image pass is
+    # not among them: pda.engine.explain); plan() also checks that the window fits
+    each = plan(checked, loaded.input_size)["forward_passes"] - (checked.drilldown is None)
+    check_job(checked, loaded.input_size, memory_bytes=settings.worker_memory_bytes,
+              cache_bytes=settings.sampler_cache_bytes,
+              stats_path=sampler_stats or settings.sampler_stats)
+    sources = list(images)
+    return _items(sources, loaded, checked, settings, runtime, each,
+                  was_training=isinstance(model, nn.Module) and model.training,
+                  sampler_stats=sampler_stats, progress=progress, announce=announce)
+
+
+def _items(sources: list[ImageSource], loaded: LoadedModel, params: ExplainParams,
+           settings: Settings, runtime: Runtime, each: int, *, was_training: bool,
+           sampler_stats: str | Path | None, progress: Progress | None,
+           announce: Callable[[str], None] | None) -> Iterator[Item]:
+    ended = 0  # passes of the items that have ended (a failed one: as planned)
+    try:
+        _eval(loaded.module)
+        for index, source in enumerate(sources):
+            later = each * (len(sources) - index - 1)  # planned passes of the items after
+            current = [each]  # this item's total, as its sweep reports it
+
+            def item_progress(done: int, t: int, base: int = ended, later: int = later,
+                              current: list[int] = current) -> None:
+                current[0] = t or current[0]
+                if progress is not None:
+                    progress(base + done, base + current[0] + later)
+
+            start = time.perf_counter()
+            try:
+                result = _run(source, loaded, params, settings, runtime,
+                              sampler_stats=sampler_stats, progress=item_progress,
+                              announce=announce if index == 0 else None)
+            except Exception as exc:  # this image's failure, not the batch's
+                item = Item(index, source, None, to_problem(exc), exc,
+                            time.perf_counter() - start)
+            else:
+                item = Item(index, source, result, None, None, time.perf_counter() - start)
+            ended += current[0]
+            if progress is not None:
+                progress(ended, ended + later)
+            yield item
     finally:
         if was_training:
             loaded.module.train(True)

@@ -1,4 +1,6 @@
-"""``/``: the explanation viewer, a static page that uses only the public API.
+"""``/``: the explanation viewer, a static page that uses only the public API, and
+``/ui/batches/{id}``: a batch's page (its items with thumbnails, each opening the
+viewer's single-job view, ``/#job={item id}``).
 
 Its HTML, JS and CSS live in ``service/static`` (shipped as package data) and are served
 under ``/static`` together with the vendored Swagger UI and ReDoc assets.
@@ -26,6 +28,13 @@ def get_viewer() -> FileResponse:
     """The viewer page."""
     # revalidate each time so an upgraded server never pairs old HTML with new JS
     return FileResponse(STATIC_DIR / "index.html",
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+
+
+@router.get("/ui/batches/{batch_id}")
+def get_batch_page(batch_id: str) -> FileResponse:
+    """A batch's page: the page reads the batch (``/v1/batches/{id}``) itself."""
+    return FileResponse(STATIC_DIR / "batch.html",
                         headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
 
 
