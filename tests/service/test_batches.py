@@ -294,3 +294,81 @@ def test_two_keys_batches_take_turns(clean_redis, start_worker):
         # b's first item ran before a's last ones: the keys took turns, not a then b
         assert order.index("b") <= 3 and order.rindex("a") > order.index("b"), order
         assert order.count("ab") + order.count("ba") >= 3, order
+
+
+@pytest.mark.slow  # real worker and server processes
+def test_a_batch_calls_back_once_when_it_ends_and_its_stream_ends_with_it(
+        clean_redis, start_server, start_worker):
+    import base64
+
+    import httpx
+    from standardwebhooks import Webhook
+
+    from tests.service.test_events import events
+    from tests.support.receiver import Receiver
+
+    secret = "whsec_" + base64.b64encode(b"pda batch callback tests: 32 byt").decode()
+    fast = {"PDA_WEBHOOK_SECRET": secret, "PDA_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+            "PDA_CALLBACK_RETRY_BASE_SECONDS": "0.2", "PDA_CALLBACK_TIMEOUT_SECONDS": "1"}
+    settings = make_settings()
+    rx = Receiver()
+    try:
+        server = start_server(settings, **fast)
+        start_worker(settings, **fast)
+        r = post_batch(server.http, [("a.png", variant(1)), ("bad.png", b""),
+                                     ("c.png", variant(3))], TINY | {"callback_url": rx.url})
+        assert r.status_code == 202, r.text
+        batch = r.json()
+        assert batch["callbacks"] == [{"url": rx.url, "status": "waiting", "event_id": None,
+                                       "type": None, "attempts": 0, "last_status": None,
+                                       "last_error": None, "last_attempt_at": None,
+                                       "next_attempt_at": None, "delivered_at": None}]
+        with httpx.stream("GET", f"{server.url}/v1/batches/{batch['id']}/events",
+                          timeout=httpx.Timeout(10, read=120)) as s:
+            assert s.status_code == 200
+            got = list(events(s))
+        ids = [i for i, _, _ in got]
+        assert ids == sorted(set(ids)) and got[-1][1]["status"] == "finished", ids
+        done = [d["progress"]["done"] for _, d, _ in got]
+        assert done == sorted(done) and done[-1] == 34
+        wait_until("the batch's event", lambda: rx.events(), timeout=60)
+        (event,) = [Webhook(secret).verify(x.body, x.headers) for x in rx.events()]
+        assert event["type"] == "batch.finished"
+        now = server.http.get(f"/v1/batches/{batch['id']}").json()
+        assert {k: v for k, v in event["data"].items() if k != "callbacks"} == \
+            {k: v for k, v in now.items() if k != "callbacks"}
+        # resumed after the final event: nothing more
+        last = str(ids[-1])
+        r = server.http.get(f"/v1/batches/{batch['id']}/events",
+                            headers={"Last-Event-ID": last})
+        assert r.status_code == 204
+        assert len(rx.events()) == 1  # once
+    finally:
+        rx.close()
+
+
+@pytest.mark.slow  # real worker processes, one killed mid-item
+def test_a_worker_killed_mid_batch_loses_no_item_and_reruns_only_the_lost_one(
+        clean_redis, start_worker):
+    import signal
+
+    settings = make_settings(batch_in_flight=1)
+    env = {"PDA_BATCH_IN_FLIGHT": "1", "PDA_STALE_JOB_SECONDS": "3",
+           "PDA_BACKEND": "torch", "PDA_INCREMENTAL": "off"}
+    first = start_worker(settings, **env)
+    with app_with(settings, first) as http:
+        batch = post_batch(http, [(f"{k}.png", variant(k)) for k in range(3)], BIG).json()
+
+        def second_item_sweeping():
+            b = http.get(f"/v1/batches/{batch['id']}").json()
+            job = http.get(f"/v1/explanations/{b['items'][1]['id']}").json()
+            return b["items"][0]["status"] == "finished" and job["progress"]["done"] > 0
+
+        wait_until("the second item to sweep", second_item_sweeping, timeout=240)
+        first.stop(signal.SIGKILL)
+        start_worker(settings, **env)
+        done = wait_batch(http, batch["id"], timeout=300)
+        assert done["counts"]["finished"] == 3, done
+        attempts = [http.get(f"/v1/explanations/{i['id']}").json()["attempt"]
+                    for i in done["items"]]
+        assert attempts == [1, 2, 1], attempts  # only the lost item ran again
