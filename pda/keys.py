@@ -133,3 +133,6 @@ BATCHES_TURNS = f"{PREFIX}batches:turns"
 BATCHES_TURN = f"{PREFIX}batches:turn"
 #: lock: one feeder at a time
 BATCHES_FEED_LOCK = f"{PREFIX}batches:feeding"
+#: list whose length is the number of batch items waiting to be fed (a gauge: KEDA's Redis
+#: scaler reads list lengths, and the batch queue itself holds only a few messages)
+BATCHES_BACKLOG = f"{PREFIX}batches:backlog"

@@ -54,6 +54,8 @@ STATUSES = (QUEUED, RUNNING, FINISHED, CANCELED)
 ITEM_STATUSES = tuple(s.value for s in JobStatus)
 #: what the batch's callbacks are sent when it ends
 EVENTS = {FINISHED: "batch.finished", CANCELED: "batch.canceled"}
+#: the longest the backlog gauge's list gets (KEDA scales on it: any more is as many)
+BACKLOG_CAP = 10_000
 #: the job fields a batch resource reads of each item
 JOB_FIELDS = ("status", "progress_done", "progress_total", "planned_passes",
               "forward_passes", "targets", "started_at", "finished_at", "error",
@@ -473,6 +475,25 @@ class Batches:
         enqueue_attempt(queue, self.settings, job_id, rec.attempt, rec.planned_passes)
         return job_id
 
+    def backlog(self) -> int:
+        """Batch items waiting to be fed, over the open batches; mirrored as the length of
+        the list ``batches:backlog`` (at most :data:`BACKLOG_CAP`), which the KEDA
+        ScaledObject scales the workers on (k8s/base/worker-scaledobject.yaml)."""
+        waiting = 0
+        for bid in self._active():
+            rec = self.get(bid)
+            if rec is None or rec.get("status") != OPEN or rec.get("canceling"):
+                continue
+            waiting += max(0, self.r.llen(keys.batch_items(bid)) - int(rec.get("fed") or 0))
+        shown = min(waiting, BACKLOG_CAP)
+        if self.r.llen(keys.BATCHES_BACKLOG) != shown:
+            pipe = self.r.pipeline()
+            pipe.delete(keys.BATCHES_BACKLOG)
+            if shown:
+                pipe.rpush(keys.BATCHES_BACKLOG, *([b"1"] * shown))
+            pipe.execute()
+        return waiting
+
     def tick(self) -> list[str]:
         """What a worker does between jobs and in its maintenance pass: end the batches
         whose items have all ended, then feed the batch queue. Returns the jobs fed."""
@@ -481,4 +502,6 @@ class Batches:
                 self.finalize(bid)
             except redis.exceptions.WatchError:  # another caller ended it meanwhile
                 pass
-        return self.feed()
+        fed = self.feed()
+        self.backlog()
+        return fed

@@ -100,7 +100,10 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
     live = settings.result_ttl_seconds + job_timeout(settings, passes)
     key = sub.idempotency_key
     try:
-        store.create(rec, sub.image, live, index=sub.batch is None)
+        if sub.batch is None:
+            store.create(rec, sub.image, live)
+        else:  # indexed as queued once fed
+            store.create(rec, sub.image, live, index=False)
         if key and not store.remember("idem", sub.owner, key, job_id,
                                       settings.result_ttl_seconds):
             # a concurrent retry with the same key won the race: answer with its job

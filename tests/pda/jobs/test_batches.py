@@ -184,3 +184,14 @@ def test_the_eta_reads_the_measured_rate(store, settings):
     assert batches.public(bid, workers=2)["eta_seconds"] == 3.0
     assert batches.public(bid, workers=0)["eta_seconds"] is None
     assert json.loads(store.r.hget(keys.batch(bid), "total_passes")) == 20
+
+
+def test_the_backlog_gauge_is_a_list_as_long_as_the_items_waiting(store, settings, conn):
+    batches = Batches(store, settings)
+    bid, _ = make_batch(store, batches, "o", 5)
+    make_batch(store, batches, "p", 2)
+    batches.tick()  # feeds 2 (PDA_BATCH_IN_FLIGHT)
+    assert conn.llen(keys.BATCHES_BACKLOG) == 5 and batches.backlog() == 5
+    batches.cancel(bid)  # its message leaves the queue: p's last item takes the room
+    batches.tick()
+    assert conn.llen(keys.BATCHES_BACKLOG) == batches.backlog() == 0
