@@ -146,7 +146,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
                    "`data: <the job as GET returns it>`, a blank line; `: keep-alive` "
                    "comments between"},
         "example": EVENT_STREAM}},
-    ("get", f"{BATCH}/results.zip"): {"application/zip": {"schema": BINARY}},
+    ("get", f"{BATCH}/results.zip"): {"application/zip": {"schema": BINARY},
+                                      "application/octet-stream": {"schema": BINARY}},
     ("get", f"{BATCH}/events"): {"text/event-stream": {
         "schema": {"type": "string", "description": "server-sent events: `id: <version>`, "
                    "`data: <the batch as GET returns it>`, a blank line"}}},

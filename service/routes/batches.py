@@ -436,13 +436,18 @@ class _Sink:
                              "streamed: per finished item a folder (0000-name) with "
                              "result.json, relevance.npy and overlay.png; summary.json; "
                              "contact-sheet.png"}})
-def get_batch_results(batch_id: str, state: StateDep, owner: OwnerDep) -> Response:
+def get_batch_results(request: Request, batch_id: str, state: StateDep,
+                      owner: OwnerDep) -> Response:
     """Every finished item's files, `summary.json` and `contact-sheet.png`, as one zip
     written while it is sent (at any time: items not finished are in the summary with
-    their status)."""
+    their status). As application/octet-stream to a client that asks for that and not
+    for a zip (client generators map only that type to bytes)."""
     batches = _get_batch(state, batch_id, owner)
     body = _public(state, batches, batch_id)
-    return StreamingResponse(_archive(state, body), media_type="application/zip",
+    accept = request.headers.get("accept", "")
+    binary = "application/octet-stream" in accept and "application/zip" not in accept
+    return StreamingResponse(_archive(state, body), media_type="application/octet-stream"
+                             if binary else "application/zip",
                              headers={"Content-Disposition":
                                       f'attachment; filename="{batch_id}.zip"'})
 
