@@ -63,7 +63,7 @@ class PDAWorker(SimpleWorker):
     def execute_job(self, job, queue):  # noqa: ANN001, ANN201 (RQ's signature)
         """Run one message; feed the batch queue when a worker takes a message (the queue
         has room again) and after it (an item may have ended its batch)."""
-        _batch_tick()
+        _batch_tick(feed_only=True)
         try:
             return super().execute_job(job, queue)
         finally:
@@ -81,12 +81,17 @@ class PDAWorker(SimpleWorker):
             sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler)
 
 
-def _batch_tick() -> None:
+def _batch_tick(feed_only: bool = False) -> None:
     """End the batches whose items all ended, and feed the batch queue
-    (:meth:`pda.jobs.batches.Batches.tick`); a failure waits for the maintenance pass."""
+    (:meth:`pda.jobs.batches.Batches.tick`; before a job only the feed, a few Redis
+    calls); a failure waits for the maintenance pass."""
     try:
         settings = get_settings()
-        Batches(store_for(settings), settings).tick()
+        batches = Batches(store_for(settings), settings)
+        if feed_only:
+            batches.feed()
+        else:
+            batches.tick()
     except Exception as exc:  # Redis away: the maintenance pass does it later
         log.warning("batches: %s", exc)
 

@@ -315,8 +315,13 @@ def _create(state: AppState, owner: str, caller: str, form, body,
             with suppress(redis.RedisError):
                 batches.drop(batch_id)
             raise
-    if idem_key:
-        store.remember("batch-idem", owner, idem_key, batch_id, settings.result_ttl_seconds)
+    if idem_key and not store.remember("batch-idem", owner, idem_key, batch_id,
+                                       settings.result_ttl_seconds):
+        # a concurrent retry with the same key stored its batch first: answer with that
+        other = store.lookup("batch-idem", owner, idem_key)
+        if other and other != batch_id and batches.get(other) is not None:
+            batches.cancel(batch_id)
+            return _accepted(_public(state, batches, other), replayed=True)
     with suppress(redis.RedisError):
         batches.tick()
     return _accepted(_public(state, batches, batch_id), replayed=False)
