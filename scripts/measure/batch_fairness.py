@@ -65,7 +65,10 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.values.append(rss_mb(self.pid))
+            try:
+                self.values.append(rss_mb(self.pid))
+            except OSError:  # the API has stopped
+                return
             time.sleep(0.05)
 
     def reset(self) -> None:
@@ -111,7 +114,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp) / "redis")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDA_")}
-        env.update(PDA_REDIS_URL=redis.url, PDA_LOG_LEVEL="warning", PDA_API_KEYS="k1,k2",
+        env.update(PYTHONPATH=str(ROOT), PDA_REDIS_URL=redis.url, PDA_LOG_LEVEL="warning",
+                   PDA_API_KEYS="k1,k2",
                    PDA_RATE_LIMIT_PER_MINUTE="100000", PDA_BATCH_MAX_OPEN_ITEMS="100000")
         port = free_port()
         api = subprocess.Popen([sys.executable, "-m", "pda.cli", "serve", "--port",
