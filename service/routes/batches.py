@@ -85,14 +85,15 @@ def _body() -> dict[str, Any]:
                             "files skipped)"},
                 **form}}},
         "application/json": {"schema": {
-            "type": "object", "required": ["images"],
+            "type": "object", "required": ["images"], "additionalProperties": False,
+            "description": "the parameters in `params`, or at the top level beside "
+                           "`images` (a field in both: `params` wins)",
             "properties": {
                 "images": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "required": ["data"], "properties": {
                         "filename": {"type": "string", "maxLength": 200},
                         "data": forms.IMAGE_BASE64}}},
-                "callback_url": forms.META["callback_url"],
-                "params": params}},
+                "params": params, **forms.META, **forms.param_properties(form=False)}},
             "example": {"images": [{"filename": "a.png", "data": forms.EXAMPLE_IMAGE}],
                         "params": forms.EXAMPLE_PARAMS}},
     }}
