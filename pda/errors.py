@@ -250,3 +250,19 @@ class RemoteProblem(ProblemError):
     def __init__(self, document: dict[str, Any]) -> None:
         super().__init__(str(document.get("detail", "")))
         self.document = dict(document)
+
+
+class BatchTooManyItemsError(InvalidParameterError):
+    """A batch with more images than PDA_BATCH_MAX_ITEMS (422)."""
+
+
+class BatchTooLargeError(ProblemError):
+    """A batch request body over PDA_BATCH_MAX_BYTES (413)."""
+
+
+class TooManyOpenItemsError(Refused):
+    """This API key's batches have PDA_BATCH_MAX_OPEN_ITEMS items not yet ended (429)."""
+
+
+class UnknownBatchError(ProblemError):
+    """No such batch (or not the caller's): 404."""

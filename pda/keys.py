@@ -106,3 +106,33 @@ def chunk_progress(job_id: str) -> str:
 def partials(job_id: str) -> str:
     """Hash: chunk -> its partial sums (npz bytes)."""
     return f"{job(job_id)}:partials"
+
+
+# --- batches (pda.jobs.batches) -------------------------------------------------------------
+
+def batch(batch_id: str) -> str:
+    """Hash: a batch record (JSON values): owner, parameters, counts fixed at submit."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_items(batch_id: str) -> str:
+    """List: the batch's items in upload order (JSON {index, filename, job, own, error})."""
+    return f"{batch(batch_id)}:items"
+
+
+def batch_submit(owner: str) -> str:
+    """Lock: one batch submit of an owner at a time (the per-key open items cap)."""
+    return f"{PREFIX}batches:submit:{owner}"
+
+
+#: zset: batch id -> created (batches not yet finished or canceled: the feeder's work)
+BATCHES_ACTIVE = f"{PREFIX}batches:active"
+#: hash: owner -> the turn it was last fed at (round robin across API keys)
+BATCHES_TURNS = f"{PREFIX}batches:turns"
+#: counter: the feeder's turns
+BATCHES_TURN = f"{PREFIX}batches:turn"
+#: lock: one feeder at a time
+BATCHES_FEED_LOCK = f"{PREFIX}batches:feeding"
+#: list whose length is the number of batch items waiting to be fed (a gauge: KEDA's Redis
+#: scaler reads list lengths, and the batch queue itself holds only a few messages)
+BATCHES_BACKLOG = f"{PREFIX}batches:backlog"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
+    BatchTooLargeError,
+    BatchTooManyItemsError,
     CallbackNotAllowedError,
     CallbacksOffError,
     HeadersTooLargeError,
@@ -51,8 +53,10 @@ from .errors import (
     SamplerMemoryError,
     StoreFullError,
     StoreUnavailableError,
+    TooManyOpenItemsError,
     TooManyQueuedError,
     UnauthorizedError,
+    UnknownBatchError,
     UnknownJobError,
     UnknownModelError,
     UnknownTargetError,
@@ -128,6 +132,13 @@ TABLE: dict[type[BaseException], Kind] = {
     TooManyQueuedError: Kind("/problems/too-many-queued-jobs", "Too many queued jobs", 429,
                              headers={"Retry-After": "5"}),
     IdempotencyConflictError: Kind("/problems/idempotency", "Idempotency-Key reused", 409),
+    # batches (POST /v1/batches): the limits name the setting that set them
+    BatchTooManyItemsError: Kind("/problems/batch-too-many-items", "Too many images in one "
+                                 "batch", 422, errors=True),
+    BatchTooLargeError: Kind("/problems/batch-too-large", "Batch too large", 413),
+    TooManyOpenItemsError: Kind("/problems/too-many-open-batch-items",
+                                "Too many open batch items", 429, headers={"Retry-After": "30"}),
+    UnknownBatchError: Kind("/problems/unknown-batch", "Unknown batch", 404),
     # jobs and their results
     UnknownJobError: Kind("/problems/unknown-job", "Unknown job", 404),
     UnknownTargetError: Kind("/problems/unknown-target", "Unknown target", 404),

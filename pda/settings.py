@@ -114,6 +114,22 @@ class Settings(BaseSettings):
         8, ge=1, description="queued chunks per split job: it appends the next when one "
         "ends, so chunks of different jobs take turns"
     )
+    batch_max_items: int = Field(
+        500, ge=1, description="images in one POST /v1/batches (more: 422)"
+    )
+    batch_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="bytes of one POST /v1/batches request body "
+        "(more: 413); the API spools multipart parts to disk, so this bounds disk, not memory"
+    )
+    batch_max_open_items: int = Field(
+        2000, ge=1, description="batch items of one API key not yet ended, over all its "
+        "batches (a batch that would pass it: 429)"
+    )
+    batch_in_flight: int = Field(
+        2, ge=1, description="batch items waiting in the batch queue at once: the feeder "
+        "adds the next when one starts, round robin across API keys, so an interactive "
+        "job waits behind at most this many"
+    )
     predict_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="how long POST /v1/predictions waits for a worker "
         "before answering 503 with Retry-After"

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from .schemas import ExplanationEvent
+from .schemas import BatchEvent, ExplanationEvent
 
 #: where the event goes: the request's callback_url (an OpenAPI runtime expression)
 TARGET = "{$request.body#/callback_url}"
@@ -55,3 +55,5 @@ def declared(name: str, event: type[BaseModel]) -> list[APIRoute]:
 
 #: the callbacks of POST /v1/explanations
 EXPLANATION = declared("explanation_event", ExplanationEvent)
+#: the callbacks of POST /v1/batches
+BATCH = declared("batch_event", BatchEvent)

@@ -24,7 +24,7 @@ from pda.problems import to_problem
 from pda.settings import Settings
 
 from .callbacks import RESPONSES as CALLBACK_RESPONSES
-from .openapi_examples import EVENT_STREAM, EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
+from .openapi_examples import BATCH, EVENT_STREAM, EXAMPLES, JOB, PROBLEMS, PYTHON_FLOW, TAGS
 from .protocol import MAX_HEADER_BYTES
 from .schemas import ProblemDoc
 
@@ -106,6 +106,21 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
         "422": "invalid parameters (the field is named), or a model that cannot run",
         "503": "no worker answered in time, or the job store is unavailable; see "
                "Retry-After"},
+    ("post", "/v1/batches"): {
+        "400": "malformed multipart or JSON", "404": "unknown model",
+        "409": "this Idempotency-Key was used for a different batch",
+        "413": "the request is over PDA_BATCH_MAX_BYTES (each image over "
+               "PDA_MAX_UPLOAD_BYTES is its item's 413 instead)",
+        "415": "not a supported content type, or an archive that is neither zip nor tar",
+        "422": "invalid parameters (the field is named), no images, more than "
+               "PDA_BATCH_MAX_ITEMS, or a model that cannot run",
+        "429": "over the rate limit, or this API key's open batch items would pass "
+               "PDA_BATCH_MAX_OPEN_ITEMS; see Retry-After",
+        "503": "the job store unavailable or full; see Retry-After"},
+    ("get", BATCH): {"404": "unknown batch"},
+    ("delete", BATCH): {"404": "unknown batch"},
+    ("get", f"{BATCH}/results.zip"): {"404": "unknown batch"},
+    ("get", f"{BATCH}/events"): {"404": "unknown batch"},
     ("get", "/livez"): {},
     ("get", "/readyz"): {"503": "not ready: Redis does not answer (the readiness body)"},
     ("get", "/metrics"): {},
@@ -114,6 +129,8 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
 RESPONSE_HEADERS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("post", "/v1/explanations"): {"202": ("Location", "Retry-After", "Idempotent-Replayed")},
     ("get", JOB): {"200": ("Retry-After",)},
+    ("post", "/v1/batches"): {"202": ("Location", "Retry-After", "Idempotent-Replayed")},
+    ("get", BATCH): {"200": ("Retry-After",)},
     ("get", f"{JOB}/relevance"): {"409": ("Retry-After",)},
     ("get", f"{JOB}/relevance.npy"): {"200": ("Content-Disposition",), "409": ("Retry-After",)},
     ("get", f"{JOB}/input.png"): {"409": ("Retry-After",)},
@@ -129,6 +146,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
                    "`data: <the job as GET returns it>`, a blank line; `: keep-alive` "
                    "comments between"},
         "example": EVENT_STREAM}},
+    ("get", f"{BATCH}/results.zip"): {"application/zip": {"schema": BINARY},
+                                      "application/octet-stream": {"schema": BINARY}},
+    ("get", f"{BATCH}/events"): {"text/event-stream": {
+        "schema": {"type": "string", "description": "server-sent events: `id: <version>`, "
+                   "`data: <the batch as GET returns it>`, a blank line"}}},
     ("get", "/metrics"): {"text/plain": {
         "schema": {"type": "string", "description": "Prometheus text format 0.0.4"},
         "example": "# TYPE pda_queue_depth gauge\npda_queue_depth 0.0\n"}},
@@ -166,6 +188,7 @@ def enrich(schema: dict[str, Any], *, keys: bool = False, callbacks: bool = True
                     _drop_callback_url(op["requestBody"])
     if not callbacks:
         schemas.pop("ExplanationEvent", None)
+        schemas.pop("BatchEvent", None)
     if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
         for name in ("HTTPValidationError", "ValidationError"):  # replaced by Problem
             schemas.pop(name, None)

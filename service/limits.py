@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pda import keys
-from pda.errors import RateLimitedError, UploadTooLargeError
+from pda.errors import BatchTooLargeError, RateLimitedError, UploadTooLargeError
 from pda.jobs.store import is_full
 from pda.settings import Settings
 
@@ -43,6 +43,24 @@ def body_limit(settings: Settings, content_type: str) -> int:
     return cap * 4 // 3 + ENVELOPE_BYTES
 
 
+#: the route whose bodies hold many images: capped by PDA_BATCH_MAX_BYTES instead
+BATCHES_PATH = "/v1/batches"
+
+
+def batch_too_large(settings: Settings) -> BatchTooLargeError:
+    return BatchTooLargeError(
+        f"the batch exceeds the limit of {settings.batch_max_bytes} bytes "
+        "(PDA_BATCH_MAX_BYTES); send fewer or smaller images per batch")
+
+
+def _limit_of(settings: Settings, scope: Scope, content_type: str
+              ) -> tuple[int, Exception]:
+    """The body cap of this request, and the error that says it."""
+    if scope.get("path") == BATCHES_PATH:
+        return settings.batch_max_bytes, batch_too_large(settings)
+    return body_limit(settings, content_type), UploadTooLargeError(settings.max_upload_bytes)
+
+
 class BodySizeLimit:
     """413 for request bodies over :func:`body_limit`, without buffering them."""
 
@@ -55,12 +73,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = body_limit(self.settings, headers.get("content-type", ""))
+        limit, too_large = _limit_of(self.settings, scope, headers.get("content-type", ""))
         declared = headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
             # answered before a byte of the body is read (an Expect: 100-continue client
             # never even sends it); the server closes the connection afterwards
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, too_large)
             return
         received = 0
 
@@ -70,7 +88,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise UploadTooLargeError(self.settings.max_upload_bytes)
+                    raise too_large
             return message
 
         started = False
@@ -83,14 +101,15 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited, tracked)
-        except UploadTooLargeError:  # raised where no exception handler turned it into a response
-            if started:
+        except (UploadTooLargeError, BatchTooLargeError):  # raised where no exception
+            if started:  # handler turned it into a response
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, too_large)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(UploadTooLargeError(self.settings.max_upload_bytes),
-                                    instance=scope.get("path"), headers={"Connection": "close"})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send,
+                      error: Exception) -> None:
+        response = problem_response(error, instance=scope.get("path"),
+                                    headers={"Connection": "close"})
         await response(scope, receive, send)
 
 

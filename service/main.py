@@ -24,8 +24,8 @@ from pda.version import __version__
 
 from . import docs, events, limits, memory, metrics, problems, protocol
 from .deps import AppState
+from .routes import batches, explanations, health, models, predictions, ui
 from .routes import events as event_routes
-from .routes import explanations, health, models, predictions, ui
 
 log = logging.getLogger("pda.api")
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, embedded: bool = False,
     metrics.install(app)
     app.include_router(explanations.router)
     app.include_router(event_routes.router)
+    app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
     app.include_router(health.router)

@@ -102,7 +102,16 @@ result = api.get(job["links"]["relevance"]).json()
 print(result["prediction"][0]["label"], len(result["explanations"][0]["relevance"]))'''
 
 #: (method, path) -> (curl sample, example response body or None)
+BATCH = "/v1/batches/{batch_id}"
 EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
+    ("post", "/v1/batches"): (
+        f"curl -F image=@a.jpg -F image=@b.jpg -F sampler=marginal {BASE}/v1/batches",
+        None),
+    ("get", BATCH): (f"curl {BASE}/v1/batches/$BATCH", None),
+    ("delete", BATCH): (f"curl -X DELETE {BASE}/v1/batches/$BATCH", None),
+    ("get", f"{BATCH}/results.zip"): (f"curl -o results.zip {BASE}/v1/batches/$BATCH/"
+                                      "results.zip", None),
+    ("get", f"{BATCH}/events"): (f"curl -N {BASE}/v1/batches/$BATCH/events", None),
     ("post", "/v1/explanations"): (
         f"curl -F image=@examples/chelsea.png {CURL_FIELDS} "
         f"{BASE}/v1/explanations", JOB_QUEUED),
@@ -131,6 +140,8 @@ EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
 TAGS = [
     {"name": "explanations", "description": "Submit an image, follow the job, fetch its "
      "relevance maps (JSON or .npy) and overlays. The viewer at `/` is a live example."},
+    {"name": "batches", "description": "Many images with one set of parameters: each an "
+     "explanation job, run after interactive work, keys taking turns; one streamed zip."},
     {"name": "models", "description": "What this installation can serve, and plain top-k."},
     {"name": "health", "description": "Probes and Prometheus metrics (no API key needed)."},
 ]

@@ -149,6 +149,73 @@ class ExplanationEvent(BaseModel):
                                     "returned it when it ended")
 
 
+class BatchItem(BaseModel):
+    """One image of a batch: its explanation job, or the problem of a refused image."""
+
+    index: int = Field(description="position in the upload (0 = the first image)")
+    filename: str = Field(description="the part's file name, or the archive member's path")
+    id: str | None = Field(description="its explanation job (GET /v1/explanations/{id}); "
+                           "null when the image was refused at submit (see error)")
+    status: Literal["queued", "running", "finished", "failed", "canceled"]
+    links: JobLinks | None = Field(description="the job's links once it finished")
+    error: dict[str, Any] | None = Field(description="the RFC 9457 problem document when "
+                                         "the item failed (its image refused, or its job)")
+
+
+class BatchCounts(BaseModel):
+    """Items by status."""
+
+    queued: int
+    running: int
+    finished: int
+    failed: int
+    canceled: int
+
+
+class BatchLinks(BaseModel):
+    self: str
+    results: str = Field(description="results.zip: every finished item's files, "
+                         "summary.json and contact-sheet.png, streamed")
+    events: str = Field(description="the batch's event stream (server-sent events)")
+
+
+class BatchPublic(BaseModel):
+    """A batch: its items (each an explanation job) and their progress over all."""
+
+    id: str
+    status: Literal["queued", "running", "finished", "canceled"] = Field(
+        description="queued: no item started; running; finished: every item ended "
+        "(finished, failed or canceled); canceled: DELETE canceled the items not yet ended")
+    model: str
+    params: dict[str, Any] = Field(description="the explanation parameters, as sent, for "
+                                   "every item")
+    total: int = Field(description="items in the batch")
+    counts: BatchCounts
+    progress: Progress = Field(description="forward passes done over all items, of the "
+                               "total fixed at submit")
+    eta_seconds: float | None = Field(
+        description="estimated seconds until every item has ended (interactive work goes "
+        "first, other keys' batches share the workers); null once ended, before a worker "
+        "measured the model, or with no worker alive")
+    created_at: str
+    finished_at: str | None = None
+    canceled_at: str | None = None
+    items: list[BatchItem] = Field(description="in upload order")
+    links: BatchLinks
+    callbacks: list[CallbackDelivery] | None = Field(
+        None, description="the batch's callback URL with the delivery of its event "
+        "(batch.finished or batch.canceled); null when none")
+
+
+class BatchEvent(BaseModel):
+    """What a batch's callback_url is sent when it ends (signed like a job's event)."""
+
+    type: Literal["batch.finished", "batch.canceled"]
+    timestamp: str = Field(description="when the batch ended (ISO 8601, UTC)")
+    data: BatchPublic = Field(description="the batch as GET /v1/batches/{id} returned it "
+                              "when it ended")
+
+
 class LayerPublic(BaseModel):
     name: str = Field(description="module name, for the `layer` parameter")
     type: str

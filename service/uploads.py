@@ -95,9 +95,14 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLargeError(settings.max_upload_bytes)
+    return data, form_params(form), upload.filename or "upload"
+
+
+def form_params(form: Any, files: tuple[str, ...] = ("image",)) -> dict[str, Any]:
+    """The explanation parameters of a multipart form: every field but the ``files``."""
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
-        if key == "image":
+        if key in files:
             continue
         if not isinstance(value, str):
             raise InvalidParameterError(f"{key}: must be a plain value, not a file",
@@ -112,7 +117,7 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, dict[
         params[key] = value
     if isinstance(params.get("fill"), str):
         params["fill"] = parse_fill(params["fill"])
-    return data, params, upload.filename or "upload"
+    return params
 
 
 async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[str, Any], str]:
@@ -151,9 +156,13 @@ async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict[
 
 def _names_checked(upload: tuple[bytes, dict[str, Any], str]
                    ) -> tuple[bytes, dict[str, Any], str]:
+    names_checked(upload[1])
+    return upload
+
+
+def names_checked(params: dict[str, Any]) -> dict[str, Any]:
     """``model`` and ``preset``, when sent, are names: strings of at most MAX_NAME (not
     null: the schema says string); a preset is one of the presets."""
-    params = upload[1]
     for key in ("model", "preset"):
         if key in params and not (isinstance(params[key], str)
                                   and len(params[key]) <= MAX_NAME):
@@ -162,7 +171,7 @@ def _names_checked(upload: tuple[bytes, dict[str, Any], str]
     if params.get("preset") == "":  # the schema's enum; with_preset reads "" as no preset
         raise InvalidParameterError(f"preset: empty; use one of {', '.join(PRESETS)}, or "
                                     "leave it out", field="preset")
-    return upload
+    return params
 
 
 def parse_json(raw: bytes) -> Any:

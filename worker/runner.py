@@ -31,9 +31,10 @@ from rq import SimpleWorker
 
 from pda.engine.device import resolve_device
 from pda.jobs import lifecycle
+from pda.jobs.batches import Batches
 from pda.jobs.chunks import chunk_queue
 from pda.jobs.deliveries import Deliveries
-from pda.jobs.queue import connect, get_queue, predict_queue
+from pda.jobs.queue import batch_queue, connect, get_queue, predict_queue
 from pda.jobs.store import JobStore
 from pda.jobs.workers import WorkerRegistry
 from pda.runtime import Runtime
@@ -41,6 +42,7 @@ from pda.settings import Settings, get_settings
 from worker import attempt
 from worker.announce import announce_builtins, announce_model
 from worker.deliveries import start_delivery_thread
+from worker.tasks import store_for
 
 log = logging.getLogger("pda.worker")
 
@@ -58,6 +60,15 @@ class PDAWorker(SimpleWorker):
         super().request_stop(signum, frame)
 
 
+    def execute_job(self, job, queue):  # noqa: ANN001, ANN201 (RQ's signature)
+        """Run one message; feed the batch queue when a worker takes a message (the queue
+        has room again) and after it (an item may have ended its batch)."""
+        _batch_tick(feed_only=True)
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            _batch_tick()
+
     def subscribe(self) -> None:
         """RQ's command channel (for ``rq``'s send-kill/stop commands), with a one-second
         poll instead of RQ's 60 s: RQ's shutdown closes the pubsub while its thread waits
@@ -68,6 +79,21 @@ class PDAWorker(SimpleWorker):
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
         self.pubsub_thread = self.pubsub.run_in_thread(
             sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler)
+
+
+def _batch_tick(feed_only: bool = False) -> None:
+    """End the batches whose items all ended, and feed the batch queue
+    (:meth:`pda.jobs.batches.Batches.tick`; before a job only the feed, a few Redis
+    calls); a failure waits for the maintenance pass."""
+    try:
+        settings = get_settings()
+        batches = Batches(store_for(settings), settings)
+        if feed_only:
+            batches.feed()
+        else:
+            batches.tick()
+    except Exception as exc:  # Redis away: the maintenance pass does it later
+        log.warning("batches: %s", exc)
 
 
 def _watchdog(grace: float) -> None:
@@ -168,6 +194,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
     store = JobStore(connect(settings), settings.result_ttl_seconds, settings.queue_name)
     registry = WorkerRegistry(store.r, settings.worker_fresh_seconds)
     outbox = Deliveries(store.r, settings)
+    batches = Batches(store, settings)
     path = Path(settings.heartbeat_file)
     device = str(resolve_device(settings.device))
     started = time.time()
@@ -183,6 +210,7 @@ def maintenance_loop(settings: Settings, stop: threading.Event, name: str) -> No
                 lifecycle.reap_abandoned(settings, store)
                 lifecycle.requeue_lost(settings, store)
                 outbox.enqueue_due()  # callback retries, and the repair of lost ones
+                batches.tick()  # batches that ended, and the batch queue's next items
             except Exception as exc:  # Redis away: the worker loop reports it, keep beating
                 log.warning("maintenance: %s", exc)
             if stop.wait(settings.heartbeat_interval_seconds):
@@ -238,6 +266,7 @@ def run_worker(burst: bool = False, name: str | None = None) -> int:
 def queues(settings: Settings, conn: redis.Redis) -> list:
     """What a worker listens to, in priority order: predictions (short, a caller is
     waiting), then whole jobs, then chunks of split jobs: a new small job starts before
-    the next chunk of a huge one (pda.jobs.chunks)."""
+    the next chunk of a huge one (pda.jobs.chunks); batch items last, fed a few at a time
+    (pda.jobs.batches), so interactive work goes first."""
     return [predict_queue(settings, conn), get_queue(settings, conn),
-            chunk_queue(settings, conn)]
+            chunk_queue(settings, conn), batch_queue(settings, conn)]

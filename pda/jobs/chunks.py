@@ -31,7 +31,7 @@ from rq import Queue
 from .. import keys
 from ..grid import block_ranges, blocks_within
 from ..settings import Settings
-from .queue import BACKSTOP_SECONDS, TASKS
+from .queue import BACKSTOP_SECONDS, TASKS, batch_queue
 from .record import JobStatus, encode
 from .store import JobStore, now_iso
 
@@ -119,11 +119,17 @@ class Chunks:
 
     def _enqueue(self, job_id: str, part: int, attempt: int, entry: dict[str, Any],
                  *, at_front: bool = False) -> None:
-        self.queue.enqueue(TASKS["chunk"], job_id, part, attempt,
-                           job_id=rq_chunk_id(job_id, part, attempt),
-                           job_timeout=BACKSTOP_SECONDS,
-                           result_ttl=600, failure_ttl=self.settings.result_ttl_seconds,
-                           at_front=at_front, description=f"chunk {part} of {job_id}")
+        self.queue_of(job_id).enqueue(
+            TASKS["chunk"], job_id, part, attempt, job_id=rq_chunk_id(job_id, part, attempt),
+            job_timeout=BACKSTOP_SECONDS, result_ttl=600,
+            failure_ttl=self.settings.result_ttl_seconds, at_front=at_front,
+            description=f"chunk {part} of {job_id}")
+
+    def queue_of(self, job_id: str) -> Queue:
+        """The chunks' queue, or the batch queue for a batch item's chunks and merge (its
+        record names its batch): batch work stays behind interactive work."""
+        return batch_queue(self.settings, self.r) if self.store.field(job_id, "batch") \
+            else self.queue
 
     # -- a chunk's life ------------------------------------------------------------------------
     def claim(self, job_id: str, part: int, attempt: int, worker: str) -> dict | None:
@@ -217,10 +223,10 @@ class Chunks:
         return out["attempt"] if ok else None
 
     def enqueue_merge(self, job_id: str) -> None:
-        self.queue.enqueue(TASKS["merge"], job_id,
-                           job_id=rq_chunk_id(job_id, MERGE, int(time.time() * 1000)),
-                           at_front=True, result_ttl=600, job_timeout=BACKSTOP_SECONDS,
-                           description=f"merge of {job_id}")
+        self.queue_of(job_id).enqueue(
+            TASKS["merge"], job_id, job_id=rq_chunk_id(job_id, MERGE, int(time.time() * 1000)),
+            at_front=True, result_ttl=600, job_timeout=BACKSTOP_SECONDS,
+            description=f"merge of {job_id}")
 
     def _running_entry(self, pipe, job_id: str, part: int, attempt: int) -> dict | None:
         status = pipe.hget(keys.job(job_id), "status")

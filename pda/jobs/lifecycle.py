@@ -38,7 +38,7 @@ from ..problems import job_problem
 from ..settings import Settings
 from .chunks import MERGE, Chunks, member, parse_member, rq_chunk_id
 from .deliveries import waiting
-from .queue import enqueue_attempt, get_queue, job_timeout, message_pending, rq_job_id
+from .queue import enqueue_attempt, job_timeout, message_pending, queue_for, rq_job_id
 from .record import JobRecord, JobStatus
 from .store import JobStore, new_job_id, now_iso
 
@@ -62,6 +62,9 @@ class Submission:
     #: request with another callback_url is answered with the same job, which then calls
     #: both (pda.jobs.store.JobStore.add_callback)
     callback_url: str | None = None
+    #: a batch item: the batch's id (pda.jobs.batches). Admitted by the batch (its own
+    #: limits), stored but not enqueued: the batch feeder enqueues it on the batch queue
+    batch: str | None = None
 
     @property
     def digest(self) -> str:
@@ -83,7 +86,8 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
         return _with_callback(store, prior, sub), False
     # only a job that will be created counts: answers from the cache above create nothing
     job_id = new_job_id()
-    admit(store, queue, settings, sub.caller, job_id)
+    if sub.batch is None:
+        admit(store, queue, settings, sub.caller, job_id)
     passes = sub.plan["forward_passes"]
     rec = JobRecord(
         id=job_id, status=JobStatus.QUEUED, owner=sub.owner, model=sub.model,
@@ -91,11 +95,15 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
         attempt=1, planned_passes=passes, progress_done=0, progress_total=passes,
         image={**sub.image_meta, "bytes": len(sub.image)},
         callbacks=[waiting(sub.callback_url)] if sub.callback_url else None,
+        batch=sub.batch,
     )
     live = settings.result_ttl_seconds + job_timeout(settings, passes)
     key = sub.idempotency_key
     try:
-        store.create(rec, sub.image, live)
+        if sub.batch is None:
+            store.create(rec, sub.image, live)
+        else:  # indexed as queued once fed
+            store.create(rec, sub.image, live, index=False)
         if key and not store.remember("idem", sub.owner, key, job_id,
                                       settings.result_ttl_seconds):
             # a concurrent retry with the same key won the race: answer with its job
@@ -104,7 +112,8 @@ def submit(store: JobStore, queue: Queue, settings: Settings, sub: Submission
             prior = store.get(other) if other else None
             return (_with_callback(store, prior, sub) if prior else rec), False
         store.remember("digest", sub.owner, digest, job_id, settings.result_ttl_seconds)
-        enqueue_attempt(queue, settings, job_id, 1, passes)
+        if sub.batch is None:
+            enqueue_attempt(queue, settings, job_id, 1, passes)
     except redis.RedisError:
         # Redis went away half-way: the caller gets a 503 and retries, so leave nothing
         # that would run or answer for this attempt (if Redis is back for it; if not, the
@@ -184,8 +193,8 @@ def requeue(store: JobStore, settings: Settings, job_id: str, attempt: int, pass
     (ended, or taken over)."""
     if not store.requeued(job_id, attempt + 1, reason):
         return False
-    enqueue_attempt(get_queue(settings, store.r), settings, job_id, attempt + 1, passes,
-                    at_front=at_front)
+    enqueue_attempt(queue_for(settings, store.r, store.field(job_id, "batch")), settings,
+                    job_id, attempt + 1, passes, at_front=at_front)
     return True
 
 

@@ -75,6 +75,19 @@ def predict_queue(settings: Settings, conn: redis.Redis) -> Queue:
     return Queue(f"{settings.queue_name}-predict", connection=conn)
 
 
+def batch_queue(settings: Settings, conn: redis.Redis) -> Queue:
+    """Batch items (pda.jobs.batches), and the chunks and merges of split ones: workers
+    take it last, and a feeder keeps only PDA_BATCH_IN_FLIGHT messages on it, so an
+    interactive job waits behind at most those."""
+    return Queue(f"{settings.queue_name}-batch", connection=conn)
+
+
+def queue_for(settings: Settings, conn: redis.Redis, batch: str | None) -> Queue:
+    """The queue of a job's attempts (and of its chunks): the batch queue for a batch
+    item (its record names its ``batch``), else the explanation queue."""
+    return batch_queue(settings, conn) if batch else get_queue(settings, conn)
+
+
 #: RQ's own job timeout for attempts, chunks and merges: only a far backstop. Liveness is
 #: judged by progress (the attempt's heartbeat stops after PDA_STALL_SECONDS without
 #: progress, and the reaper reruns it), so a job that keeps progressing on a slow or busy

@@ -86,6 +86,9 @@ class JobRecord(BaseModel):
     # callbacks (pda.jobs.deliveries): one entry per callback URL, "waiting" until the job
     # ends, then the state of its event's delivery (mirrored by the delivery attempts)
     callbacks: list[dict[str, Any]] | None = None
+    # a batch item (pda.jobs.batches): its batch's id; its attempts, chunks and merges
+    # go on the batch queue
+    batch: str | None = None
     # raised by every write of the record: event streams send what is newer than the
     # version a client last saw (Last-Event-ID)
     version: int = 0

@@ -90,9 +90,11 @@ class JobStore:
         self.callback_queue = f"{queue_name}-callbacks"
 
     # -- records -----------------------------------------------------------------------
-    def create(self, record: JobRecord | dict[str, Any], image: bytes, live_seconds: int
-               ) -> None:
-        """Store a new job and its image; both live ``live_seconds`` until it finishes."""
+    def create(self, record: JobRecord | dict[str, Any], image: bytes, live_seconds: int,
+               *, index: bool = True) -> None:
+        """Store a new job and its image; both live ``live_seconds`` until it finishes.
+        ``index=False``: not in the queued index yet (a batch item, until it is fed to
+        the queue: pda.jobs.batches)."""
         record = JobRecord.model_validate(record) if isinstance(record, dict) else record
         record.version = record.version or 1  # the first; every later write raises it
         key = keys.job(record.id)
@@ -100,7 +102,8 @@ class JobStore:
         pipe.hset(key, mapping=record.encode())
         pipe.expire(key, live_seconds + TOMBSTONE_SECONDS)
         pipe.set(keys.image(record.id), image, ex=live_seconds)
-        pipe.zadd(keys.QUEUED, {record.id: time.time()})
+        if index:
+            pipe.zadd(keys.QUEUED, {record.id: time.time()})
         pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:

@@ -70,16 +70,30 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
     """Everything checked before anything is stored: params, image, model, layer, cap.
 
     Against the model's metadata (:mod:`pda.catalog`), never a loaded network."""
-    settings = state.settings
+    params, info = params_of(state, raw)
+    size = decode_upload(data, state.settings, info.get("input_size"))
+    n = check_model(state, params, info)
+    return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
+
+
+def params_of(state, raw: dict[str, Any]) -> tuple[ExplainParams, dict[str, Any]]:
+    """The explanation parameters and the model's metadata of a request's fields (the
+    checks that need no image); 422 for a bad value."""
     raw = dict(raw)
-    model_name = str(raw.pop("model", None) or settings.default_model)
+    model_name = str(raw.pop("model", None) or state.settings.default_model)
     preset = raw.pop("preset", None)
     try:
         params = ExplainParams(**with_preset(raw, preset))
     except ValidationError as exc:
         raise invalid(exc) from exc
-    info = catalog.model_info(model_name, settings, state.conn, local_is_truth=state.embedded)
-    size = decode_upload(data, settings, info.get("input_size"))
+    return params, catalog.model_info(model_name, state.settings, state.conn,
+                                      local_is_truth=state.embedded)
+
+
+def check_model(state, params: ExplainParams, info: dict[str, Any]) -> dict[str, int]:
+    """The checks of parameters against the model (installed, layer, memory, the pass
+    cap); the job's plan (windows, forward passes)."""
+    settings = state.settings
     if info.get("available") is False and info["source"] == "builtin":
         raise ModelNotInstalledError.of(info["name"], info["install"])
     if info.get("available") is False or not info.get("input_size"):
@@ -95,7 +109,7 @@ def _validate(state, data: bytes, raw: dict[str, Any]) -> tuple[ExplainParams, s
             "a larger stride or window, or fewer samples",
             errors=[{"field": "samples", "message": "too many forward passes"}],
             forward_passes=n["forward_passes"])
-    return params, info["name"], {**n, "image": {"width": size[0], "height": size[1]}}
+    return n
 
 
 def _accepted(state, rec: JobRecord, replayed: bool = False) -> JSONResponse:

@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from pda.keys import BATCHES_BACKLOG
+
 from .deploy_checks import (
     REPO,
     DeployError,
@@ -147,7 +149,8 @@ def test_keda_watches_the_queue_the_workers_serve(built: dict[str, Objs], name: 
     lists = {t["metadata"]["listName"] for t in
              find(built[name], "ScaledObject", "pda-worker")["spec"]["triggers"]}
     q = config["PDA_QUEUE_NAME"]
-    assert lists == {f"rq:queue:{q}", f"rq:queue:{q}-chunks", f"rq:queue:{q}-predict"}
+    assert lists == {f"rq:queue:{q}", f"rq:queue:{q}-chunks", f"rq:queue:{q}-predict",
+                     f"rq:queue:{q}-batch", BATCHES_BACKLOG}
     redis = urlparse(config["PDA_REDIS_URL"])
     assert trigger["metadata"]["address"] == f"{redis.hostname}:{redis.port}"
     assert trigger["metadata"]["databaseIndex"] == redis.path.strip("/")

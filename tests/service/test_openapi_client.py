@@ -13,6 +13,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,33 @@ def test_a_generated_client_runs_the_whole_flow(generated, settings, start_worke
     npy = ex.get_relevance_npy.sync(quick.id, client=client)
     grids = np.load(io.BytesIO(npy.payload.read()), allow_pickle=False)
     np.testing.assert_allclose(grids[0], grid, atol=1e-5)
+
+    # a batch end to end: two images (one of them corrupt), its status, its archive
+    ba = importlib.import_module(f"{api.__name__}.batches")
+    for name in ("create_batch", "get_batch", "delete_batch", "get_batch_results"):
+        importlib.import_module(f"{ba.__name__}.{name}")
+    bad = types.File(payload=io.BytesIO(b"not an image"), file_name="bad.png",
+                     mime_type="image/png")
+    batch = ba.create_batch.sync(client=client, body=m.CreateBatchFilesBody(
+        image=[image(), bad], window=56, stride=56, samples=1,
+        sampler=m.CreateBatchFilesBodySampler.CONSTANT, faithfulness=False))
+    assert isinstance(batch, m.BatchPublic), batch
+    assert [i.status.value for i in batch.items][1] == "failed"
+    assert batch.items[1].error["status"] == 415
+
+    def batch_ended():
+        b = ba.get_batch.sync(batch.id, client=client)
+        return b if b.status.value in ("finished", "canceled") else None
+
+    ended_batch = wait_until("the batch to end", batch_ended, timeout=240, every=0.5)
+    assert ended_batch.status.value == "finished" and ended_batch.counts.finished == 1
+    assert ended_batch.progress.done == ended_batch.progress.total == 17
+    archive = ba.get_batch_results.sync(batch.id, client=client)
+    assert isinstance(archive, types.File)
+    names = zipfile.ZipFile(io.BytesIO(archive.payload.read())).namelist()
+    assert sorted(names) == ["0000-cat/overlay.png", "0000-cat/relevance.npy",
+                             "0000-cat/result.json", "contact-sheet.png", "summary.json"]
+    assert isinstance(ba.get_batch.sync("b_none", client=client), m.Problem)
 
     # a 4xx is a typed problem
     missing = ex.get_explanation.sync("no-such-job", client=client)
