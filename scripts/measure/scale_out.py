@@ -2,8 +2,8 @@
 ``--quota`` of one core by a CPU cgroup, on one split job or on a set of small jobs.
 
 Usage (as root, where /sys/fs/cgroup/cpu or a cgroup v2 hierarchy is writable):
-    python scripts/measure/scale_out.py --job paper --quota 0.2 --workers 1,2,4 [--rounds 1]
-    python scripts/measure/scale_out.py --job batch --quota 0.2 --workers 1,2,4 [--jobs 8]
+    python scripts/measure/scale_out.py --job paper --stride 10 --quota 0.2 --workers 1,2,4
+    python scripts/measure/scale_out.py --job batch --jobs 8 --window 32 --stride 16 --samples 2
 
 A machine with few cores cannot show more workers' worth of compute, but it can show what
 coordinating them costs: every worker gets the same share of a core (a CPU cgroup each:
@@ -316,7 +316,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--stride", type=int, default=None,
-                    help="paper: 8 (default); batch: as --window (default)")
+                    help="paper: 10 (default: 484 windows, 8 chunks); batch: as --window")
     ap.add_argument("--chunk-passes", type=int, default=640,
                     help="PDA_CHUNK_PASSES (the paper's window: 640 = one block of 64 "
                     "windows x 10 samples)")
@@ -329,7 +329,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.stride is None:
-        args.stride = 8 if args.job == "paper" else args.window
+        args.stride = 10 if args.job == "paper" else args.window
     counts = [int(v) for v in args.workers.split(",")]
     quotas = [CpuQuota(f"pda-scaleout-w{i}", args.quota) for i in range(max(counts))]
     results: dict[int, list[dict]] = {n: [] for n in counts}
