@@ -113,7 +113,7 @@ class ChunkHold:
             return LOST
         if status != JobStatus.RUNNING:
             return ENDED
-        entry = self.chunks.states(self.job_id).get(self.part, {})
+        entry = self.chunks.state(self.job_id, self.part) or {}
         return None if entry.get("attempt") == self.attempt else TAKEN
 
     def beat(self) -> None:

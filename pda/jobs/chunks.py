@@ -80,6 +80,12 @@ class Chunks:
         raw = self.r.hgetall(keys.chunks(job_id))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
+    def state(self, job_id: str, part: int) -> dict[str, Any] | None:
+        """One chunk's entry (an HGET: a running chunk reads it at every progress write,
+        and the whole table grows with the job's chunks)."""
+        raw = self.r.hget(keys.chunks(job_id), str(part))
+        return json.loads(raw) if raw is not None else None
+
     def progress(self, job_id: str) -> int:
         """Forward passes done by the chunks' current attempts (finished ones included)."""
         return sum(int(v) for v in self.r.hvals(keys.chunk_progress(job_id)))

@@ -253,7 +253,7 @@ def _reap_part(settings: Settings, store: JobStore, job_id: str, part: str) -> N
         chunks.enqueue_merge(job_id)
         log.warning("job %s: its merge was abandoned; enqueued again", job_id)
         return
-    entry = chunks.states(job_id).get(int(part))
+    entry = chunks.state(job_id, int(part))
     if entry is None:
         return
     if entry["attempt"] <= settings.job_retries:
@@ -299,7 +299,7 @@ def requeue_lost(settings: Settings, store: JobStore) -> list[str]:
 
 def _requeue_lost_chunk(settings: Settings, store: JobStore, job_id: str, part: int) -> bool:
     chunks = Chunks(store, settings)
-    entry = chunks.states(job_id).get(part)
+    entry = chunks.state(job_id, part)
     rec = store.get(job_id)
     if entry is None or rec is None or rec.status != JobStatus.RUNNING or \
             entry["status"] != "queued":

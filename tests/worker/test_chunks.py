@@ -188,7 +188,10 @@ def test_cancel_stops_every_chunk(settings, client, start_worker):
 
 def test_a_small_job_is_not_split(settings, client, start_worker):
     start_workers(start_worker, settings, 1)
-    job_id = submit(client, {"window": "56", "stride": "56", "sampler": "constant"})
+    # scores off: their 590 passes are not what this test is about, and on a loaded
+    # 2-vCPU machine (load 17) they alone outlasted the timeout
+    job_id = submit(client, {"window": "56", "stride": "56", "sampler": "constant",
+                             "faithfulness": "false"})
     job = wait_for(client, job_id, timeout=120)
     assert job["status"] == "finished" and job["chunks"] is None
 

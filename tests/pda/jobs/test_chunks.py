@@ -10,6 +10,7 @@ import pytest
 
 from pda import keys
 from pda.grid import BLOCK_WINDOWS, blocks_within
+from pda.jobs.attempts import ENDED, TAKEN, ChunkHold
 from pda.jobs.chunks import (
     MERGE,
     Chunks,
@@ -134,6 +135,23 @@ def test_beats_add_up_the_chunks_progress_into_the_jobs(store, conn, chunks, job
     assert conn.zscore(keys.RUNNING, f"{job}#0") > time.time() - 5
     store.r.delete(keys.job(job))
     assert chunks.beat(job, 0, 31) is False  # the record is gone
+
+
+def test_a_chunks_progress_write_reads_its_own_entry_and_knows_when_it_lost_it(
+        store, conn, chunks, job):
+    assert chunks.state(job, 2) == chunks.states(job)[2] == {
+        "status": "pending", "attempt": 1, "range": [128, 150], "passes": 44}
+    assert chunks.state(job, 7) is None
+    chunks.claim(job, 0, 1, "w:1")
+    hold = ChunkHold(store, chunks.settings, store.get(job), 0, 1)
+    assert hold.write({"phase": "sweeping", "phase_done": 20}) is None
+    assert chunks.progress(job) == 20
+    assert chunks.requeue(job, 0, 1)  # rerun elsewhere as attempt 2
+    assert hold.write({"phase": "sweeping", "phase_done": 30}) == TAKEN
+    assert ChunkHold(store, chunks.settings, store.get(job), 1, 1).write(
+        {"phase": "preparing"}) is None  # chunk 1: still queued at attempt 1
+    store.end(job, JobStatus.CANCELED)
+    assert hold.write({"phase": "sweeping", "phase_done": 40}) == ENDED
 
 
 # -- finish ---------------------------------------------------------------------------------
