@@ -102,19 +102,23 @@ class ChunkHold:
 
     def write(self, progress: dict[str, Any]) -> str | None:
         """A chunk counts its own sweep passes (the job's progress is every chunk's sum,
-        never lowered); its preparation only beats."""
-        if progress.get("phase") == "sweeping":
-            if not self.chunks.beat(self.job_id, self.part, progress["phase_done"]):
-                return LOST
-        else:
-            self.beat()
+        never lowered); its preparation only beats. Whether this attempt still holds the
+        chunk is asked first, so an attempt that was taken over never writes its count
+        over the new attempt's."""
         status = self.store.field(self.job_id, "status")
         if status is None:
             return LOST
         if status != JobStatus.RUNNING:
             return ENDED
         entry = self.chunks.state(self.job_id, self.part) or {}
-        return None if entry.get("attempt") == self.attempt else TAKEN
+        if entry.get("attempt") != self.attempt:
+            return TAKEN
+        if progress.get("phase") == "sweeping":
+            if not self.chunks.beat(self.job_id, self.part, progress["phase_done"]):
+                return LOST
+        else:
+            self.beat()
+        return None
 
     def beat(self) -> None:
         self.store.beat(self.member)

@@ -148,6 +148,7 @@ def test_a_chunks_progress_write_reads_its_own_entry_and_knows_when_it_lost_it(
     assert chunks.progress(job) == 20
     assert chunks.requeue(job, 0, 1)  # rerun elsewhere as attempt 2
     assert hold.write({"phase": "sweeping", "phase_done": 30}) == TAKEN
+    assert chunks.progress(job) == 0  # the rerun starts from 0; the old attempt wrote no 30
     assert ChunkHold(store, chunks.settings, store.get(job), 1, 1).write(
         {"phase": "preparing"}) is None  # chunk 1: still queued at attempt 1
     store.end(job, JobStatus.CANCELED)
