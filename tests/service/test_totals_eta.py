@@ -74,11 +74,11 @@ def test_the_eta_tracks_the_time_left_at_30_50_and_70_percent(settings, start_se
                                                               start_worker):
     server = start_server(settings)
     start_worker(settings)
-    # 13 x 13 windows x 4 samples + 1 = 677 sweep passes, then 394 for the scores: the ETA
+    # 13 x 13 windows x 4 samples + 1 = 677 sweep passes, then 194 for the scores: the ETA
     # must cover both phases from the start
     job = post(server, {"window": "32", "stride": "16", "samples": "4", "target": "top1",
                         "faithfulness": "true", "seed": "3"})
-    assert job["progress"]["total"] == 677 + 394
+    assert job["progress"]["total"] == 677 + 194
     seen = follow(server, job)
     end = seen[-1][0]
     assert seen[-1][1]["status"] == "finished", seen[-1][1]
