@@ -58,10 +58,9 @@ PREDICTION_TOP = 5
 MAX_TARGETS = 20
 #: faithfulness scores (deletion/insertion, docs/faithfulness.md): on by default; the fill
 #: that replaces deleted pixels and starts insertion, the fraction of pixels per step (4 %:
-#: on the evaluation photos the scores move 10-30x less than between two seeds against
-#: 2 %, at half the passes), the random block orders of the baseline (3: the baseline is
-#: already the scores' larger noise; fewer orders flip the beats-random verdict) and their
-#: block side
+#: against 2 % the scores move less than between two seeds, at half the passes), the
+#: random block orders of the baseline (3: the baseline is already the scores' larger
+#: noise; with fewer the beats-random verdict flips between seeds) and their block side
 DEFAULT_FAITHFULNESS = True
 FAITHFULNESS_FILLS = ("blur", "grey")
 FAITHFULNESS_FILL = "blur"

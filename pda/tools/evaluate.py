@@ -39,14 +39,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # 625 windows x 4 samples = 2,500 (the "at equal forward passes" while the
     # default was 4 samples)
     "occlusion-equal": {"sampler": "constant", "stride": 4},
-    # occlusion at the default's cost or a little above: stride 5 gives 1,521 windows x 1
-    # pass against the default's 625 windows x 2 samples = 1,250
+    # occlusion at the 2-sample map's cost or a little above: stride 5 gives 1,521 windows
+    # x 1 pass against 625 windows x 2 samples = 1,250 (the default of 2026-12-03)
     "occlusion-stride5": {"sampler": "constant", "stride": 5},
     "marginal": {"sampler": "marginal"},
     "window16": {"window": 16},
     "window48": {"window": 48},
-    "samples1": {"samples": 1},  # conditional at occlusion's cost (626 passes)
-    "samples2": {"samples": 2},
+    "samples1": {"samples": 1},  # conditional at occlusion's cost (626 passes): the default
+    "samples2": {"samples": 2},  # the default of 2026-12-03 to 2026-12-07
     "samples4": {"samples": 4},
     "samples8": {"samples": 8},
     "samples16": {"samples": 16},

@@ -23,7 +23,7 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    "default,occlusion,marginal,random; also window16, window48, samples1, "
                    "samples2, samples4, samples8, samples16, stride4, wide, fine, drilldown, "
                    "logits, gradient, occlusion-stride5 (occlusion at 1,522 passes, at or "
-                   "above the default's 1,251), occlusion-equal (stride 4: 2,402 passes, the "
+                   "above the 2-sample map's 1,251), occlusion-equal (stride 4: 2,402 passes, the "
                    "4-sample map's); "
                    "context and constant are older names of default and occlusion)")
     v.add_argument("--families", help="metric families (default removal,correlation,"
