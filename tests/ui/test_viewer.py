@@ -60,9 +60,9 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
         "389 forward passes (290 of them for the faithfulness scores)")
     page.click("#submit")
     expect(page.locator("#error")).to_be_hidden()
-    # 689 passes: seconds at the nominal CPU rate, minutes on a loaded shared machine
+    # 389 passes: seconds at the nominal CPU rate, minutes on a loaded shared machine
     expect(page.locator("#status")).to_have_text("Finished", timeout=400_000)
-    expect(page.locator("#progress-text")).to_contain_text("689 / 689 forward passes")
+    expect(page.locator("#progress-text")).to_contain_text("389 / 389 forward passes")
 
     expect(page.locator("#prediction li").first).to_contain_text("Egyptian cat")
     expect(page.locator("#input")).to_be_visible()
