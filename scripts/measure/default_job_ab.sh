@@ -12,21 +12,23 @@
 # (side, photo, wall seconds, the job's stats.seconds and forward passes) and writes
 # OUT/runs.tsv; the maps stay in OUT/{A,B}-PHOTO/.
 set -euo pipefail
-out=$1; shift
+mkdir -p "$1"
+out=$(realpath "$1"); shift
 here=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$out"
 : > "$out/runs.tsv"
 lscpu | grep 'Model name' | tee "$out/machine.txt"
 run() {  # side photo
-  local side=$1 photo=$2 name dir t0 t1
+  local side=$1 photo name dir t0 t1
+  photo=$(realpath "$2")
   name=$(basename "${photo%.*}")
   dir="$out/$side-$name"
   t0=$(date +%s.%N)
+  # each side from its own root: `python -m` puts the working directory first on the path
   if [ "$side" = A ]; then
-    PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$BASE" python -m pda explain "$photo" \
-      --sampler conditional --window 32 --stride 8 --samples 2 --out "$dir" --quiet
+    (cd "$BASE" && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$BASE" python -m pda explain \
+      "$photo" --sampler conditional --window 32 --stride 8 --samples 2 --out "$dir" --quiet)
   else
-    PYTHONPATH="$here" python -m pda explain "$photo" --out "$dir" --quiet
+    (cd "$here" && PYTHONPATH="$here" python -m pda explain "$photo" --out "$dir" --quiet)
   fi
   t1=$(date +%s.%N)
   python - "$side" "$name" "$t0" "$t1" "$dir" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF' | tee -a "$out/runs.tsv"
