@@ -49,9 +49,9 @@ def test_explain_writes_the_result_document_overlays_and_input(tmp_path, capsys)
     f = first["faithfulness"]
     assert f["protocol"]["fill"] == "blur" and 0 <= f["deletion_auc"] <= 1
     assert "pda: faithfulness of Egyptian cat: deletion AUC" in err
-    # 8 x 8 windows x 1 sample + 1, and 2 + 2 x 49 x (2 targets + 3 random orders)
-    assert doc["stats"]["forward_passes"] == 65 + 492 and doc["stats"][
-        "faithfulness_passes"] == 492
+    # 8 x 8 windows x 1 sample + 1, and 2 + 2 x 24 x (2 targets + 3 random orders)
+    assert doc["stats"]["forward_passes"] == 65 + 242 and doc["stats"][
+        "faithfulness_passes"] == 242
     # auto: incremental exactly where the bench measured it faster (pda/data/incremental.json)
     from pda.engine.backends import resolve_backend
     from pda.engine.incremental.decisions import use_incremental

@@ -3,7 +3,8 @@
 Every image's top-1 class is explained under every configuration, and each map is scored
 by the metric families of :mod:`pda.tools.metrics` (docs/faithfulness.md, "Metric
 families"): MoRF/LeRF removal curves under several fills against random block orders,
-faithfulness correlation, the last-layer randomisation check and the random-logit check
+faithfulness correlation, pixel flipping and region perturbation with a black fill, the
+last-layer randomisation check and the random-logit check
 (the top class's map against a random other class's, from the same sweep). The tables
 (:mod:`pda.tools.evaluate_report`) give each metric's mean with a 95% bootstrap interval over
 the images, paired differences against a reference configuration, and the cost per image
@@ -38,14 +39,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # 625 windows x 4 samples = 2,500 (the issue's "at equal forward passes" while the
     # default was 4 samples)
     "occlusion-equal": {"sampler": "constant", "stride": 4},
-    # occlusion at the default's cost or a little above: stride 5 gives 1,521 windows x 1
-    # pass against the default's 625 windows x 2 samples = 1,250
+    # occlusion at the 2-sample map's cost or a little above: stride 5 gives 1,521 windows
+    # x 1 pass against 625 windows x 2 samples = 1,250 (the default of 2026-12-03)
     "occlusion-stride5": {"sampler": "constant", "stride": 5},
     "marginal": {"sampler": "marginal"},
     "window16": {"window": 16},
     "window48": {"window": 48},
-    "samples1": {"samples": 1},  # conditional at occlusion's cost (626 passes)
-    "samples2": {"samples": 2},
+    "samples1": {"samples": 1},  # conditional at occlusion's cost (626 passes): the default
+    "samples2": {"samples": 2},  # the default of 2026-12-03 to 2026-12-07
     "samples4": {"samples": 4},
     "samples8": {"samples": 8},
     "samples16": {"samples": 16},
@@ -65,7 +66,8 @@ ALIASES = {"context": "default", "constant": "occlusion"}
 #: what runs when --configs is not given
 DEFAULT_CONFIGS = ("default", "occlusion", "marginal", "random")
 #: the metric families (``--families``)
-FAMILIES = ("removal", "correlation", "randomisation", "random-logit")
+FAMILIES = ("removal", "correlation", "pixel-flipping", "region-perturbation", "randomisation",
+            "random-logit")
 #: the shipped evaluation photos (docs/faithfulness.md; not the sampler's fitting set)
 EVAL_DIR = Path(__file__).parent.parent / "data" / "evaluation"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -127,6 +129,10 @@ def estimate(configs: dict[str, dict[str, Any]], n_images: int, H: int, W: int,
             per += protocol.removal_passes(with_baseline=False)
         if "correlation" in families:
             per += protocol.correlation_passes()
+        if "pixel-flipping" in families:
+            per += protocol.pixel_flipping_passes()
+        if "region-perturbation" in families:
+            per += protocol.region_passes(H, W)
         total += per * n_images
     if "removal" in families:  # the random baseline, once per image
         total += n_images * (protocol.removal_passes(True) - protocol.removal_passes(False))
@@ -309,6 +315,14 @@ def run(
                 bar.phase(f"{where}: faithfulness correlation")
                 row["correlation"], n = scorer.correlation(rel)
                 used += n
+            if "pixel-flipping" in families:
+                bar.phase(f"{where}: pixel flipping (black)")
+                row["pf_auc"], n = scorer.pixel_flipping(rel)
+                used += n
+            if "region-perturbation" in families:
+                bar.phase(f"{where}: region perturbation (black)")
+                row["rp_aopc"], n = scorer.region_perturbation(rel)
+                used += n
             if rmodel is not None:
                 bar.phase(f"{where}: randomised last layer")
                 rrel, n = _make_map(rmodel, x, fields, t, stats, seed, batch_size, backend,
@@ -336,6 +350,10 @@ def _line(row: dict[str, Any], fills: tuple[str, ...]) -> str:
                          f"(random {row[f'{f}_random']:.3f})")
     if "correlation" in row:
         parts.append(f"corr {row['correlation']:+.3f}")
+    if "pf_auc" in row:
+        parts.append(f"PF {row['pf_auc']:.3f}")
+    if "rp_aopc" in row:
+        parts.append(f"RP AOPC {row['rp_aopc']:.3f}")
     if "rand_spearman" in row:
         parts.append(f"rand rho {row['rand_spearman']:+.3f}")
     if "logit_spearman" in row:

@@ -23,18 +23,28 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    "default,occlusion,marginal,random; also window16, window48, samples1, "
                    "samples2, samples4, samples8, samples16, stride4, wide, fine, drilldown, "
                    "logits, gradient, occlusion-stride5 (occlusion at 1,522 passes, at or "
-                   "above the default's 1,251), occlusion-equal (stride 4: 2,402 passes, the "
+                   "above the 2-sample map's 1,251), occlusion-equal (stride 4: 2,402 passes, the "
                    "4-sample map's); "
                    "context and constant are older names of default and occlusion)")
     v.add_argument("--families", help="metric families (default removal,correlation,"
-                   "randomisation,random-logit; randomisation explains every image twice; "
+                   "pixel-flipping,region-perturbation,randomisation,random-logit; "
+                   "pixel-flipping and region-perturbation set the most relevant pixels or "
+                   "16 px regions to black (0 in pixel space); "
+                   "randomisation explains every image twice; "
                    "random-logit compares the map with a random other class's, from the "
                    "same sweep)")
     v.add_argument("--fills", default="blur,road",
-                   help="removal fills: blur, road (noisy linear imputation), grey "
+                   help="removal fills: blur, road (noisy linear imputation), grey, black "
                    "(default blur,road; the first also serves the correlation)")
     v.add_argument("--step", type=float, default=0.1,
                    help="fraction of pixels removed per curve point (default 0.1)")
+    v.add_argument("--pf-step", type=float, default=0.05,
+                   help="pixel flipping: fraction of pixels set to black per curve point "
+                   "(default 0.05)")
+    v.add_argument("--region", type=int, default=16,
+                   help="region perturbation: patch side in pixels (default 16)")
+    v.add_argument("--regions", type=int, default=100,
+                   help="region perturbation: patches set to black, one per step (default 100)")
     v.add_argument("--reference", help="configuration the paired differences are taken "
                    "against (default: the first)")
     v.add_argument("--images", type=int, help="use at most this many images (sorted by name)")
@@ -93,10 +103,14 @@ def main(args: argparse.Namespace) -> int:
     if reference not in configs:
         return fail(f"--reference {reference} is not among --configs")
     protocol = Protocol(fills=tuple(f for f in args.fills.split(",") if f), step=args.step,
+                        pf_step=args.pf_step, region=args.region, regions=args.regions,
                         seed=args.seed)
     from .metrics import fractions, make_fill
 
     fractions(protocol.step)  # fail on a bad step before any work
+    fractions(protocol.pf_step)
+    if protocol.region < 1 or protocol.regions < 1:
+        return fail("--region and --regions must be at least 1")
     device = resolve_device(args.device or settings.device)
     model = get_model(args.model or settings.default_model, device, settings)
     images = []

@@ -18,7 +18,8 @@ BOOTSTRAP = 2000
 #: Spearman of the top class's map and a random other class's is -1 for a mirror image,
 #: +1 for the same map; it is shown without a verdict, the |map| Spearman carries it)
 REMOVAL = {"morf": -1, "lerf": +1, "morf_gap": -1, "lerf_gap": +1, "srg": +1}
-OTHER = {"correlation": +1, "rand_spearman": -1, "rand_spearman_abs": -1, "rand_ssim": -1,
+OTHER = {"correlation": +1, "pf_auc": -1, "rp_aopc": +1, "rand_spearman": -1,
+         "rand_spearman_abs": -1, "rand_ssim": -1,
          "logit_spearman": 0, "logit_spearman_abs": -1}
 
 
@@ -106,7 +107,8 @@ def paired(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
 ARROW = {+1: "↑", -1: "↓", 0: "(0 ideal)"}
 NAMES = {"morf": "MoRF", "lerf": "LeRF", "morf_gap": "MoRF − random",
          "lerf_gap": "LeRF − random", "srg": "SRG (LeRF − MoRF)",
-         "correlation": "faithfulness corr.", "rand_spearman": "rand. Spearman",
+         "correlation": "faithfulness corr.", "pf_auc": "pixel flipping AUC (black)",
+         "rp_aopc": "region pert. AOPC (black)", "rand_spearman": "rand. Spearman",
          "rand_spearman_abs": "rand. Spearman |map|", "rand_ssim": "rand. SSIM",
          "logit_spearman": "other class Spearman",
          "logit_spearman_abs": "other class Spearman |map|"}

@@ -20,12 +20,21 @@ score function), P curve points, K correlation subsets.
   correlation (signed and of |map|) and SSIM between a map and the map of the same
   class after the classifier's last layer is re-initialised. A faithful map changes:
   low is good.
+- **Pixel flipping** (Bach et al. 2015; Samek et al. 2017): the pixels most-relevant-
+  first are set to a constant, **black** (0 in pixel space, before the model's own
+  normalisation), in ``pf_step`` fractions; AUC of the score on x = fraction set to
+  black (low is good). No random baseline and no LeRF end: the field's metric as the
+  third-party libraries compute it.
+- **Region perturbation** (Samek, Binder, Montavon, Lapuschkin, Müller, IEEE TNNLS 2017):
+  the image is cut into ``region`` x ``region`` patches ranked by their summed relevance
+  (descending, ties in raster order of the patches); the first L patches are set to black
+  one at a time; AOPC = 1/(L+1) sum_{k=0..L} (f(x) - f(x_k)) (high is good).
 - **Random logit** (Sixt, Granz, Landgraf, ICML 2020): the same similarities between the
   map of the top class and the map of a random other class (``pda.tools.evaluate``):
   a class-specific map differs; a mirror image (Spearman -1) is the top class's map
   again, in the other class's probability mass.
 
-Fills (the ``Fill`` callables): ``blur`` and ``grey`` (:mod:`.faithfulness`'s canvases:
+Fills (the ``Fill`` callables): ``blur``, ``grey`` and ``black`` (:mod:`.faithfulness`'s canvases:
 the pixels show a fixed image) and ``road`` (:mod:`.road`, noisy linear imputation,
 recomputed for every mask). Scores: whatever ``score`` returns, in the CLI the softmax
 probability of the class.
@@ -51,7 +60,9 @@ from .road import noisy_linear_impute
 Score = Callable[[torch.Tensor], torch.Tensor]
 #: image (C, H, W), removed masks (B, H, W) bool -> the filled images (B, C, H, W)
 Fill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-FILLS = ("blur", "road", "grey")
+FILLS = ("blur", "road", "grey", "black")
+#: the constant fill of pixel flipping and region perturbation: black, 0 in pixel space
+BLACK = 0.0
 
 
 def make_fill(name: str, x: torch.Tensor, seed: int = 0) -> Fill:
@@ -65,7 +76,7 @@ def make_fill(name: str, x: torch.Tensor, seed: int = 0) -> Fill:
         return road
     if name not in FILLS:
         raise InvalidParameterError(f"unknown fill {name!r}; use {', '.join(FILLS)}")
-    canvas = fill_canvas(x, name)
+    canvas = torch.full_like(x, BLACK) if name == "black" else fill_canvas(x, name)
 
     def fixed(img: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
         return torch.where(removed[:, None], canvas[None], img[None])
@@ -142,6 +153,66 @@ def morf_lerf_orders(relevance: torch.Tensor) -> list[torch.Tensor]:
     """Most-relevant-first and least-relevant-first pixel orders of an (H, W) map (ties in
     raster order both ways)."""
     return [relevance_order(relevance), relevance_order(-relevance)]
+
+
+def pixel_flipping(score: Score, x: torch.Tensor, relevance: torch.Tensor, step: float, *,
+                   batch_size: int = 32, progress: Callable[[int], None] | None = None
+                   ) -> tuple[float, np.ndarray, int]:
+    """Pixel flipping with a black fill: the (H, W) map's pixels most-relevant-first (ties
+    in raster order) set to 0 in ``step`` fractions; the AUC of target 0 on x = fraction
+    set to black, the curve (P,) and the passes used (P)."""
+    curves, passes = removal_curves(score, x, [relevance_order(relevance)],
+                                    make_fill("black", x), step, batch_size=batch_size,
+                                    progress=progress)
+    return curve_auc(curves[0, :, 0], step), curves[0, :, 0], passes
+
+
+def region_order(relevance: torch.Tensor, region: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``region`` x ``region`` patches of an (H, W) map (edge patches may be smaller):
+    (H, W) patch index of every pixel (raster order of the patches) and the patch indices
+    by summed relevance, descending, ties in raster order."""
+    H, W = relevance.shape
+    if region < 1:
+        raise InvalidParameterError(f"region side {region} must be at least 1")
+    ph, pw = math.ceil(H / region), math.ceil(W / region)
+    rows = torch.arange(H)[:, None] // region
+    cols = torch.arange(W)[None, :] // region
+    patch = rows * pw + cols  # (H, W)
+    sums = torch.zeros(ph * pw, dtype=torch.float64).index_add_(
+        0, patch.flatten(), relevance.detach().cpu().double().flatten())
+    return patch, torch.sort(-sums, stable=True).indices
+
+
+def region_perturbation(score: Score, x: torch.Tensor, relevance: torch.Tensor,
+                        region: int, regions: int, *, batch_size: int = 32,
+                        progress: Callable[[int], None] | None = None
+                        ) -> tuple[float, np.ndarray, int]:
+    """Samek et al. 2017's region perturbation, black fill: the first L = ``regions``
+    patches (at most all of them) by summed relevance set to 0 one more at a time;
+    AOPC = mean over k = 0..L of f(x) - f(x_k) for target 0 (f(x_0) = f(x): its term is
+    0), the L + 1 differences and the passes used (L + 1)."""
+    C, H, W = x.shape
+    patch, order = region_order(relevance, region)
+    L = min(regions, len(order))
+    turn = torch.empty(len(order), dtype=torch.long)
+    turn[order] = torch.arange(len(order))
+    pix_turn = turn[patch]  # (H, W): when each pixel turns black
+    fill = make_fill("black", x)
+    with torch.no_grad():
+        s0 = float(score(x[None]).float()[0, 0])
+    if progress is not None:
+        progress(1)
+    drops = [0.0]
+    for start in range(1, L + 1, batch_size):
+        ks = torch.arange(start, min(L, start + batch_size - 1) + 1)
+        masks = (pix_turn[None] < ks[:, None, None]).to(x.device)  # (B, H, W)
+        with torch.no_grad():
+            s = score(fill(x, masks)).float()[:, 0].cpu().numpy()
+        drops.extend((s0 - s).tolist())
+        if progress is not None:
+            progress(len(ks))
+    d = np.asarray(drops, dtype=np.float64)
+    return float(d.mean()), d, L + 1
 
 
 def correlation_subsets(H: int, W: int, subsets: int, fraction: float, block: int,
@@ -282,6 +353,9 @@ class Protocol:
     subsets: int = 64  # faithfulness-correlation subsets K
     subset_fraction: float = 0.1  # of the blocks in each subset
     subset_block: int = 8  # block side of the subsets (the default stride's cell)
+    pf_step: float = 0.05  # pixel flipping: fraction of pixels set to black per point
+    region: int = 16  # region perturbation: patch side (14 x 14 patches at 224)
+    regions: int = 100  # region perturbation: patches set to black, L
     seed: int = 0
 
     def removal_passes(self, with_baseline: bool) -> int:
@@ -292,6 +366,12 @@ class Protocol:
 
     def correlation_passes(self) -> int:
         return self.subsets + 1
+
+    def pixel_flipping_passes(self) -> int:
+        return len(fractions(self.pf_step))
+
+    def region_passes(self, H: int, W: int) -> int:
+        return min(self.regions, math.ceil(H / self.region) * math.ceil(W / self.region)) + 1
 
 
 class ImageScorer:
@@ -338,6 +418,19 @@ class ImageScorer:
             out.update({f"{f}_{k}": v for k, v in
                         removal_scores(self._base[f], curves, self.p.step).items()})
         return out, passes
+
+    def pixel_flipping(self, relevance: torch.Tensor) -> tuple[float, int]:
+        """Pixel flipping's AUC (black fill) and the passes used."""
+        a, _, n = pixel_flipping(self.score, self.x, relevance, self.p.pf_step,
+                                 batch_size=self.batch_size, progress=self.progress)
+        return a, n
+
+    def region_perturbation(self, relevance: torch.Tensor) -> tuple[float, int]:
+        """Region perturbation's AOPC (black fill) and the passes used."""
+        a, _, n = region_perturbation(self.score, self.x, relevance, self.p.region,
+                                      self.p.regions, batch_size=self.batch_size,
+                                      progress=self.progress)
+        return a, n
 
     def correlation(self, relevance: torch.Tensor) -> tuple[float, int]:
         """Faithfulness correlation under the first fill, and the passes used."""

@@ -3,7 +3,7 @@
 "use strict";
 
 // the faithfulness protocol's step and random orders (pda/defaults.py FAITHFULNESS_*)
-const SCORE_STEP = 0.02, SCORE_ORDERS = 3;
+const SCORE_STEP = 0.04, SCORE_ORDERS = 3;
 
 // the faithfulness scores' passes (pda/engine/faithfulness.py passes_needed): the image
 // and the canvas, then the inner points of two curves per target and per random order

@@ -15,7 +15,7 @@ from pda.tools.metrics import Protocol
 from tests.support.paths import REFERENCE_PHOTOS
 from tests.support.toys import box_case, random_stats, wrap
 
-SMALL = Protocol(orders=2, block=4, subsets=24, subset_block=4)
+SMALL = Protocol(orders=2, block=4, subsets=24, subset_block=4, region=8, regions=6)
 
 
 class BoxHead(nn.Module):
@@ -63,6 +63,12 @@ def test_the_box_model_scores_as_it_must_on_every_family():
     for r in rows[2:]:  # a random map does not depend on the model: it fails the check
         assert r["rand_spearman"] == pytest.approx(1.0) and r["sweep_passes"] == 0
         assert r["correlation"] < rows[0]["correlation"]
+    for occ, rnd in zip(rows[:2], rows[2:], strict=True):
+        # black in the box kills the class: the box's map flips it within its first
+        # pixels and regions, a random map only when it happens on the box
+        assert occ["pf_auc"] < 0.25 * rnd["pf_auc"]
+        assert occ["rp_aopc"] > rnd["rp_aopc"] + 0.2
+        assert 0 <= occ["pf_auc"] <= 1 and 0 <= occ["rp_aopc"] <= 1
     # the estimate is the passes the run made (the baseline once per image)
     made = sum(r["sweep_passes"] + r["metric_passes"] for r in rows)
     assert ev.estimate(configs, 2, 32, 32, SMALL, ev.FAMILIES) == made

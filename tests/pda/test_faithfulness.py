@@ -91,6 +91,7 @@ def test_step_counts_cover_every_pixel_once():
     assert step_counts(16, 0.25) == [0, 4, 8, 12, 16]
     assert step_counts(10, 0.25) == [0, 3, 6, 9, 10]  # ceil(2.5) = 3 per step
     assert len(step_counts(224 * 224, 0.02)) == 51
+    assert len(step_counts(224 * 224, 0.04)) == 26  # 2,008 a step: every other point of 2 %
     with pytest.raises(ValueError, match="step"):
         step_counts(16, 0.0)
 
@@ -155,9 +156,9 @@ def test_turning_the_score_off_saves_exactly_its_passes():
     stats = random_stats()
     e_on = explain(model, x, on, stats, runtime=Runtime(batch_size=16, backend="torch"))
     e_off = explain(model, x, off, stats, runtime=Runtime(batch_size=16, backend="torch"))
-    # ceil(2 % of 1024) = 21 pixels a step: 50 points, 48 inner; 2 + 2 x 48 x (2 + 3 orders)
+    # ceil(4 % of 1024) = 41 pixels a step: 26 points, 24 inner; 2 + 2 x 24 x (2 + 3 orders)
     extra = passes_needed(32 * 32, 2)
-    assert extra == 482
+    assert extra == 242
     assert e_on.forward_passes - e_off.forward_passes == extra == e_on.faithfulness_passes
     assert e_off.forward_passes == 16 * 2 + 1 and e_off.faithfulness is None
     kw = dict(model_name="toy", input_size=(32, 32), image_size=(32, 32),
@@ -171,13 +172,13 @@ def test_turning_the_score_off_saves_exactly_its_passes():
     f = doc_on["explanations"][0]["faithfulness"]
     assert set(f) == {"deletion_auc", "insertion_auc", "baseline", "protocol", "curves",
                       "forward_passes"}
-    assert len(f["curves"]["deletion"]) == f["protocol"]["curve_points"] == 50
+    assert len(f["curves"]["deletion"]) == f["protocol"]["curve_points"] == 26
     # the job resource's copy: the scores without the curves
     assert faithfulness_summary(f) == {
         "deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
         "baseline": {"deletion_auc": f["baseline"]["deletion_auc"],
                      "insertion_auc": f["baseline"]["insertion_auc"]},
-        "fill": "blur", "step": 0.02}
+        "fill": "blur", "step": 0.04}
 
 
 def test_hidden_layers_carry_no_score():

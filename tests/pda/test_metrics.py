@@ -175,3 +175,44 @@ def test_road_scores_do_not_depend_on_what_was_scored_before():
     assert not np.allclose(second, fresh)
     with pytest.raises(Exception, match="fill"):
         M.ImageScorer(_logit0(model), x, M.Protocol(fills=("nope",)))
+
+
+def test_pixel_flipping_sets_pixels_to_black_in_pixel_space_by_hand():
+    import dataclasses
+
+    # the model normalises (x - 0.5) / 0.5: a white pixel reads 1, black -1, and "0 after
+    # normalisation" would be grey 0.5; logit 0 = sum(weight * normalised red)
+    model = dataclasses.replace(wrap(LinearModel(WEIGHT), 2), mean=(0.5,) * 3, std=(0.5,) * 3)
+    x = torch.ones(3, 2, 2)
+    auc, curve, passes = M.pixel_flipping(_logit0(model), x, WEIGHT, 0.25)
+    # the weights 4, 3, 2, 1 flip from +1 to -1 in turn: 10, 2, -4, -8, -10
+    assert curve.tolist() == pytest.approx([10, 2, -4, -8, -10])
+    # trapezoids of width 1/4: (12 - 2 - 12 - 18) / 8; a grey fill would give 3.75
+    assert auc == pytest.approx(-2.5)
+    assert passes == 5
+    flipped, _, _ = M.pixel_flipping(_logit0(model), x, -WEIGHT, 0.25)  # least first
+    assert flipped == pytest.approx(2.5)  # (18 + 12 + 2 - 12) / 8
+
+
+def test_region_perturbation_ranks_regions_by_summed_relevance_by_hand():
+    # 4 x 4 image of ones, 2 x 2 regions A B / C D with weights 1, 2, 3, 4 per pixel
+    weight = torch.tensor([[1.0, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
+    model = wrap(LinearModel(weight), 4)
+    x = torch.ones(3, 4, 4)
+    # relevance: A one pixel of 10 (sum 10, the largest pixel), B all 3 (sum 12), C all 1
+    # (4), D all 2 (8): by sum B, A, D, C (by the largest pixel it would be A first)
+    rel = torch.tensor([[10.0, 0, 3, 3], [0, 0, 3, 3], [1, 1, 2, 2], [1, 1, 2, 2]])
+    patch, order = M.region_order(rel, 2)
+    assert order.tolist() == [1, 0, 3, 2]
+    assert patch[3, 0] == 2 and patch[0, 3] == 1
+    aopc, drops, passes = M.region_perturbation(_logit0(model), x, rel, 2, 3, batch_size=2)
+    # f(x) = 40; black B drops 8, then A 4 more (12), then D 16 more (28)
+    assert drops.tolist() == pytest.approx([0, 8, 12, 28])
+    assert aopc == pytest.approx(12.0)  # (0 + 8 + 12 + 28) / 4, k = 0 included
+    assert passes == 4
+    every, drops, passes = M.region_perturbation(_logit0(model), x, rel, 2, 99)
+    assert drops.tolist() == pytest.approx([0, 8, 12, 28, 40]) and passes == 5  # L = 4
+    assert every == pytest.approx(17.6)
+    # edge regions are smaller: 3 x 3 on 4 x 4 gives 2 x 2 regions of 9, 3, 3 and 1 pixels
+    patch, _ = M.region_order(rel, 3)
+    assert torch.bincount(patch.flatten()).tolist() == [9, 3, 3, 1]

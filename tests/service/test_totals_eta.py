@@ -37,15 +37,15 @@ def follow(server, job: dict, timeout: float = 600) -> list[tuple[float, dict]]:
     return seen
 
 
-# 7 x 7 windows of 32 px, 2 samples: 99 sweep passes; the scores on 224 x 224 have 49
-# interior points: 2 + 2 x 49 x (targets + 3 random orders)
+# 7 x 7 windows of 32 px, 2 samples: 99 sweep passes; the scores on 224 x 224 have 24
+# interior points (4 % steps): 2 + 2 x 24 x (targets + 3 random orders)
 CASES = [
-    ({"target": "top2"}, 99 + 2 + 98 * 5),
-    ({"target": "285,281,282"}, 99 + 2 + 98 * 6),
-    ({"layer": "logits", "target": "top1"}, 99 + 2 + 98 * 4),
+    ({"target": "top2"}, 99 + 2 + 48 * 5),
+    ({"target": "285,281,282"}, 99 + 2 + 48 * 6),
+    ({"layer": "logits", "target": "top1"}, 99 + 2 + 48 * 4),
     ({"layer": "_blocks.3", "target": "top2"}, 99),  # a hidden layer has no scores
     # 13 x 13 windows x 2 samples + 1: over PDA_CHUNK_PASSES, split into chunks, merged
-    ({"target": "top1", "stride": "16", "chunk": True}, 339 + 2 + 98 * 4),
+    ({"target": "top1", "stride": "16", "chunk": True}, 339 + 2 + 48 * 4),
 ]
 
 
@@ -74,11 +74,11 @@ def test_the_eta_tracks_the_time_left_at_30_50_and_70_percent(settings, start_se
                                                               start_worker):
     server = start_server(settings)
     start_worker(settings)
-    # 13 x 13 windows x 4 samples + 1 = 677 sweep passes, then 394 for the scores: the ETA
+    # 13 x 13 windows x 4 samples + 1 = 677 sweep passes, then 194 for the scores: the ETA
     # must cover both phases from the start
     job = post(server, {"window": "32", "stride": "16", "samples": "4", "target": "top1",
                         "faithfulness": "true", "seed": "3"})
-    assert job["progress"]["total"] == 677 + 394
+    assert job["progress"]["total"] == 677 + 194
     seen = follow(server, job)
     end = seen[-1][0]
     assert seen[-1][1]["status"] == "finished", seen[-1][1]

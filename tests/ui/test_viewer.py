@@ -33,14 +33,14 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
 
     page.goto(f"{server.url}/")
     expect(page.locator("#model")).to_have_value("efficientnet_lite0")
-    for field, default in {"window": "32", "stride": "8", "samples": "2", "sampler": "conditional",
+    for field, default in {"window": "32", "stride": "8", "samples": "1", "sampler": "conditional",
                            "target": "top3", "layer": "output", "seed": "0"}.items():
         expect(page.locator(f"#{field}")).to_have_value(default)
     page.click("#paper")
     for field, value in {"window": "10", "stride": "1", "samples": "10", "padding": "2"}.items():
         expect(page.locator(f"#{field}")).to_have_value(value)
-    expect(page.locator("#passes")).to_have_text(  # 215 * 215 * 10 + 1, and the scores' 590
-        "462,841 forward passes (590 of them for the faithfulness scores)")
+    expect(page.locator("#passes")).to_have_text(  # 215 * 215 * 10 + 1, and the scores' 290
+        "462,541 forward passes (290 of them for the faithfulness scores)")
     page.click("#defaults")
     expect(page.locator("#window")).to_have_value("32")
 
@@ -55,14 +55,14 @@ def test_viewer_explains_the_cat_with_one_map_per_target(server, page):
     page.fill("#window", "32")
     page.fill("#stride", "32")
     page.fill("#samples", "2")
-    # 7 x 7 windows x 2 + 1, and 2 + 2 x 49 x (3 targets + 3 random orders) for the scores
+    # 7 x 7 windows x 2 + 1, and 2 + 2 x 24 x (3 targets + 3 random orders) for the scores
     expect(page.locator("#passes")).to_have_text(
-        "689 forward passes (590 of them for the faithfulness scores)")
+        "389 forward passes (290 of them for the faithfulness scores)")
     page.click("#submit")
     expect(page.locator("#error")).to_be_hidden()
-    # 689 passes: seconds at the nominal CPU rate, minutes on a loaded shared machine
+    # 389 passes: seconds at the nominal CPU rate, minutes on a loaded shared machine
     expect(page.locator("#status")).to_have_text("Finished", timeout=400_000)
-    expect(page.locator("#progress-text")).to_contain_text("689 / 689 forward passes")
+    expect(page.locator("#progress-text")).to_contain_text("389 / 389 forward passes")
 
     expect(page.locator("#prediction li").first).to_contain_text("Egyptian cat")
     expect(page.locator("#input")).to_be_visible()
@@ -108,7 +108,7 @@ def test_viewer_asks_for_the_api_key_and_cancels_a_running_job(keyed_server, pag
     expect(page.locator("#model")).to_have_value("efficientnet_lite0")
 
     page.set_input_files("#image", str(CAT))
-    # 8 samples: 5,001 + 590 forward passes (the default's 1,841 can end in about 11 s on
+    # 8 samples: 5,001 + 290 forward passes (the default's 916 can end in a few seconds on
     # OpenVINO, close to the time the page needs to show progress and take the click)
     page.fill("#samples", "8")
     page.click("#submit")
