@@ -290,7 +290,7 @@ def _param_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pda.defaults import BACKENDS, PRECISIONS, PRESET_HELP, PRESETS
+    from pda.defaults import BACKENDS, PRECISION_CHOICES, PRESET_HELP, PRESETS
 
     p = _Parser(prog="pda", description="Prediction Difference Analysis")
     sub = p.add_subparsers(dest="command", required=True)
@@ -311,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=BACKENDS,
                    help="execution backend (default PDA_BACKEND, auto: the fastest exact one "
                    "for the device)")
-    e.add_argument("--precision", choices=PRECISIONS,
-                   help="forward-pass precision (default fp32; bf16/fp16 pay off on GPUs)")
+    e.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="forward-pass precision (default PDA_PRECISION, fp32; auto = bf16 "
+                        "where the device runs it natively and its measured error allows)")
     e.add_argument("--sampler-stats", help="statistics file from `pda fit-sampler`")
     e.add_argument("--scale", choices=["shared", "own"], default="shared",
                    help="overlay colour scale: shared by all targets (default) or each its own")
@@ -363,10 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=5,
                    help="interleaved raw/sweep rounds; each side reports its best")
     b.add_argument("--batch-sizes", help="batch sizes to try, e.g. 1,4,16 (default by device)")
-    b.add_argument("--samplers", help="samplers to sweep (default conditional,marginal,constant)")
+    b.add_argument("--samplers", help="samplers to sweep (default conditional,marginal,constant;"
+                                      " with --backends: conditional, one table per sampler)")
     b.add_argument("--precisions",
-                   help="also sweep under these autocast precisions, e.g. bf16,fp16 "
-                        "(default: bf16,fp16 on a GPU, none on the CPU)")
+                   help="also sweep under these precisions beside fp32, e.g. bf16,fp16: under "
+                        "autocast on the raw model, and on the auto backend with the ratio "
+                        "to fp32 (default: bf16,fp16 on a GPU; bf16 on a CPU whose OpenVINO "
+                        "runs it natively; else none)")
     b.add_argument("--image", help="photo to explain (default pda/data/sample/chelsea.png, "
                    "examples/chelsea.png cropped to 224 x 224)")
     b.add_argument("--no-captum", action="store_true", help="skip the Captum comparison")

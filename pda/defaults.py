@@ -18,6 +18,29 @@ FITS = ("crop", "pad", "squash")
 BACKENDS = ("auto", "torch", "compile", "openvino", "onnxruntime")
 #: forward-pass precisions (pda.engine.device); inputs and sums stay fp32/fp64
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: what a caller may ask for: a precision, or ``auto`` = bf16 where the device runs it
+#: natively and its measured error is within the bar below, else fp32
+#: (pda.engine.backends.resolve_precision)
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: what ``precision`` is when nobody says (PDA_PRECISION, --precision, precision=)
+DEFAULT_PRECISION = "fp32"
+#: the measured error of a reduced precision against fp32, recorded in the result
+#: document beside the precision (``runtime.precision_error``): ``seed_ratio`` = the 95th
+#: percentile over the evaluation photos of the default map's difference from the fp32
+#: map of the same seed (relative L2 and max abs, the larger) as a share of the
+#: difference between two fp32 seeds; ``peak_share`` = the largest occlusion-map (fast
+#: preset) difference as a share of the map's peak (docs/performance.md, "Precision";
+#: studies/performance/precision_error.json, scripts/measure/precision_error.py). bf16
+#: was measured with its numerics emulated: the CPU had no native bf16. Not within the
+#: bar, so ``auto`` is fp32 everywhere until a native measurement is.
+PRECISION_ERROR: dict[str, dict | None] = {"bf16": {
+    "seed_ratio": 1.15, "peak_share": 0.081, "photos": 3,
+    "numerics": "emulated: weights, conv/linear inputs and outputs rounded to bf16 "
+                "(torch autocast's); OpenVINO's native bf16 not measured",
+    "see": "docs/performance.md#precision"}}
+#: ``auto`` takes a reduced precision only when its bound is below this share of the
+#: seed-to-seed difference (issue 31's bar)
+PRECISION_BAR = 0.1
 #: exact incremental inference (pda.engine.incremental); auto: where measured faster
 INCREMENTAL_MODES = ("auto", "on", "off")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .defaults import BACKENDS, INCREMENTAL_MODES, PRECISIONS
+from .defaults import BACKENDS, DEFAULT_PRECISION, INCREMENTAL_MODES, PRECISION_CHOICES
 from .errors import InvalidParameterError
 
 #: the message of the deprecated ``compile`` switch (PDA_COMPILE, --compile, compile=True)
@@ -30,7 +30,9 @@ class Runtime:
     """The runtime choices of explanations; None/"auto" fields are decided per device."""
 
     backend: str = "auto"  # auto, torch, compile, openvino, onnxruntime (defaults.BACKENDS)
-    precision: str = "fp32"  # forward passes: fp32, bf16, fp16 (defaults.PRECISIONS)
+    #: forward passes: auto, fp32, bf16, fp16 (defaults.PRECISION_CHOICES); auto is decided
+    #: per device and backend (pda.engine.backends.resolve_precision)
+    precision: str = DEFAULT_PRECISION
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     batch_size: int | None = None  # None: automatic for the model and device
     cache_dir: Path | None = None  # converted graphs kept across restarts; None: none
@@ -38,7 +40,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         for field, value, allowed in (("backend", self.backend, BACKENDS),
-                                      ("precision", self.precision, PRECISIONS),
+                                      ("precision", self.precision, PRECISION_CHOICES),
                                       ("incremental", self.incremental, INCREMENTAL_MODES)):
             if value not in allowed:
                 raise InvalidParameterError(

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .defaults import BACKENDS, INCREMENTAL_MODES, PRECISIONS
+from .defaults import BACKENDS, DEFAULT_PRECISION, INCREMENTAL_MODES, PRECISION_CHOICES
 from .webhooks import Allowlist, secret_bytes
 
 #: settings that no longer exist: accepted, ignored, and warned about
@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     # --- compute -----------------------------------------------------------------
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int | None = Field(None, ge=1, description="forward batch size; unset = auto")
-    precision: Literal[PRECISIONS] = Field(
-        "fp32", description="fp32, bf16 or fp16 (bf16/fp16 pay off on GPU only)"
+    precision: Literal[PRECISION_CHOICES] = Field(
+        DEFAULT_PRECISION, description="auto, fp32, bf16 or fp16; auto = bf16 where the "
+        "device runs it natively and its measured error is within a tenth of the map's "
+        "seed-to-seed difference (docs/performance.md, \"Precision\"), else fp32"
     )
     compile: bool = Field(
         False, description="deprecated: use PDA_BACKEND=compile (still honoured, with a "

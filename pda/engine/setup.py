@@ -23,7 +23,13 @@ from ..errors import InvalidParameterError
 from ..grid import check_window
 from ..params import ExplainParams, parse_target
 from ..runtime import Runtime
-from .backends import BackendReadout, net_for, resolve_backend
+from .backends import (
+    BackendReadout,
+    net_for,
+    precision_error,
+    resolve_backend,
+    resolve_precision,
+)
 from .device import auto_batch_size, check_precision
 from .geometry import window_positions
 from .incremental import IncrementalUnsupportedError, window_readout
@@ -107,7 +113,8 @@ def prepare(
         raise InvalidParameterError(f"unknown sampler {params.sampler!r}", field="sampler")
     C, H, W = x.shape
     check_window(H, W, params.window, params.stride)
-    check_precision(runtime.precision, model.device)  # fail before any forward pass
+    if runtime.precision != "auto":
+        check_precision(runtime.precision, model.device)  # fail before any forward pass
     announce("predict")
     x = x.to(model.device)
     prediction = predict(model, x)
@@ -118,6 +125,9 @@ def prepare(
         x.device, (H, W), model))
     auto = runtime.backend == "auto"
     backend = resolve_backend(runtime.backend, model.device, runtime.precision)  # once
+    # auto: bf16 where this backend runs it natively and its measured error allows
+    runtime = runtime.replace(precision=resolve_precision(runtime.precision, model.device,
+                                                          backend))
     mode = runtime.incremental if params.incremental == "auto" else params.incremental
     incremental = params.drilldown is None and runtime.precision == "fp32" and use_incremental(
         mode, model.name, x.device.type, backend)
@@ -149,6 +159,8 @@ def prepare(
     recorded = {**readout.runtime.as_dict(), "incremental": windows is not None,
                 "incremental_mode": mode, **({"incremental_note": why} if why else {}),
                 **({"backend_note": note} if note else {})}
+    if (err := precision_error(readout.runtime.precision)) is not None:
+        recorded["precision_error"] = err  # an approximation: its measured bound
     forward = Forward(readout, batch_size=runtime.batch_size or 1,
                       precision=runtime.precision, fixed_batch=readout.fixed_batch,
                       channels_last=readout.channels_last, window_readout=windows)

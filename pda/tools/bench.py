@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pda.defaults import PAPER
+from pda.engine.backends import native_bf16, resolve_backend
 from pda.engine.device import resolve_device
 from pda.engine.geometry import window_positions
 from pda.engine.samplers import SAMPLERS, make_sampler
@@ -173,8 +174,9 @@ def run_bench(
     x = model_input(image or SAMPLE_IMAGE, model.input_size, "crop").x.to(dev)
     C, H, W = x.shape
     batch_sizes = batch_sizes or (GPU_BATCHES if dev.type == "cuda" else CPU_BATCHES)
-    if precisions is None:
-        precisions = ("bf16", "fp16") if dev.type == "cuda" else ()
+    if precisions is None:  # where the auto backend runs bf16 natively: beside its fp32
+        precisions = (("bf16", "fp16") if dev.type == "cuda" else
+                      ("bf16",) if native_bf16(dev, resolve_backend("auto", dev)) else ())
     raw = measure_raw(model, x, batch_sizes, seconds)
     best = max(raw, key=lambda r: r["images_per_s"])
     bs = best["batch_size"]
@@ -210,6 +212,8 @@ def run_bench(
     doc["estimates"] = estimates(model, doc["sweep"])
     doc["precision"] = [measure_precision(bench, p, _stride_for(H, W, K, S, target), rounds)
                         for p in precisions]
+    doc["backend_precision"] = measure_backend_precision(
+        model, x, bench.stats, bs, precisions, seconds, rounds) if precisions else None
     if compile:
         doc["compile"] = measure_compile(model, x, best, seconds)
     if profile:
@@ -292,6 +296,21 @@ def measure_precision(bench: _Bench, precision: str, stride: int, rounds: int
             "max_abs_bits": float(ref.abs().max())}
 
 
+def measure_backend_precision(model: Any, x: torch.Tensor, stats: SamplerStats, bs: int,
+                              precisions: tuple[str, ...], seconds: float, rounds: int
+                              ) -> dict[str, Any]:
+    """fp32 and ``precisions`` side by side on the backend ``auto`` picks for the device
+    (OpenVINO on a CPU where installed): sweep and raw rates in interleaved rounds, the
+    ratio to fp32 and the window values' error (:mod:`pda.tools.bench_backends`)."""
+    from pda.engine.backends import resolve_backend
+    from pda.tools.bench_backends import run_backend_bench
+
+    backend = resolve_backend("auto", model.device)
+    doc = run_backend_bench(model, x, stats, batch_size=bs, backends=(backend,),
+                            precisions=precisions, seconds=seconds, rounds=rounds)
+    return {**doc, "backend": backend}
+
+
 PROFILE_SCOPES = ("pda.sample", "pda.batch", "pda.forward", "pda.accumulate")
 
 
@@ -326,6 +345,10 @@ def _duration(s: float | None) -> str:
         return "?" if s is None else f"{s:.1f} s"
     h, m = divmod(round(s / 60), 60)
     return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -365,6 +388,16 @@ def format_table(doc: dict[str, Any]) -> str:
             f"({p['ratio_median']:.2f}); relevance vs fp32: max |diff| "
             f"{p['max_abs_diff_bits']:.2e} bits, mean {p['mean_abs_diff_bits']:.2e} "
             f"(max |fp32| {p['max_abs_bits']:.2f} bits)" for p in doc["precision"]]
+    if bp := doc.get("backend_precision"):
+        out += ["", f"precision on the auto backend ({bp['backend']}; conditional sweep k="
+                f"{bp['window']}, S={bp['samples']}, batch {bp['batch_size']}; best of "
+                f"{doc['rounds']} interleaved rounds)",
+                "  backend      prec   img/s  passes/s  sweep/raw  x fp32  err (bits)"]
+        out += [f"  {r['backend']:<12} {r['precision']:<5} {r['images_per_s']:>6.1f}  "
+                f"{r['passes_per_s']:>8.1f}  {r['sweep_over_raw']:>9.2f}  "
+                f"{_fmt(r['x_fp32'], '.2f'):>5}x  {_fmt(r['max_abs_diff_bits'], '.1e'):>10}"
+                for r in bp["rows"]]
+        out += [f"  not measured: {k}: {v}" for k, v in bp["unavailable"].items()]
     if comp := doc.get("compile"):
         out += ["", f"torch.compile (raw, batch {b['batch_size']}, {b['layout']}): "
                 f"{comp['images_per_s']:.1f} images/s, {comp['ratio']:.2f}x eager "
@@ -431,5 +464,7 @@ def _main_backends(args: argparse.Namespace, model: Any) -> int:
                            get_settings().backend_cache_dir)}
     header = (f"pda bench: {doc['model']} ({doc['weights']} weights), {doc['device']} "
               f"({doc['machine']}), torch {doc['torch']}, {doc['date']}")
-    print(json.dumps(doc, indent=2) if args.json else format_backends(doc, header))
+    tables = [format_backends({"backends": b}, header) for b in doc.get("by_sampler") or
+              [doc["backends"]]]
+    print(json.dumps(doc, indent=2) if args.json else "\n\n".join(tables))
     return 0

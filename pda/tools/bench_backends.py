@@ -114,13 +114,14 @@ def run_backend_bench(model: Any, x: torch.Tensor, stats: Any, *, batch_size: in
                       backends: tuple[str, ...] | None = None,
                       precisions: tuple[str, ...] = (), seconds: float = 20.0,
                       rounds: int = 3, cache_dir: Path | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      progress: Callable[[str], None] | None = None,
+                      sampler_name: str = "conditional") -> dict[str, Any]:
     """Measure every (backend, precision) pair; returns the JSON document's ``backends``."""
     say = progress or (lambda _m: None)
     C, H, W = x.shape
     probs = torch.softmax(model(x[None]).float(), 1)[0]
     targets = probs.topk(min(TOP, probs.numel())).indices.tolist()
-    sampler = make_sampler("conditional", x, K, window_positions(H, W, K, 1, device=x.device),
+    sampler = make_sampler(sampler_name, x, K, window_positions(H, W, K, 1, device=x.device),
                            stats, padding=PAD)
     rows: dict[tuple[str, str], _Row] = {}
     errors: dict[str, str] = {}
@@ -142,7 +143,8 @@ def run_backend_bench(model: Any, x: torch.Tensor, stats: Any, *, batch_size: in
             say(f"round {r + 1}/{rounds}: {backend} {precision}")
             row.rates.append(_sweep(row, x, sampler, row.windows, batch_size))
             row.raw.append(_raw(row, x, batch_size, slice_s))
-    return {"batch_size": batch_size, "targets": targets, "window": K, "padding": PAD,
+    return {"sampler": sampler_name, "batch_size": batch_size, "targets": targets,
+            "window": K, "padding": PAD,
             "samples": S, "rows": _report(model, rows), "unavailable": errors}
 
 
@@ -157,11 +159,17 @@ def _report(model: Any, rows: dict[tuple[str, str], _Row]) -> list[dict[str, Any
                     for s in (row.sweep, ref.sweep))
             err = float((a - b).abs().max())
         rate = max(row.rates)
+        same = rows.get((backend, "fp32"))
         out.append({
             "backend": backend, "ran_as": row.readout.runtime.as_dict(), "precision": precision,
             "build_seconds": row.build_s, "converted": row.converted,
             "images_per_s": max(row.raw), "passes_per_s": rate,
             "x_eager": rate / max(ref.rates), "rounds": row.rates,
+            # this precision against fp32 on the same backend, best / best
+            "x_fp32": rate / max(same.rates) if same is not None else None,
+            "raw_x_fp32": max(row.raw) / max(same.raw) if same is not None else None,
+            # the sweep against its own backend's bare readout at this precision
+            "sweep_over_raw": rate / max(row.raw),
             "max_abs_diff_bits": err, "estimates": _estimates(model, rate)})
     return out
 
@@ -186,25 +194,33 @@ def _duration(s: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min"
 
 
+def _x(v: float | None) -> str:
+    return "     -" if v is None else f"{v:>5.2f}x"
+
+
 def format_backends(doc: dict[str, Any], header: str) -> str:
     """The human-readable table of :func:`run_backend_bench`."""
     b = doc["backends"]
-    out = [header, f"backends: conditional sweep k={b['window']}, padding {b['padding']}, "
+    out = [header, f"backends: {b.get('sampler', 'conditional')} sweep k={b['window']}, "
+           f"padding {b['padding']}, "
            f"S={b['samples']}, stride 1 (paper grid, leading windows), batch "
            f"{b['batch_size']}, top-{len(b['targets'])} classes; best of "
            f"{len(b['rows'][0]['rounds'])} interleaved rounds", "",
-           "  backend      prec   build s  img/s  passes/s  x eager  err (bits)  "
-           "paper job    default job"]
+           "  backend      prec   build s  img/s  passes/s  sweep/raw  x eager  x fp32  "
+           "err (bits)  paper job    default job"]
     for r in b["rows"]:
         err = "-" if r["max_abs_diff_bits"] is None else f"{r['max_abs_diff_bits']:.1e}"
         ran = r["ran_as"]["backend"]
         name = r["backend"] if ran == r["backend"] else f"{r['backend']}>{ran}"
         out.append(
             f"  {name:<12} {r['precision']:<5} {r['build_seconds']:>7.1f}{'*' * r['converted']:<1}"
-            f" {r['images_per_s']:>6.1f}  {r['passes_per_s']:>8.1f}  {r['x_eager']:>6.2f}x"
-            f"  {err:>10}  {_duration(r['estimates']['paper']):>10}  "
+            f" {r['images_per_s']:>6.1f}  {r['passes_per_s']:>8.1f}  {r['sweep_over_raw']:>9.2f}"
+            f"  {r['x_eager']:>6.2f}x  {_x(r['x_fp32'])}  {err:>10}  "
+            f"{_duration(r['estimates']['paper']):>10}  "
             f"{_duration(r['estimates']['default']):>11}")
-    out.append("  (* converted in this run; otherwise read from the cache or nothing to convert)")
+    out.append("  (* converted in this run; otherwise read from the cache or nothing to convert;"
+               " sweep/raw: passes/s over the same row's img/s; x fp32: passes/s over the same"
+               " backend's fp32 row)")
     out += [f"  not measured: {k}: {v}" for k, v in b["unavailable"].items()]
     return "\n".join(out)
 
@@ -215,8 +231,13 @@ def main(args: Any, model: Any, x: torch.Tensor, stats: Any, batch_size: int,
     wanted = None if args.backends in ("all", "") else tuple(
         b.strip() for b in args.backends.split(",") if b.strip())
     precisions = tuple(p.strip() for p in (args.precisions or "").split(",") if p.strip())
-    doc = run_backend_bench(
+    samplers = tuple(s.strip() for s in (args.samplers or "conditional").split(",")
+                     if s.strip())
+    docs = [run_backend_bench(
         model, x, stats, batch_size=batch_size, backends=wanted, precisions=precisions,
-        seconds=args.seconds, rounds=args.rounds, cache_dir=cache_dir,
+        seconds=args.seconds, rounds=args.rounds, cache_dir=cache_dir, sampler_name=name,
         progress=None if args.json else lambda m: print(m, file=sys.stderr, flush=True))
-    return {"backends": doc}
+        for name in samplers]
+    # one sampler: the document as before; several: one table each, in the order asked
+    return {"backends": docs[0]} if len(docs) == 1 else {"backends": docs[0],
+                                                        "by_sampler": docs}

@@ -204,3 +204,33 @@ def test_backend_bench_puts_every_backend_beside_torch_eager_with_error_and_esti
         assert rows["openvino", "fp32"]["max_abs_diff_bits"] < 1e-4
     text = format_backends({"backends": doc}, "header")
     assert "x eager" in text and all(f"  {b} " in text for b in wanted)
+
+
+def test_bench_puts_each_precision_beside_fp32_on_the_auto_backend(doc):
+    from pda.engine.backends import resolve_backend
+
+    bp = doc["backend_precision"]
+    assert bp["backend"] == resolve_backend("auto", torch.device("cpu"))
+    rows = {(r["backend"], r["precision"]): r for r in bp["rows"]}
+    f32 = rows[bp["backend"], "fp32"]
+    assert f32["x_fp32"] == 1.0
+    assert f32["sweep_over_raw"] == pytest.approx(f32["passes_per_s"] / f32["images_per_s"])
+    if (bp["backend"], "bf16") in rows:  # offered here: its ratio to fp32, side by side
+        r = rows[bp["backend"], "bf16"]
+        assert r["x_fp32"] == pytest.approx(r["passes_per_s"] / f32["passes_per_s"])
+    else:  # not offered: listed, with why
+        assert f"{bp['backend']} bf16" in bp["unavailable"]
+    assert "precision on the auto backend" in format_table(doc)
+
+
+def test_backend_bench_sweeps_the_sampler_asked_for():
+    from pda.tools.bench_backends import format_backends, run_backend_bench
+
+    model = wrap(ConvNet(classes=5), SIZE, classes=5)
+    x = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    doc = run_backend_bench(model, x, random_stats(), batch_size=4, backends=("torch",),
+                            seconds=0.1, rounds=1, sampler_name="marginal")
+    assert doc["sampler"] == "marginal"
+    (row,) = doc["rows"]
+    assert row["sweep_over_raw"] == pytest.approx(row["passes_per_s"] / row["images_per_s"])
+    assert "marginal sweep" in format_backends({"backends": doc}, "header")

@@ -316,3 +316,51 @@ def test_a_window_readout_gives_the_same_sweep_as_full_images():
                          sampler, **kw)
     torch.testing.assert_close(windowed.window_means, plain.window_means, rtol=0, atol=1e-5)
     assert sum(seen) == plain.forward_passes and max(seen) == 7
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("batch_size,fixed,layout", [
+    (1, False, torch.contiguous_format), (3, True, torch.channels_last),
+    (8, False, torch.channels_last), (10, True, torch.contiguous_format)])
+def test_the_reused_batch_buffer_gives_the_plain_sweeps_batches_bit_for_bit(
+        monkeypatch, sampler, batch_size, fixed, layout):
+    # the sweep writes each batch's windows into the last batch's buffer after putting the
+    # previous windows back; the plain path copies the whole image into every row: every
+    # batch the readout sees, padding rows included, and the sums must be identical
+    import pda.engine.sweep as sweep_mod
+
+    size, k, stride = 20, 5, 3  # 36 windows: 108 or 36 passes, so the last batch is short
+    x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(6))
+    w = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(7))
+    smp = make_sampler(sampler, x, k, window_positions(size, size, k, stride), random_stats())
+
+    def run() -> tuple[list[torch.Tensor], torch.Tensor]:
+        seen: list[torch.Tensor] = []
+
+        def readout(b):  # every pixel counts
+            seen.append(b.clone())
+            return torch.sigmoid(torch.einsum("bchw,tchw->bt", b, w))
+
+        sw = run_sweep(Forward(readout, batch_size=batch_size, fixed_batch=fixed,
+                               channels_last=layout == torch.channels_last), x, smp,
+                       window=k, stride=stride, samples=3, seed=2)
+        return seen, sw.window_means
+
+    reused, reused_means = run()
+    plain_batch = sweep_mod._perturbed_batch
+    monkeypatch.setattr(sweep_mod, "_perturbed_batch",
+                        lambda *a, reuse=None, **kw: plain_batch(*a, **kw))
+    plain, plain_means = run()
+    assert len(reused) == len(plain) > 2
+    for got, ref in zip(reused, plain, strict=True):
+        assert torch.equal(got, ref)
+        assert got.is_contiguous(memory_format=layout)
+    assert torch.equal(reused_means, plain_means)
+    if fixed:  # the last batch's padding rows are the unmodified image
+        n_last = (36 * smp_passes(sampler)) % batch_size or batch_size
+        for row in reused[-1][n_last:]:
+            assert torch.equal(row, x)
+
+
+def smp_passes(sampler: str) -> int:
+    return 1 if sampler == "constant" else 3

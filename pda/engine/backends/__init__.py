@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ...defaults import BACKENDS
+from ...defaults import BACKENDS, PRECISION_BAR, PRECISION_ERROR
 from ...errors import InvalidParameterError
 from ...runtime import Runtime
 from ..device import check_precision, prefers_channels_last
@@ -57,11 +57,13 @@ class Ran:
 
 def resolve_backend(name: str, device: torch.device, precision: str = "fp32") -> str:
     """The concrete backend for ``name``; ``auto``: compile on CUDA, OpenVINO on a CPU
-    where it is installed and offers ``precision`` (else torch)."""
+    where it is installed and offers ``precision`` (else torch). Precision ``auto`` chooses
+    the backend as fp32 does (:func:`resolve_precision` then decides on that backend)."""
     name = (name or "auto").lower()
     if name not in BACKENDS:
         raise InvalidParameterError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}",
                                     field="backend")
+    precision = "fp32" if precision == "auto" else precision
     check_precision(precision, device)
     if name == "auto":
         if device.type == "cuda":
@@ -82,6 +84,45 @@ def resolve_backend(name: str, device: torch.device, precision: str = "fp32") ->
                     "backend torch", field="backend")
             mod.check(precision, device)
     return name
+
+
+def native_bf16(device: torch.device, backend: str) -> bool:
+    """Whether ``backend`` runs bf16 natively on ``device``: OpenVINO on a CPU whose
+    OpenVINO reports BF16 (AVX512_BF16 or AMX), or torch/compile on a CUDA GPU with bf16
+    (compute capability 8.0 and up). Torch's bf16 autocast on a CPU is not counted: it
+    measured 0.94x fp32 on an AVX512_BF16 Xeon without AMX (docs/performance.md)."""
+    if device.type == "cpu":
+        return backend == "openvino" and openvino_backend.offers("bf16")
+    if device.type == "cuda" and backend in ("torch", "compile"):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
+def within_bar(precision: str) -> bool:
+    """Whether ``precision``'s measured error (:data:`pda.defaults.PRECISION_ERROR`) is
+    below the bar: a tenth of the default map's seed-to-seed difference, and 1 % of the
+    occlusion map's peak."""
+    err = PRECISION_ERROR.get(precision)
+    return err is not None and err["seed_ratio"] < PRECISION_BAR and err["peak_share"] < 0.01
+
+
+def resolve_precision(precision: str, device: torch.device, backend: str) -> str:
+    """The concrete precision; ``auto``: bf16 where the resolved ``backend`` runs it
+    natively on ``device`` and its measured error is within the bar, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if within_bar("bf16") and native_bf16(device, backend) else "fp32"
+
+
+def precision_error(precision: str) -> dict[str, Any] | None:
+    """What the result document says of a precision's error (None for fp32, exact to
+    float rounding): the measured bound and where it was measured, or that it was not."""
+    if precision == "fp32":
+        return None
+    err = PRECISION_ERROR.get(precision)
+    if err is None:
+        return {"measured": False, "see": "docs/performance.md#precision"}
+    return {"measured": True, **err}
 
 
 @contextlib.contextmanager
@@ -140,8 +181,9 @@ def build_net(model: Any, layer: str, *, backend: str = "auto", precision: str =
     an in-place change, or on a deep copy whose weights changed, the memo and the disk
     cache miss and the model is converted again. Eager torch runs the live module and
     needs no key."""
+    name = resolve_backend(backend, model.device, precision)
     return net_for(model, layer, Runtime(
-        backend=resolve_backend(backend, model.device, precision), precision=precision,
+        backend=name, precision=resolve_precision(precision, model.device, name),
         batch_size=batch_size, cache_dir=Path(cache_dir) if cache_dir is not None else None))
 
 
@@ -223,4 +265,5 @@ def build_readout(model: Any, layer: str, targets: Sequence[int], *, backend: st
 
 
 __all__ = ["BACKENDS", "BackendNet", "BackendReadout", "Ran", "build_net",
-           "build_readout", "net_for", "resolve_backend", "torch_threads"]
+           "build_readout", "native_bf16", "net_for", "precision_error", "resolve_backend",
+           "resolve_precision", "torch_threads", "within_bar"]

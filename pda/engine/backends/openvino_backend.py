@@ -11,6 +11,7 @@ CPU has it, which is not exact; ``fp32`` asks for f32, ``bf16`` opts in.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -36,14 +37,27 @@ def available() -> bool:
     return True
 
 
+@functools.cache
+def capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (FP32, BF16 where the CPU has
+    AVX512_BF16 or AMX, ...), asked once per process."""
+    import openvino as ov
+
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def offers(precision: str) -> bool:
+    """Whether OpenVINO runs ``precision`` natively on this CPU (False where not installed)."""
+    need = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}.get(precision)
+    return available() and need is not None and need in capabilities()
+
+
 def check(precision: str, device: torch.device) -> None:
     """A clear error for what OpenVINO cannot run here."""
     if device.type != "cpu":
         raise InvalidParameterError(f"backend openvino runs on the CPU, not {device.type}; "
                                     "use backend compile or torch", field="backend")
-    import openvino as ov
-
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = capabilities()
     need = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}.get(precision)
     if need is None or need not in caps:
         raise InvalidParameterError(
