@@ -111,7 +111,7 @@ STATUSES: dict[tuple[str, str], dict[str, str]] = {
         "409": "this Idempotency-Key was used for a different batch",
         "413": "the request is over PDA_BATCH_MAX_BYTES (each image over "
                "PDA_MAX_UPLOAD_BYTES is its item's 413 instead)",
-        "415": "not a supported content type, or an archive that is neither zip nor tar",
+        "415": "not a supported content type (multipart/form-data or JSON)",
         "422": "invalid parameters (the field is named), no images, more than "
                "PDA_BATCH_MAX_ITEMS, or a model that cannot run",
         "429": "over the rate limit, or this API key's open batch items would pass "

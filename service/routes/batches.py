@@ -252,8 +252,12 @@ def _archive_items(upload: UploadFile) -> list[Item]:
     f.seek(0)
     try:
         t = tarfile.open(fileobj=f, mode="r:*")
-    except tarfile.TarError as exc:
-        raise UnsupportedMediaTypeError("archive: not a zip or tar archive") from exc
+    except tarfile.TarError:  # the archive itself is the one item, and it fails alone
+
+        def refused(cap: int) -> bytes:
+            raise UnsupportedMediaTypeError("archive: not a zip or tar archive (a tar may "
+                                            "be gzip, bzip2 or xz compressed)")
+        return [(upload.filename or "archive", refused)]
     members = [m for m in t.getmembers() if m.isfile() and not _SKIP.search(m.name)]
 
     def tread(m: tarfile.TarInfo) -> Callable[[int], bytes]:

@@ -237,6 +237,11 @@ def test_json_and_archive_forms_refuse_bad_images_alone_and_idempotency_replays(
         assert again.status_code == 202 and again.json()["id"] == b["id"]
         assert again.headers["idempotent-replayed"] == "true"
         assert len(clean_redis.keys("pda:batch:b_*:items")) == 2  # nothing new stored
+        junk = http.post("/v1/batches", files={"archive": ("p.zip", b"junk", "application/zip")},
+                         data=TINY)
+        assert junk.status_code == 202 and junk.json()["status"] == "finished"
+        (item,) = junk.json()["items"]
+        assert item["filename"] == "p.zip" and item["error"]["status"] == 415
         other = post_batch(http, [("z.png", variant(10))], headers=headers)
         assert_problem(other, 409, "Idempotency-Key")
         # an identical item is the existing job (deduplicated)

@@ -18,7 +18,11 @@ uploads, and the one kind of failure the schema cannot rule out.
   job resource stays, as a canceled record whose status is what a caller polls for (the
   contract's ``canceled``), while its results answer 410. A GET of the job after its
   DELETE is dropped only when it answers that the job is canceled; a result route that
-  still answered 200 after the DELETE would fail the run.
+  still answered 200 after the DELETE would fail the run. A batch's DELETE cancels its
+  items not yet ended, and the batch (its resource, ``canceled``) and the results of its
+  finished items stay (docs/api.md, "Batches"): its GET and results.zip answer 200.
+- A batch's ``image`` parts, ``archive`` (a zip of two real images) and JSON ``images``
+  are real images too, the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import io
 import itertools
 import json
 import os
+import zipfile
 from typing import Any
 
 import schemathesis
@@ -67,14 +72,35 @@ def _valid_base64(value: Any) -> bool:
     return True
 
 
+def _archive() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.png", IMAGES[0])
+        z.writestr("photos/b.jpg", IMAGES[1])
+    return buf.getvalue()
+
+
+ARCHIVE = _archive()
+
+
 @schemathesis.hook
 def map_case(context, case):
     body = case.body
     if isinstance(body, dict):
         if isinstance(body.get("image"), bytes | str):  # any string is valid binary
             body["image"] = next(_next)
+        if isinstance(body.get("image"), list):  # a batch's parts
+            body["image"] = [next(_next) if isinstance(v, bytes | str) else v
+                             for v in body["image"]]
+        archive = body.get("archive")  # any file value (a generator's Binary too)
+        if archive is not None and not isinstance(archive, int | float | bool | dict | list):
+            body["archive"] = ARCHIVE
         if _valid_base64(body.get("image_base64")):
             body["image_base64"] = base64.b64encode(next(_next)).decode()
+        if isinstance(body.get("images"), list):  # a batch in JSON
+            for item in body["images"]:
+                if isinstance(item, dict) and _valid_base64(item.get("data")):
+                    item["data"] = base64.b64encode(next(_next)).decode()
     return case
 
 
@@ -88,20 +114,39 @@ def _canceled_job(case, response) -> bool:
         return False
 
 
+def _canceled_batch(case, response) -> bool:
+    """A batch read after its DELETE: the batch (canceled) and its archive stay."""
+    if not case.path.startswith("/v1/batches/{batch_id}") or response.status_code != 200:
+        return False
+    if case.path.endswith("/results.zip"):
+        return True
+    try:
+        return response.json()["status"] in ("canceled", "finished")
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def _params(case) -> tuple[type, dict[str, Any]] | None:
     """The parameter model and the parameters a request sent, as the schema reads them."""
     body = case.body if isinstance(case.body, dict) else {}
+    batch = case.path == "/v1/batches"
     if case.media_type == "application/json":
         params = body.get("params") or {}
         params = dict(params) if isinstance(params, dict) else {}
         for key in ("model", "preset"):
             if key in body:
                 params.setdefault(key, body[key])
+        if batch:  # a batch's parameters may sit beside its images
+            for key, value in body.items():
+                if key not in ("images", "params", "callback_url"):
+                    params.setdefault(key, value)
     else:
-        params = {k: v for k, v in body.items() if k != "image" and v is not None}
+        params = {k: v for k, v in body.items()
+                  if k not in ("image", "archive") and v is not None}
         if isinstance(params.get("fill"), str):
             params["fill"] = [float(v) for v in params["fill"].split(",")]
-    model = ExplainParams if case.path == "/v1/explanations" else PredictParams
+    model = ExplainParams if case.path in ("/v1/explanations", "/v1/batches") \
+        else PredictParams
     return model, params
 
 
@@ -112,7 +157,7 @@ def filter_failure(context, failure, case, response) -> bool:
     docstring)."""
     kind = type(failure).__name__
     if kind == "UseAfterFree":
-        return not _canceled_job(case, response)
+        return not (_canceled_job(case, response) or _canceled_batch(case, response))
     if kind != "RejectedPositiveData" or response.status_code != 422:
         return True
     found = _params(case)
