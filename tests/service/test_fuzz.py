@@ -81,9 +81,10 @@ def config(path: Path, job_id: str, *, delete_id: str | None = None,
     # Schemathesis 4.32.5's fuzzing phase crashes in its own negative generation of
     # multipart bodies with a binary part ("Unsupported type: 'Binary'": a filter of
     # mutated bodies validates the unstripped Binary wrapper, where its value channel strips
-    # it): the submit routes are fuzzed with valid bodies there; their invalid bodies still
-    # come from the coverage and examples phases, and tests/service/test_bad_requests.py
-    text += ('[[operations]]\ninclude-path-regex = "^/v1/(explanations|predictions)$"\n'
+    # it): the submit routes (batches too) are fuzzed with valid bodies there; their
+    # invalid bodies still come from the coverage and examples phases, and
+    # tests/service/test_bad_requests.py
+    text += ('[[operations]]\ninclude-path-regex = "^/v1/(explanations|predictions|batches)$"\n'
              'include-method = "POST"\nphases.fuzzing.generation.mode = "positive"\n')
     path.write_text(text)
     return path
