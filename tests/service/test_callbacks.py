@@ -226,7 +226,7 @@ def test_the_openapi_document_declares_callbacks_exactly_when_they_are_on(settin
     assert event["properties"]["data"]["$ref"].endswith("/ExplanationPublic")
     form = op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     body = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert form["callback_url"]["format"] == "uri" and "callback_url" in body
+    assert form["callback_url"]["pattern"] == "^https?://" and "callback_url" in body
     assert "callback_url" in body["params"]["properties"]
     stream = doc["paths"]["/v1/explanations/{job_id}/events"]["get"]["responses"]
     assert set(stream["200"]["content"]) == {"text/event-stream"} and "204" in stream
