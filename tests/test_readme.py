@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,8 @@ def test_the_readme_curl_session_runs_against_pda_serve(sandbox):
     import sys
 
     root, env = sandbox
-    (marker, _, body), = [b for b in readme_blocks() if "server" in b[0]]
+    blocks = [b for b in readme_blocks() if "server" in b[0]]
+    assert len(blocks) == 2  # the single job's session, then the batch's
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -169,16 +171,24 @@ def test_the_readme_curl_session_runs_against_pda_serve(sandbox):
         wait_until("pda serve to answer /livez", lambda: bash(
             f"curl -sf {url}/livez >/dev/null", root, env).returncode == 0, timeout=120,
             every=0.5)
-        extra = quick(marker, "").strip() or marker.split("quick: ", 1)[1]
-        script = body.replace(README_URL, url).replace("-F image=@", f"{extra} -F image=@")
-        proc = bash(script, root, env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        for marker, _, body in blocks:
+            extra = quick(marker, "").strip() or marker.split("quick: ", 1)[1]
+            # the quick settings once per request (before its first image)
+            script = "\n".join(line.replace("-F image=@", f"{extra} -F image=@", 1)
+                                for line in body.replace(README_URL, url).splitlines())
+            proc = bash(script, root, env, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-2000:]
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert (root / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((root / "relevance.json").read_text())
     assert len(doc["explanations"][0]["relevance"]) == 224
+    with zipfile.ZipFile(root / "results.zip") as z:
+        summary = json.loads(z.read("summary.json"))
+        assert "contact-sheet.png" in z.namelist()
+    assert [(i["file"], i["status"]) for i in summary["items"]] == [
+        ("chelsea.png", "finished"), ("lion.jpg", "finished")]
 
 
 @pytest.mark.slow
