@@ -377,3 +377,39 @@ def test_a_worker_killed_mid_batch_loses_no_item_and_reruns_only_the_lost_one(
         attempts = [http.get(f"/v1/explanations/{i['id']}").json()["attempt"]
                     for i in done["items"]]
         assert attempts == [1, 2, 1], attempts  # only the lost item ran again
+
+
+@pytest.mark.slow  # a real worker and a Redis restarted under it
+def test_a_redis_restart_mid_batch_loses_no_item_and_reruns_no_finished_one(
+        tmp_path, start_worker):
+    from tests.support.servers import RedisServer
+
+    own = RedisServer(tmp_path / "redis", appendonly=True)  # as deployed: docs/deploy.md
+    try:
+        settings = make_settings(redis_url=own.url, batch_in_flight=1)
+        env = {"PDA_BATCH_IN_FLIGHT": "1", "PDA_BACKEND": "torch", "PDA_INCREMENTAL": "off"}
+        worker = start_worker(settings, **env)
+        with app_with(settings, worker) as http:
+            batch = post_batch(http, [(f"{k}.png", variant(k)) for k in range(3)], BIG).json()
+
+            def first_finished():
+                b = http.get(f"/v1/batches/{batch['id']}").json()
+                return b if b["items"][0]["status"] == "finished" else None
+
+            before = wait_until("the first item to finish", first_finished, timeout=240)
+            first = http.get(f"/v1/explanations/{before['items'][0]['id']}").json()
+            own.stop()  # the worker is on the second item, or between items
+            own.start()
+            done = wait_batch(http, batch["id"], timeout=300)
+            assert done["status"] == "finished" and done["counts"]["finished"] == 3, done
+            again = http.get(f"/v1/explanations/{first['id']}").json()
+            # the item that had finished is not run again
+            assert (again["attempt"], again["finished_at"]) == (1, first["finished_at"])
+            archive = http.get(f"/v1/batches/{batch['id']}/results.zip")
+            assert archive.status_code == 200
+            with zipfile.ZipFile(io.BytesIO(archive.content)) as z:
+                summary = json.loads(z.read("summary.json"))
+            assert [i["status"] for i in summary["items"]] == ["finished"] * 3
+        assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
+    finally:
+        own.stop()
