@@ -105,7 +105,8 @@ print(result["prediction"][0]["label"], len(result["explanations"][0]["relevance
 BATCH = "/v1/batches/{batch_id}"
 EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
     ("post", "/v1/batches"): (
-        f"curl -F image=@a.jpg -F image=@b.jpg -F sampler=marginal {BASE}/v1/batches",
+        f"curl -F image=@examples/chelsea.png -F image=@pda/data/evaluation/lion.jpg "
+        f"-F sampler=marginal {BASE}/v1/batches",
         None),
     ("get", BATCH): (f"curl {BASE}/v1/batches/$BATCH", None),
     ("delete", BATCH): (f"curl -X DELETE {BASE}/v1/batches/$BATCH", None),

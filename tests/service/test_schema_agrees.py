@@ -20,6 +20,7 @@ from service.forms import FILL_PATTERN, NULLABLE_FORM_FIELDS, parse_fill
 from service.openapi_examples import JOB_ID
 from tests.support.paths import CAT, ROOT
 from tests.support.service import PNG, SMALL, assert_problem, submit, wait_for
+from tests.support.waiting import wait_until
 
 B64 = base64.b64encode(PNG).decode()
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -182,10 +183,11 @@ def test_every_credential_sent_must_be_valid(clean_redis):
 
 # --- every documented example ---------------------------------------------------------------
 
-def _curl(sample: str, job_id: str) -> tuple[str, str, dict]:
-    """A documented curl command as (method, URL path and query, httpx keywords)."""
-    args = shlex.split(sample)[1:]
-    method, url, files, data = None, None, {}, {}
+def _curl(sample: str, job_id: str, batch_id: str) -> tuple[str, str, dict]:
+    """A documented curl command as (method, URL path and query, httpx keywords); a
+    repeated file part (a batch's images) is sent repeated."""
+    args = shlex.split(sample.replace("$BATCH", batch_id))[1:]
+    method, url, files, data = None, None, [], {}
     while args:
         arg = args.pop(0)
         if arg == "-X":
@@ -195,7 +197,7 @@ def _curl(sample: str, job_id: str) -> tuple[str, str, dict]:
         elif arg == "-F":
             key, value = args.pop(0).split("=", 1)
             if value.startswith("@"):
-                files[key] = (value[1:], (ROOT / value[1:]).read_bytes())
+                files.append((key, (value[1:], (ROOT / value[1:]).read_bytes())))
             else:
                 data[key] = value
         else:
@@ -211,13 +213,17 @@ def test_every_documented_example_gets_its_documented_status(worker_client):
     (a finished job standing in for the example's job id), get the operation's
     documented success status: 200 or 202, never the 422 of a placeholder."""
     c = worker_client
+    quick = {"window": "56", "stride": "56", "sampler": "constant", "faithfulness": "false"}
     r = c.post("/v1/explanations", files={"image": ("cat.png", CAT.read_bytes())},
-               data={"window": "56", "stride": "56", "sampler": "constant",
-                     "faithfulness": "false"})
+               data=quick)
     job_id = r.json()["id"]
     assert wait_for(c, job_id)["status"] == "finished"
+    r = c.post("/v1/batches", files=[("image", ("cat.png", CAT.read_bytes()))], data=quick)
+    batch_id = r.json()["id"]
+    wait_until("the batch to end", lambda: c.get(f"/v1/batches/{batch_id}").json()[
+        "status"] == "finished", timeout=240)
     sent = 0
-    created, delete = [], None
+    created, deletes = [], []
     for method, path, op in operations(spec(c)):
         status = success(op)
         for media, content in op.get("requestBody", {}).get("content", {}).items():
@@ -225,24 +231,28 @@ def test_every_documented_example_gets_its_documented_status(worker_client):
                 assert media == "application/json", (path, media)
                 r = c.request(method, path, json=content["example"])
                 assert r.status_code == status, (path, r.text)
-                created.append(r.json().get("id"))
+                created.append((path, r.json().get("id")))
                 sent += 1
         for sample in op.get("x-codeSamples", []):
             if sample["lang"] != "curl":
                 continue
-            verb, url, kwargs = _curl(sample["source"], job_id)
+            verb, url, kwargs = _curl(sample["source"], job_id, batch_id)
             assert verb.lower() == method, sample
             if method == "delete":
-                delete = (verb, url, status)  # sent last: it deletes the job the others read
+                deletes.append((verb, url, status))  # last: they delete what the others read
                 continue
             r = c.request(verb, url, **kwargs)
             assert r.status_code == status, (sample["source"], r.text[:300])
-            created.append(r.json().get("id") if path == "/v1/explanations" else None)
+            if path in ("/v1/explanations", "/v1/batches"):
+                created.append((path, r.json().get("id")))
             sent += 1
-    assert delete is not None
-    verb, url, status = delete
-    r = c.request(verb, url)
-    assert r.status_code == status and r.json()["status"] == "canceled", r.text
-    for other in filter(None, created):  # the examples' default jobs need no worker time
-        c.delete(f"/v1/explanations/{other}")
+    assert len(deletes) == 2  # a job and a batch
+    for verb, url, status in deletes:
+        r = c.request(verb, url)
+        assert r.status_code == status, (url, r.text)
+        if url.startswith("/v1/explanations/"):
+            assert r.json()["status"] == "canceled", r.text
+    for path, other in created:  # the examples' default jobs need no worker time
+        if other:
+            c.delete(f"{path}/{other}")
     assert sent + 1 >= 15
