@@ -103,13 +103,49 @@ print(result["prediction"][0]["label"], len(result["explanations"][0]["relevance
 
 #: (method, path) -> (curl sample, example response body or None)
 BATCH = "/v1/batches/{batch_id}"
+BATCH_ID = "Zb7x2LqT0cA9kYwE3mN8pQ"
+_batch = f"/v1/batches/{BATCH_ID}"
+_item_ids = ["r4HkP0x2TnWq8sLm1bVc7A", "m2QzN6y0UeVr4tKj9dXs1B"]
+_items = [{"index": i, "filename": name, "id": _item_ids[i], "status": "queued",
+           "links": None, "error": None}
+          for i, name in enumerate(["chelsea.png", "lion.jpg"])]
+BATCH_QUEUED = {
+    "id": BATCH_ID, "status": "queued", "model": "efficientnet_lite0",
+    "params": {"sampler": "marginal"}, "total": 2,
+    "counts": {"queued": 2, "running": 0, "finished": 0, "failed": 0, "canceled": 0},
+    "progress": {"done": 0, "total": 2 * PASSES, "fraction": 0.0}, "eta_seconds": 41.0,
+    "created_at": "2025-01-01T12:00:00Z", "finished_at": None, "canceled_at": None,
+    "items": _items,
+    "links": {"self": _batch, "results": f"{_batch}/results.zip",
+              "events": f"{_batch}/events"},
+    "callbacks": None,
+}
+BATCH_FINISHED = {
+    **BATCH_QUEUED, "status": "finished", "eta_seconds": None,
+    "counts": {"queued": 0, "running": 0, "finished": 2, "failed": 0, "canceled": 0},
+    "progress": {"done": 2 * PASSES, "total": 2 * PASSES, "fraction": 1.0},
+    "finished_at": "2025-01-01T12:00:38Z",
+    "items": [{**item, "status": "finished", "links": {
+        "self": f"/v1/explanations/{item['id']}",
+        "relevance": f"/v1/explanations/{item['id']}/relevance",
+        "relevance_npy": f"/v1/explanations/{item['id']}/relevance.npy",
+        "input": f"/v1/explanations/{item['id']}/input.png",
+        "overlays": {"285": f"/v1/explanations/{item['id']}/overlay.png?target=285"}}}
+        for item in _items],
+}
+BATCH_CANCELED = {
+    **BATCH_QUEUED, "status": "canceled", "eta_seconds": None,
+    "counts": {"queued": 0, "running": 0, "finished": 0, "failed": 0, "canceled": 2},
+    "canceled_at": "2025-01-01T12:00:05Z",
+    "items": [{**item, "status": "canceled"} for item in _items],
+}
 EXAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
     ("post", "/v1/batches"): (
         f"curl -F image=@examples/chelsea.png -F image=@pda/data/evaluation/lion.jpg "
         f"-F sampler=marginal {BASE}/v1/batches",
-        None),
-    ("get", BATCH): (f"curl {BASE}/v1/batches/$BATCH", None),
-    ("delete", BATCH): (f"curl -X DELETE {BASE}/v1/batches/$BATCH", None),
+        BATCH_QUEUED),
+    ("get", BATCH): (f"curl {BASE}/v1/batches/$BATCH", BATCH_FINISHED),
+    ("delete", BATCH): (f"curl -X DELETE {BASE}/v1/batches/$BATCH", BATCH_CANCELED),
     ("get", f"{BATCH}/results.zip"): (f"curl -o results.zip {BASE}/v1/batches/$BATCH/"
                                       "results.zip", None),
     ("get", f"{BATCH}/events"): (f"curl -N {BASE}/v1/batches/$BATCH/events", None),
