@@ -78,14 +78,15 @@ def config(path: Path, job_id: str, *, delete_id: str | None = None,
     # documented 503 "no worker is alive", after its image and parameters were checked
     text += ('[[operations]]\ninclude-path = "/v1/predictions"\n'
              'checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]\n')
-    # Schemathesis 4.32.5's fuzzing phase crashes in its own negative generation of
-    # multipart bodies with a binary part ("Unsupported type: 'Binary'": a filter of
+    # Schemathesis 4.32.5's fuzzing and stateful phases crash in its own negative generation
+    # of multipart bodies with a binary part ("Unsupported type: 'Binary'": a filter of
     # mutated bodies validates the unstripped Binary wrapper, where its value channel strips
     # it): the submit routes (batches too) are fuzzed with valid bodies there; their
     # invalid bodies still come from the coverage and examples phases, and
     # tests/service/test_bad_requests.py
     text += ('[[operations]]\ninclude-path-regex = "^/v1/(explanations|predictions|batches)$"\n'
-             'include-method = "POST"\nphases.fuzzing.generation.mode = "positive"\n')
+             'include-method = "POST"\nphases.fuzzing.generation.mode = "positive"\n'
+             'phases.stateful.generation.mode = "positive"\n')
     path.write_text(text)
     return path
 
