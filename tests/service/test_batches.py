@@ -342,10 +342,19 @@ def test_a_batch_calls_back_once_when_it_ends_and_its_stream_ends_with_it(
         now = server.http.get(f"/v1/batches/{batch['id']}").json()
         assert {k: v for k, v in event["data"].items() if k != "callbacks"} == \
             {k: v for k, v in now.items() if k != "callbacks"}
-        # resumed after the final event: nothing more
-        last = str(ids[-1])
+        # the delivery's state is part of the resource, so once it is delivered the ended
+        # batch's stream sends that version (at or after the final event's) and closes, and
+        # resuming after it sends nothing more
+        wait_until("the delivery's state", lambda: server.http.get(
+            f"/v1/batches/{batch['id']}").json()["callbacks"][0]["status"] == "delivered",
+            timeout=60)
+        with httpx.stream("GET", f"{server.url}/v1/batches/{batch['id']}/events",
+                          timeout=httpx.Timeout(10, read=60)) as s:
+            (final,) = list(events(s))
+        assert final[0] >= ids[-1] and final[1]["status"] == "finished"
+        assert final[1]["callbacks"][0]["status"] == "delivered"
         r = server.http.get(f"/v1/batches/{batch['id']}/events",
-                            headers={"Last-Event-ID": last})
+                            headers={"Last-Event-ID": str(final[0])})
         assert r.status_code == 204
         assert len(rx.events()) == 1  # once
     finally:
